@@ -1,0 +1,142 @@
+"""`operator-engine`: the command line of CONTRACT §5.
+
+Every failure a person can cause (a bad variable, a bad Workflow file) ends
+with one line on stderr naming what to fix and a non-zero exit code, never
+with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from operator_engine import __version__
+
+EXIT_INVALID_INPUT = 2  # a Workflow or an argument is invalid
+EXIT_BAD_CONFIG = 78  # sysexits.h EX_CONFIG: an environment variable or template is invalid
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"operator-engine: {message}", file=sys.stderr)
+    return code
+
+
+def _load_config() -> Any:
+    from operator_engine import config, render
+
+    cfg = config.load()
+    render.check_templates(Path(cfg.TEMPLATES_DIR))
+    return cfg
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from operator_engine.config import environment_json
+
+    print(environment_json(_load_config()))
+    return 0
+
+
+def read_workflow_file(path: str) -> dict[str, Any]:
+    """The WorkFlow document in FILE (or stdin for "-"); ValueError with a one-line reason."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ValueError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    workflows = [d for d in documents if isinstance(d, dict) and d.get("kind") == "WorkFlow"]
+    if len(workflows) != 1:
+        kinds = ", ".join(str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in documents)
+        raise ValueError(f"{path}: kind: expected exactly one WorkFlow document, found [{kinds}]")
+    return workflows[0]
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from operator_engine.limits import limits_for
+    from operator_engine.model import InvalidWorkflow, parse_workflow
+    from operator_engine.render import Renderer, to_yaml_stream
+
+    cfg = _load_config()
+    try:
+        body = read_workflow_file(args.file)
+        workflow = parse_workflow(body)
+    except InvalidWorkflow as exc:
+        name = (body.get("metadata") or {}).get("name") if isinstance(body.get("metadata"), dict) else None
+        return _fail(f"invalid Workflow {name or args.file}: {exc}", EXIT_INVALID_INPUT)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_INVALID_INPUT)
+    children = Renderer(cfg).render(workflow)
+    for note in limits_for(workflow, cfg).notes:
+        print(f"operator-engine: note: {note}", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(to_yaml_stream([c.manifest for c in children]))
+        return 0
+    directory = Path(args.output)
+    directory.mkdir(parents=True, exist_ok=True)
+    for number, child in enumerate(children, start=1):
+        path = directory / f"{number:02d}-{child.kind.lower()}-{child.name}.yaml"
+        path.write_text(to_yaml_stream([child.manifest]), encoding="utf-8")
+        print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _load_config()  # fail here, with a clear message, rather than inside kopf
+    argv = [sys.executable, "-m", "kopf", "run", "--standalone", *args.kopf_args, "-m", "operator_engine.operator_main"]
+    if not any(a.startswith(("--namespace", "-n", "--all-namespaces", "-A")) for a in args.kopf_args):
+        argv[5:5] = [f"--namespace={os.environ.get('OPERATOR_NAMESPACE') or 'ocean-compute'}"]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="operator-engine",
+        description="Runs Ocean Protocol Compute-to-Data workflows on Kubernetes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig or in-cluster config",
+                              description="Runs the operator (kopf run --standalone). Extra options go to kopf.")
+    run.add_argument("kopf_args", nargs=argparse.REMAINDER, help="options passed to `kopf run`")
+    run.set_defaults(handler=cmd_run)
+
+    render = commands.add_parser("render", help="print the manifests the operator would create for a Workflow",
+                                 description="Prints every manifest the operator would create for the Workflow in "
+                                             "FILE, in creation order, without a cluster.")
+    render.add_argument("file", metavar="FILE", help="a WorkFlow YAML file, or - for standard input")
+    render.add_argument("-o", "--output", metavar="DIR", help="write one file per manifest into DIR")
+    render.set_defaults(handler=cmd_render)
+
+    check = commands.add_parser("check-config", help="validate the environment and print the compute environment")
+    check.set_defaults(handler=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from operator_engine.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        return _fail(f"configuration error: {'; '.join(exc.problems)}", EXIT_BAD_CONFIG)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,658 @@
+"""
+An in-memory Kubernetes API server over real HTTP, built on KMock's scaffold.
+
+KMock serves the HTTP plumbing and API discovery (``/api``, ``/apis/...``)
+that kopf, kubectl and the ``kubernetes`` client negotiate first. Its
+``KubernetesEmulator`` store, however, is a JSON dict store, not an API
+server: no uid, creationTimestamp, resourceVersion or generation, no
+selectors, no status subresource, no ``kind`` on lists, misparsed
+``/api/v1/namespaces/NAME`` paths, no PUT, one merge semantics for every
+PATCH type, and watches that ignore ``resourceVersion``. Its mutations live
+inside ``KubernetesEmulator._handle``, so fixing them means replacing that
+method anyway; this class therefore extends ``KubernetesScaffold`` (discovery,
+errors) and owns the store, so that every emulated API-server rule lives here,
+in one place, each commented with what real Kubernetes does.
+
+Writes made in-process through :meth:`ApiServer.create` and friends follow the
+same rules as HTTP writes, but are never logged or faulted: that is the
+"admin" path used by the controllers and by tests.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import copy
+import dataclasses
+import datetime
+import json
+import random
+import secrets
+import string
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+
+from operator_engine.devcluster import patches
+from operator_engine.devcluster.resources import DEFAULT_RESOURCES, NAMESPACES, PODS, ResourceSpec
+from operator_engine.devcluster.selectors import FieldSelector, LabelSelector, SelectorError
+
+__all__ = ['ApiServer', 'ApiError', 'RequestRecord', 'WatchEvent', 'FaultInjector', 'BYPASS_FAULTS_HEADER', 'now_rfc3339']
+
+#: Requests carrying this header (any value) are never faulted: for a test's own HTTP client.
+BYPASS_FAULTS_HEADER = 'X-Devcluster-Bypass-Faults'
+
+#: How many watch events are kept for watches that resume from a resourceVersion.
+#: Real Kubernetes keeps a similar window (etcd compaction, the watch cache)
+#: and answers older resourceVersions with 410 Gone, after which clients relist.
+HISTORY_LIMIT = 50_000
+
+_NAME_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+ObjKey = tuple[tuple[str, str, str], str | None, str]
+
+
+class ApiError(Exception):
+    """An error answered as a Kubernetes ``Status`` object, as the real API server does."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    def status_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure',
+                                'message': self.message, 'reason': self.reason, 'code': self.code}
+        if self.details is not None:
+            body['details'] = self.details
+        return body
+
+    @classmethod
+    def not_found(cls, spec: ResourceSpec, name: str) -> ApiError:
+        return cls(404, 'NotFound', f'{spec.plural}{"." + spec.group if spec.group else ""} "{name}" not found',
+                   {'name': name, 'group': spec.group, 'kind': spec.plural})
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestRecord:
+    """One HTTP request as the server answered it (for assertions in tests)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    time: float  # time.monotonic() when answered (for watches: when the stream started)
+    body: Any = None  # the parsed JSON body of writes (POST/PUT/PATCH/DELETE), else None
+    faulted: bool = False  # answered by the fault injector, never reached the store
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchEvent:
+    """A change of one object: what watches stream and what controllers react to."""
+
+    rv: int
+    spec: ResourceSpec
+    type: str  # ADDED | MODIFIED | DELETED
+    object: dict[str, Any]  # never mutated after commit; copy before changing
+    old: dict[str, Any] | None = None  # the previous state (MODIFIED/DELETED), for selector transitions
+
+
+@dataclasses.dataclass
+class _FaultRule:
+    rate: float
+    statuses: tuple[int, ...]
+    methods: frozenset[str]
+    path_contains: str | None
+    rng: random.Random
+
+
+class FaultInjector:
+    """
+    Answers a seeded fraction of HTTP requests with an error before they reach the store.
+
+    Deterministic given the seed and the order of requests. 429 responses carry
+    ``Retry-After: 1`` as the real API server's priority-and-fairness throttling does.
+    """
+
+    def __init__(self) -> None:
+        self._rule: _FaultRule | None = None
+        self.injected = 0  # how many requests were faulted since the last inject()
+
+    def inject(self, rate: float, statuses: Iterable[int] = (500, 429),
+               methods: Collection[str] = ('POST', 'PUT', 'PATCH', 'DELETE'),
+               seed: int = 0, path_contains: str | None = None) -> None:
+        """Fault a fraction ``rate`` of matching requests, answering with one of ``statuses`` in turn."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f'rate must be within [0, 1], got {rate}')
+        self._rule = _FaultRule(rate, tuple(statuses), frozenset(m.upper() for m in methods), path_contains,
+                                random.Random(seed))
+        self.injected = 0
+
+    def clear(self) -> None:
+        self._rule = None
+
+    def decide(self, method: str, path: str) -> int | None:
+        """The error status to answer with, or None to serve the request normally."""
+        rule = self._rule
+        if rule is None or method.upper() not in rule.methods:
+            return None
+        if rule.path_contains is not None and rule.path_contains not in path:
+            return None
+        draw = rule.rng.random()
+        choice = rule.rng.randrange(len(rule.statuses))
+        if draw >= rule.rate:
+            return None
+        self.injected += 1
+        return rule.statuses[choice]
+
+
+def now_rfc3339(clock: Callable[[], datetime.datetime]) -> str:
+    # Kubernetes serialises metav1.Time with second precision, UTC, 'Z'.
+    return clock().astimezone(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+@attrs.define(kw_only=True)
+class ApiServer(kmock.KubernetesScaffold):
+    """
+    A stateful Kubernetes API server: serve it with ``kmock.Server(api)``.
+
+    ``creation_index(uid)`` gives the order in which objects were created.
+    ``creationTimestamp`` has second precision as in real Kubernetes, so
+    objects created within one second tie on it; the creation index is the
+    deterministic tie-breaker for tests (real Kubernetes has no such field:
+    an operator should order by ``(creationTimestamp, name)``).
+    """
+
+    clock: Callable[[], datetime.datetime] = _utcnow
+    specs: dict[tuple[str, str, str], ResourceSpec] = attrs.field(factory=dict, init=False)
+    request_log: list[RequestRecord] = attrs.field(factory=list, init=False)
+    faults: FaultInjector = attrs.field(factory=FaultInjector, init=False)
+    pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
+
+    _store: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _uids: dict[str, ObjKey] = attrs.field(factory=dict, init=False)
+    _creation_indexes: dict[str, int] = attrs.field(factory=dict, init=False)
+    _creation_counter: int = attrs.field(default=0, init=False)
+    _rv: int = attrs.field(default=0, init=False)
+    _history: list[WatchEvent] = attrs.field(factory=list, init=False)
+    _history_rvs: list[int] = attrs.field(factory=list, init=False)
+    _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for spec in DEFAULT_RESOURCES:
+            self.declare(spec)
+
+    # ------------------------------------------------------------------ resources
+
+    def declare(self, spec: ResourceSpec) -> None:
+        """Serve a resource and publish it in discovery with its verbs and subresources."""
+        self.specs[spec.key] = spec
+        # The 3-argument form: the string form misparses versions like `v1alpha`.
+        self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = {
+            'kind': spec.kind, 'namespaced': spec.namespaced, 'singular': spec.singular,
+            'shortnames': set(spec.shortnames), 'subresources': {'status'} if spec.has_status else set(),
+            'verbs': {'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
+        }
+
+    async def _serve_version(self, request: kmock.Request) -> dict[str, Any]:
+        """Discovery of one group/version, with two corrections to KMock's answer."""
+        payload: dict[str, Any] = await super()._serve_version(request)  # type: ignore[assignment]
+        # KMock names the core group's version '/v1'; kubectl then finds no core
+        # resources at all. Real servers say 'v1'.
+        payload['groupVersion'] = payload['groupVersion'].lstrip('/')
+        # Real subresources (jobs/status) support only get, patch and update.
+        for resource in payload['resources']:
+            if '/' in resource['name']:
+                resource['verbs'] = ['get', 'patch', 'update']
+        return payload
+
+    def spec_for(self, kind_or_plural: str) -> ResourceSpec:
+        """Find a resource by kind, plural, singular or short name (case-insensitive), as kubectl does."""
+        wanted = kind_or_plural.lower()
+        for spec in self.specs.values():
+            if wanted in {spec.kind.lower(), spec.plural, spec.singular, *spec.shortnames}:
+                if spec.group == 'events.k8s.io':
+                    continue  # `event` means the core v1 Event, as in kubectl
+                return spec
+        raise KeyError(f'unknown resource: {kind_or_plural!r}')
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def creation_index(self, uid: str) -> int:
+        return self._creation_indexes[uid]
+
+    def get(self, spec: ResourceSpec, namespace: str | None, name: str) -> dict[str, Any]:
+        """A copy of one object; ApiError 404 if absent."""
+        obj = self._store.get(self._key(spec, namespace, name))
+        if obj is None:
+            raise ApiError.not_found(spec, name)
+        return copy.deepcopy(obj)
+
+    def find_uid(self, uid: str) -> dict[str, Any] | None:
+        key = self._uids.get(uid)
+        return None if key is None else self._store[key]
+
+    def list(self, spec: ResourceSpec, namespace: str | None = None,
+             labels: LabelSelector | str | None = None, fields: FieldSelector | str | None = None,
+             ) -> list[dict[str, Any]]:
+        """Copies of the matching objects, sorted by namespace and name (etcd key order, as real lists)."""
+        labels = labels if isinstance(labels, LabelSelector) else LabelSelector.parse(labels)
+        fields = fields if isinstance(fields, FieldSelector) else FieldSelector.parse(fields)
+        result = [
+            copy.deepcopy(obj) for (skey, ns, _), obj in sorted(self._store.items(), key=_sort_key)
+            if skey == spec.key and (namespace is None or ns == namespace)
+            and labels.matches(obj) and fields.matches(obj)
+        ]
+        return result
+
+    def dependents(self, owner_uid: str) -> list[tuple[ResourceSpec, dict[str, Any]]]:
+        """Objects with an ownerReference to this uid (for the garbage collector)."""
+        return [
+            (self.specs[skey], obj) for (skey, _, _), obj in sorted(self._store.items(), key=_sort_key)
+            if any(ref.get('uid') == owner_uid for ref in obj.get('metadata', {}).get('ownerReferences') or [])
+        ]
+
+    async def follow(self, since_rv: int) -> AsyncIterator[WatchEvent]:
+        """
+        Every change committed after ``since_rv``, then live changes until :meth:`close`.
+
+        Event-driven: waiters sleep on an ``asyncio.Event`` that every commit
+        sets. ApiError 410 if ``since_rv`` is older than the kept history.
+        """
+        if self._history_rvs and since_rv < self._history_rvs[0] - 1:
+            raise ApiError(410, 'Expired', f'too old resource version: {since_rv} ({self._history_rvs[0] - 1})')
+        position = since_rv
+        while not self._closing:
+            changed = self._changed
+            index = bisect.bisect_right(self._history_rvs, position)
+            pending = self._history[index:]
+            if not pending:
+                await changed.wait()
+                continue
+            for event in pending:
+                position = event.rv
+                yield event
+
+    def close(self) -> None:
+        """End all watch streams and followers (at shutdown)."""
+        self._closing = True
+        self._signal()
+
+    # ------------------------------------------------------------------ writing (admin path)
+
+    def create(self, spec: ResourceSpec, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        """Create an object as POST does; returns a copy of the stored object."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault('metadata', {})
+        if spec.namespaced:
+            body_ns = meta.get('namespace')
+            if namespace is not None and body_ns not in (None, namespace):
+                raise ApiError(400, 'BadRequest', 'the namespace of the provided object does not match '
+                                                  'the namespace sent on the request')
+            namespace = namespace or body_ns or 'default'
+            if self._store.get(self._key(NAMESPACES, None, namespace)) is None:
+                raise ApiError.not_found(NAMESPACES, namespace)
+            meta['namespace'] = namespace
+        else:
+            namespace = None
+            meta.pop('namespace', None)
+        if not meta.get('name'):
+            if not meta.get('generateName'):
+                raise ApiError(422, 'Invalid', 'metadata.name: Required value: name or generateName is required')
+            # Real Kubernetes appends 5 random alphanumeric characters to generateName.
+            meta['name'] = meta['generateName'] + ''.join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
+        key = self._key(spec, namespace, meta['name'])
+        if key in self._store:
+            raise ApiError(409, 'AlreadyExists', f'{spec.plural}{"." + spec.group if spec.group else ""} '
+                                                 f'"{meta["name"]}" already exists',
+                           {'name': meta['name'], 'group': spec.group, 'kind': spec.plural})
+        obj['apiVersion'] = spec.api_version
+        obj['kind'] = spec.kind
+        # Fields the API server owns: clients cannot choose them.
+        meta['uid'] = str(uuid.uuid4())
+        meta['creationTimestamp'] = now_rfc3339(self.clock)
+        meta['generation'] = 1
+        for owned in ('deletionTimestamp', 'deletionGracePeriodSeconds', 'resourceVersion'):
+            meta.pop(owned, None)
+        if spec.has_status:
+            # The registry strategies reset status on create (PrepareForCreate).
+            obj.pop('status', None)
+            if spec.key == PODS.key:
+                obj['status'] = {'phase': 'Pending', 'qosClass': 'BestEffort'}
+            elif spec.key == NAMESPACES.key:
+                obj['status'] = {'phase': 'Active'}
+        self._creation_counter += 1
+        self._creation_indexes[meta['uid']] = self._creation_counter
+        self._uids[meta['uid']] = key
+        return copy.deepcopy(self._commit(spec, key, obj, None, 'ADDED'))
+
+    def update(self, spec: ResourceSpec, namespace: str | None, name: str,
+               change: Callable[[dict[str, Any]], dict[str, Any]], *, status: bool = False) -> dict[str, Any]:
+        """
+        Apply ``change`` (old object copy -> new object) with the rules of PUT/PATCH.
+
+        ``status=True`` is the ``/status`` subresource: only ``.status`` is taken
+        from the result. On the main endpoint of a resource with the status
+        subresource, changes to ``.status`` are ignored (as real Kubernetes).
+        """
+        key = self._key(spec, namespace if spec.namespaced else None, name)
+        old = self._store.get(key)
+        if old is None:
+            raise ApiError.not_found(spec, name)
+        new = change(copy.deepcopy(old))
+        if not isinstance(new, dict):
+            raise ApiError(422, 'Invalid', 'the object must be a JSON object')
+        new_meta = new.setdefault('metadata', {})
+        old_meta = old['metadata']
+        # Optimistic concurrency: a stated resourceVersion must be the current one.
+        wanted_rv = new_meta.get('resourceVersion')
+        if wanted_rv not in (None, '') and str(wanted_rv) != old_meta['resourceVersion']:
+            raise ApiError(409, 'Conflict', f'Operation cannot be fulfilled on {spec.plural} "{name}": the object '
+                                            f'has been modified; please apply your changes to the latest version '
+                                            f'and try again', {'name': name, 'kind': spec.plural})
+        if status:
+            result = copy.deepcopy(old)
+            if 'status' in new:
+                result['status'] = new['status']
+            else:
+                result.pop('status', None)
+        else:
+            result = new
+            if spec.has_status:
+                if 'status' in old:
+                    result['status'] = copy.deepcopy(old['status'])
+                else:
+                    result.pop('status', None)
+            meta = result['metadata']
+            # Immutable or server-owned metadata keeps its stored value.
+            for owned in ('name', 'namespace', 'uid', 'creationTimestamp', 'deletionTimestamp', 'generation'):
+                if owned in old_meta:
+                    meta[owned] = old_meta[owned]
+                else:
+                    meta.pop(owned, None)
+            if old_meta.get('deletionTimestamp'):
+                # Once deleting, finalizers can only be removed, never added.
+                meta['finalizers'] = [f for f in meta.get('finalizers') or [] if f in old_meta.get('finalizers', [])]
+        result['apiVersion'] = spec.api_version
+        result['kind'] = spec.kind
+        result['metadata']['resourceVersion'] = old_meta['resourceVersion']
+        if result.get('spec') != old.get('spec'):
+            result['metadata']['generation'] = old_meta.get('generation', 1) + 1
+        if result == old:
+            return copy.deepcopy(old)  # a no-op write: no new resourceVersion, no watch event
+        committed = self._commit(spec, key, result, old, 'MODIFIED')
+        if committed['metadata'].get('deletionTimestamp') and not committed['metadata'].get('finalizers'):
+            self._remove(spec, key)  # the last finalizer is gone: the deletion completes
+        return copy.deepcopy(committed)
+
+    def delete(self, spec: ResourceSpec, namespace: str | None, name: str) -> dict[str, Any]:
+        """
+        Delete as DELETE does: with finalizers, only mark ``deletionTimestamp``; else remove.
+
+        Dependents are removed afterwards by the garbage collector
+        (background propagation, the default of real Kubernetes).
+        """
+        key = self._key(spec, namespace if spec.namespaced else None, name)
+        old = self._store.get(key)
+        if old is None:
+            raise ApiError.not_found(spec, name)
+        if old['metadata'].get('finalizers'):
+            if old['metadata'].get('deletionTimestamp'):
+                return copy.deepcopy(old)
+            marked = copy.deepcopy(old)
+            marked['metadata']['deletionTimestamp'] = now_rfc3339(self.clock)
+            marked['metadata']['deletionGracePeriodSeconds'] = 0
+            return copy.deepcopy(self._commit(spec, key, marked, old, 'MODIFIED'))
+        return copy.deepcopy(self._remove(spec, key))
+
+    def _remove(self, spec: ResourceSpec, key: ObjKey) -> dict[str, Any]:
+        old = self._store[key]
+        # The DELETED event carries the final state with a new resourceVersion.
+        final = copy.deepcopy(old)
+        self._rv += 1
+        final['metadata']['resourceVersion'] = str(self._rv)
+        del self._store[key]
+        self._uids.pop(old['metadata']['uid'], None)
+        self._record(WatchEvent(self._rv, spec, 'DELETED', final, old))
+        return final
+
+    def _commit(self, spec: ResourceSpec, key: ObjKey, obj: dict[str, Any], old: dict[str, Any] | None,
+                type_: str) -> dict[str, Any]:
+        # A single global counter, as etcd's revision: every write bumps it.
+        self._rv += 1
+        obj['metadata']['resourceVersion'] = str(self._rv)
+        self._store[key] = obj
+        self._record(WatchEvent(self._rv, spec, type_, obj, old))
+        return obj
+
+    def _record(self, event: WatchEvent) -> None:
+        self._history.append(event)
+        self._history_rvs.append(event.rv)
+        if len(self._history) > HISTORY_LIMIT:
+            del self._history[:len(self._history) - HISTORY_LIMIT]
+            del self._history_rvs[:len(self._history_rvs) - HISTORY_LIMIT]
+        self._signal()
+
+    def _signal(self) -> None:
+        # Wake every follower; the next waiters wait on a fresh event.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    @staticmethod
+    def _key(spec: ResourceSpec, namespace: str | None, name: str) -> ObjKey:
+        return (spec.key, namespace if spec.namespaced else None, name)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """
+        Serve resource requests from the store; the rest (discovery) through KMock's scaffold.
+
+        Resource requests never reach KMock's request parser: it fails with
+        a 500 on ``/api/v1/namespaces`` and keeps every request in memory.
+        """
+        method = raw.method.upper()
+        query = dict(raw.query)
+        raw_body = await raw.read()
+        try:
+            data: Any = json.loads(raw_body) if raw_body else None
+        except ValueError:
+            data = None
+        body = data if method in ('POST', 'PUT', 'PATCH', 'DELETE') else None
+        status_code = self.faults.decide(method, raw.path) if BYPASS_FAULTS_HEADER not in raw.headers else None
+        if status_code is not None:
+            self._log(method, raw.path, query, status_code, body, faulted=True)
+            reason = 'TooManyRequests' if status_code == 429 else 'InternalError'
+            headers = {'Retry-After': '1'} if status_code == 429 else {}
+            return self._error_response(ApiError(status_code, reason, f'injected fault ({status_code})',
+                                                 {'retryAfterSeconds': 1} if status_code == 429 else None,
+                                                 headers))
+        target = _parse_path(raw.path)
+        spec = self.specs.get(target.resource_key) if target is not None else None
+        if target is None or spec is None:
+            response = await super().__call__(raw)
+            self._log(method, raw.path, query, response.status, body)
+            return response
+        try:
+            if method == 'GET' and query.get('watch') in ('true', '1'):
+                return await self._serve_watch(raw, spec, target, query)
+            response = self._serve(method, spec, target, query, raw.headers.get('Content-Type', ''), data)
+        except ApiError as e:
+            response = self._error_response(e)
+        except SelectorError as e:
+            response = self._error_response(ApiError(400, 'BadRequest', str(e)))
+        self._log(method, raw.path, query, response.status, body)
+        return response
+
+    def _serve(self, method: str, spec: ResourceSpec, target: _Target, query: dict[str, str],
+               content_type: str, data: Any) -> aiohttp.web.StreamResponse:
+        ns, name, sub = target.namespace, target.name, target.subresource
+        if sub not in (None, 'status', 'log') or (sub == 'status' and not spec.has_status) \
+                or (sub == 'log' and (spec.key != PODS.key or method != 'GET')):
+            raise ApiError(404, 'NotFound', 'the server could not find the requested resource')
+        if name is None:
+            if method == 'GET':
+                items = self.list(spec, ns, query.get('labelSelector'), query.get('fieldSelector'))
+                # Real list responses name their kind and carry the collection's resourceVersion.
+                return aiohttp.web.json_response({
+                    'kind': f'{spec.kind}List', 'apiVersion': spec.api_version,
+                    'metadata': {'resourceVersion': str(self._rv)}, 'items': items,
+                })
+            if method == 'POST':
+                if not isinstance(data, dict):
+                    raise ApiError(400, 'BadRequest', 'the body of the request must be a JSON object')
+                return aiohttp.web.json_response(self.create(spec, data, ns), status=201)
+            raise ApiError(405, 'MethodNotAllowed', f'the server does not allow this method on {spec.plural}')
+        if method == 'GET' and sub == 'log':
+            self.get(spec, ns, name)
+            return aiohttp.web.Response(text=self.pod_logs.get((ns or '', name), ''))
+        if method == 'GET':
+            return aiohttp.web.json_response(self.get(spec, ns, name))
+        if method == 'DELETE':
+            return aiohttp.web.json_response(self.delete(spec, ns, name))
+        if method == 'PUT':
+            if not isinstance(data, dict):
+                raise ApiError(400, 'BadRequest', 'the body of the request must be a JSON object')
+            replacement: dict[str, Any] = data
+            return aiohttp.web.json_response(
+                self.update(spec, ns, name, lambda _old: copy.deepcopy(replacement), status=sub == 'status'))
+        if method == 'PATCH':
+            apply = self._patcher(spec, content_type.split(';')[0].strip().lower(), data)
+            return aiohttp.web.json_response(self.update(spec, ns, name, apply, status=sub == 'status'))
+        raise ApiError(405, 'MethodNotAllowed', f'the server does not allow this method on {spec.plural}')
+
+    @staticmethod
+    def _patcher(spec: ResourceSpec, content_type: str, body: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def apply(old: dict[str, Any]) -> dict[str, Any]:
+            try:
+                if content_type == 'application/json-patch+json':
+                    return patches.json_patch(old, body)
+                if not isinstance(body, dict):
+                    raise ApiError(400, 'BadRequest', 'the body of a merge patch must be a JSON object')
+                if content_type == 'application/merge-patch+json':
+                    return patches.merge_patch(old, body)
+                return patches.strategic_merge_patch(old, body)
+            except patches.PatchError as e:
+                raise ApiError(422, 'Invalid', str(e)) from e
+
+        if content_type == 'application/strategic-merge-patch+json' and not spec.builtin:
+            # Custom resources have no Go schema, so the real server refuses strategic merge.
+            raise ApiError(415, 'UnsupportedMediaType', f'the body of the request was in an unknown format - '
+                                                        f'accepted media types include: application/json-patch+json, '
+                                                        f'application/merge-patch+json')
+        if content_type not in ('application/json-patch+json', 'application/merge-patch+json',
+                                'application/strategic-merge-patch+json'):
+            raise ApiError(415, 'UnsupportedMediaType', f'unsupported patch type: {content_type!r}')
+        return apply
+
+    async def _serve_watch(self, raw: aiohttp.web.BaseRequest, spec: ResourceSpec, target: _Target,
+                           query: dict[str, str]) -> aiohttp.web.StreamResponse:
+        labels = LabelSelector.parse(query.get('labelSelector'))
+        fields = FieldSelector.parse(
+            ','.join(filter(None, [query.get('fieldSelector'),
+                                   f'metadata.name={target.name}' if target.name else None])))
+        namespace = target.namespace if spec.namespaced else None
+        timeout = float(query['timeoutSeconds']) if query.get('timeoutSeconds') else None
+
+        def visible(obj: dict[str, Any] | None) -> bool:
+            return (obj is not None and (namespace is None or obj['metadata'].get('namespace') == namespace)
+                    and labels.matches(obj) and fields.matches(obj))
+
+        rv_param = query.get('resourceVersion')
+        initial: list[dict[str, Any]] = []
+        if rv_param in (None, '', '0'):
+            # "Get state and start at most recent": synthetic ADDED for what exists now.
+            since = self._rv
+            initial = [{'type': 'ADDED', 'object': obj} for obj in self.list(spec, namespace, labels, fields)]
+        else:
+            since = int(rv_param)
+
+        response = aiohttp.web.StreamResponse(status=200, headers={'Content-Type': 'application/json'})
+        await response.prepare(raw)
+        self._log('GET', raw.path, query, 200, None)
+
+        async def send(event: dict[str, Any]) -> None:
+            await response.write(json.dumps(event).encode() + b'\n')
+
+        try:
+            async with asyncio.timeout(timeout):
+                for event in initial:
+                    await send(event)
+                async for change in self.follow(since):
+                    if change.spec.key != spec.key:
+                        continue
+                    now_visible, was_visible = visible(change.object), visible(change.old)
+                    # A label change moving an object in or out of the selector is
+                    # seen by the watcher as ADDED / DELETED, as in real Kubernetes.
+                    if change.type == 'DELETED' and was_visible:
+                        await send({'type': 'DELETED', 'object': change.object})
+                    elif change.type != 'DELETED' and now_visible:
+                        await send({'type': 'ADDED' if not was_visible else change.type, 'object': change.object})
+                    elif change.type == 'MODIFIED' and was_visible:
+                        await send({'type': 'DELETED', 'object': change.object})
+        except ApiError as e:
+            await send({'type': 'ERROR', 'object': e.status_body()})
+        except (TimeoutError, ConnectionResetError):
+            pass  # timeoutSeconds elapsed (a normal end of a watch) or the client went away
+        await response.write_eof()
+        return response
+
+    def _error_response(self, error: ApiError) -> aiohttp.web.StreamResponse:
+        return aiohttp.web.json_response(error.status_body(), status=error.code, headers=error.headers)
+
+    def _log(self, method: str, path: str, query: dict[str, str], status: int, body: Any,
+             faulted: bool = False) -> None:
+        self.request_log.append(RequestRecord(method, path, query, status, time.monotonic(), body, faulted))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    resource_key: tuple[str, str, str]
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+def _parse_path(path: str) -> _Target | None:
+    """
+    Split a resource URL; None for discovery and other non-resource paths.
+
+    Handles ``/api/v1/namespaces/NAME[/status]`` as the Namespace object,
+    which KMock's parser reads as "namespace NAME, no resource".
+    """
+    parts = [p for p in path.split('/') if p]
+    if len(parts) >= 3 and parts[0] == 'api':
+        group, version, rest = '', parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == 'apis':
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace: str | None = None
+    if rest[0] == 'namespaces' and len(rest) >= 3 and rest[2] not in ('status', 'finalize'):
+        namespace, rest = rest[1], rest[2:]
+    plural, name = rest[0], rest[1] if len(rest) > 1 else None
+    subresource = '/'.join(rest[2:]) or None
+    return _Target((group, version, plural), namespace, name, subresource)
+
+
+def _sort_key(item: tuple[ObjKey, dict[str, Any]]) -> tuple[str, str]:
+    (_, namespace, name), _ = item
+    return (namespace or '', name)

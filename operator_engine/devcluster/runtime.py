@@ -1,0 +1,143 @@
+"""
+What the pods of the embedded cluster do: the kubelet's container runtime, pluggable.
+
+The job controller asks a :class:`Runtime` to run each Pod and turns the
+:class:`Result` into Pod and Job status. :class:`ScriptedRuntime` lets a test
+decide each outcome; a runtime that runs the container command as a local
+process can implement the same interface.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ['Runtime', 'Result', 'Outcome', 'ScriptedRuntime']
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """How a pod's (first) container ended, as the kubelet would report it."""
+
+    exit_code: int
+    message: str | None = None  # the termination message (container's terminationMessagePath)
+    logs: str = ''  # served at /api/v1/namespaces/NS/pods/NAME/log
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A scripted pod outcome: exit after ``duration`` seconds, or never (``hang``) until killed."""
+
+    exit_code: int = 0
+    duration: float = 0.0
+    message: str | None = None
+    hang: bool = False
+    logs: str = ''
+
+
+class Runtime(abc.ABC):
+    """
+    Runs pods. Subclasses implement :meth:`run`; the controller calls :meth:`execute`.
+
+    ``run`` must be cancellable: the controller cancels it when the Pod or Job
+    is deleted or the Job's ``activeDeadlineSeconds`` expires, as the kubelet
+    kills containers. :meth:`execute` records starts and ends so that tests can
+    await them with :meth:`wait_started` / :meth:`wait_finished`.
+    """
+
+    def __init__(self) -> None:
+        self.started: dict[str, dict[str, Any]] = {}  # job name -> its latest pod
+        self.finished: dict[str, Result | None] = {}  # job name -> result (None: killed)
+        self._changed = asyncio.Event()
+
+    @abc.abstractmethod
+    async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
+        """Run the pod's containers to completion and report how they ended."""
+
+    async def execute(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
+        job_name = job['metadata']['name']
+        self.finished.pop(job_name, None)
+        self.started[job_name] = pod
+        self._signal()
+        result: Result | None = None
+        try:
+            result = await self.run(pod, job)
+            return result
+        finally:
+            self.finished[job_name] = result
+            self._signal()
+
+    async def wait_started(self, job_name: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The pod of the job once the runtime has been asked to run it."""
+        async with asyncio.timeout(timeout):
+            while job_name not in self.started:
+                await self._wait()
+        return self.started[job_name]
+
+    async def wait_finished(self, job_name: str, timeout: float = 10.0) -> Result | None:
+        """The result of the job's latest pod once it ended (None if it was killed)."""
+        async with asyncio.timeout(timeout):
+            while job_name not in self.finished:
+                await self._wait()
+        return self.finished[job_name]
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+    def _signal(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+OutcomeRule = Callable[[dict[str, Any]], 'Outcome | None']
+
+
+class ScriptedRuntime(Runtime):
+    """
+    Pods do what the test scripted for their Job; by default they succeed at once.
+
+    Precedence: an exact job name, then name patterns (fnmatch, in the order
+    registered), then callables ``(job_manifest) -> Outcome | None`` (in order;
+    None passes), then :attr:`default`.
+    """
+
+    def __init__(self, default: Outcome = Outcome()) -> None:
+        super().__init__()
+        self.default = default
+        self._by_name: dict[str, Outcome] = {}
+        self._patterns: list[tuple[str, Outcome]] = []
+        self._rules: list[OutcomeRule] = []
+
+    def script(self, job_name_or_pattern: str, outcome: Outcome) -> None:
+        """Script the Job(s) of this name; ``*?[`` make it an fnmatch pattern."""
+        if any(c in job_name_or_pattern for c in '*?['):
+            self._patterns.append((job_name_or_pattern, outcome))
+        else:
+            self._by_name[job_name_or_pattern] = outcome
+
+    def script_with(self, rule: OutcomeRule) -> None:
+        """Decide outcomes by a function of the Job manifest (return None to pass)."""
+        self._rules.append(rule)
+
+    def outcome_for(self, job: dict[str, Any]) -> Outcome:
+        name = job['metadata']['name']
+        if name in self._by_name:
+            return self._by_name[name]
+        for pattern, outcome in self._patterns:
+            if fnmatch.fnmatchcase(name, pattern):
+                return outcome
+        for rule in self._rules:
+            if (decided := rule(job)) is not None:
+                return decided
+        return self.default
+
+    async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
+        outcome = self.outcome_for(job)
+        if outcome.hang:
+            await asyncio.Future()  # until cancelled: deleted, or the deadline expired
+        if outcome.duration > 0:
+            await asyncio.sleep(outcome.duration)
+        return Result(exit_code=outcome.exit_code, message=outcome.message, logs=outcome.logs)

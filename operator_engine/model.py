@@ -1,0 +1,432 @@
+"""The workflow model: one typed view of both Workflow shapes of CONTRACT §1.
+
+operator-service writes `spec.metadata.stages[]`; the 2019 DDO sample writes
+`spec.metadata.service[type=Metadata].attributes.workflow.stages[]` with
+`requirements.container` and `transformation.id`. Both are checked where they
+are written, so an error names the field the author actually wrote, and then
+both become the same `Workflow`, whose `document()` is the stage document the
+pods read from the ConfigMap.
+
+Everything a Workflow author controls is checked here, before any manifest
+exists: DIDs (they become directory names), image references (they become
+`image:` fields), URLs, names (they become child object names). Anything this
+module accepts can be rendered without changing a manifest's structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+# W3C DID syntax (did-core §3.1): did:<method-name>:<method-specific-id>, where the
+# id is *( *idchar ":" ) 1*idchar and idchar is ALPHA / DIGIT / "." / "-" / "_" / pct-encoded.
+_IDCHAR = r"(?:[A-Za-z0-9._-]|%[0-9A-Fa-f]{2})"
+_DID = re.compile(rf"did:[a-z0-9]+:(?:{_IDCHAR}*:)*{_IDCHAR}+", re.ASCII)
+MAX_DID_LENGTH = 255  # a DID becomes a directory name: /data/inputs/<DID>
+
+# The distribution/reference grammar that docker, containerd and the kubelet use.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?", re.ASCII)
+_TAG_ONLY = re.compile(_TAG, re.ASCII)
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?", re.ASCII)
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?", re.ASCII)
+
+# The longest child name is "<W>-configure-job" / "<W>-algorithm-job"; Job names
+# become the `job-name` label of their pods, so they must fit a label: 63.
+CHILD_SUFFIXES = ("-configure-job", "-algorithm-job", "-filter-job", "-publish-job", "-adminlogs", "-data")
+MAX_CHILD_NAME = 63
+MAX_NAME = MAX_CHILD_NAME - max(len(s) for s in CHILD_SUFFIXES)
+MAX_SECRET_LENGTH = 64 * 1024
+
+
+class InvalidWorkflow(ValueError):
+    """A Workflow that must not run. `problems` are "path: message" strings."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+    @property
+    def first(self) -> str:
+        return self.problems[0]
+
+
+def check_did(value: str) -> str:
+    if len(value) > MAX_DID_LENGTH or not _DID.fullmatch(value):
+        raise ValueError(
+            f"{_show(value)} is not a DID: expected did:<method>:<id>, the id made of letters, digits, "
+            "'.', '-', '_', ':' and %-escapes"
+        )
+    return value
+
+
+def check_image_reference(value: str) -> str:
+    """Accept exactly what a container runtime would parse as an image reference."""
+    if len(value) > 512 or not _REFERENCE.fullmatch(value) or len(_REFERENCE.fullmatch(value)["name"]) > 255:
+        raise ValueError("must be a valid image reference, such as python:3.11-slim or registry:5000/team/algo@sha256:<64 hex>")
+    return value
+
+
+def _check_image_name(value: str) -> str:
+    try:
+        return check_image_reference(value)
+    except ValueError as exc:
+        raise ValueError(f"{_show(value)} {exc}") from None
+
+
+def _check_tag(value: str) -> str:
+    if not _TAG_ONLY.fullmatch(value):
+        raise ValueError(f"{_show(value)} is not a valid image tag (letters, digits, '_', '.', '-', at most 128)")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value) if not any(c.isspace() for c in value) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{_show(value)} is not an http:// or https:// URL")
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    """operator-service sends `url` as a list; older documents send one string."""
+    return [value] if isinstance(value, str) else value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _show(value: str, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+Did = Annotated[str, AfterValidator(check_did)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+UrlList = Annotated[list[HttpUrl], BeforeValidator(_as_list)]
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+class _Open(BaseModel):
+    """Unknown fields are kept: the document belongs to operator-service."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=False)
+
+
+class Container(_Open):
+    image: Annotated[str, AfterValidator(_check_image_name)]
+    tag: Annotated[str, AfterValidator(_check_tag)] | None = None
+    entrypoint: Annotated[Text, Field(min_length=1)] | None = None
+    checksum: str | None = None
+
+    @pydantic.field_validator("checksum")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("sha256:") and not _SHA256.fullmatch(value):
+            raise ValueError(f"{_show(value)} is not sha256:<64 lowercase hex digits>")
+        return value
+
+
+class Input(_Open):
+    index: int | None = None
+    id: Did
+    url: UrlList | None = None
+    remote: dict[str, Any] | None = None
+    ddo: dict[str, Any] | None = None
+
+
+class Algorithm(_Open):
+    id: Did | None = None
+    url: UrlList | None = None
+    rawcode: Text | None = None
+    remote: dict[str, Any] | None = None
+    ddo: dict[str, Any] | None = None
+    container: Container
+
+    @pydantic.model_validator(mode="after")
+    def _has_code(self) -> Algorithm:
+        if not (self.url or self.rawcode or self.remote):
+            raise ValueError("one of url, rawcode or remote is required")
+        return self
+
+
+class Compute(_Open):
+    Instances: Annotated[int, Field(ge=1, le=1)] = 1
+    namespace: str | None = None
+    maxtime: Annotated[int, Field(ge=1)] | None = None
+
+
+class Stage(_Open):
+    index: int | None = None
+    stageType: str | None = None
+    input: list[Input] = Field(default_factory=list)
+    algorithm: Algorithm
+    compute: Compute = Field(default_factory=Compute)
+    output: dict[str, Any] = Field(default_factory=dict)
+
+
+class LegacyInput(_Open):
+    index: int | None = None
+    id: Did
+    url: UrlList | None = None
+
+
+class LegacyRequirements(_Open):
+    container: Container
+
+
+class LegacyTransformation(_Open):
+    id: Did
+
+
+class LegacyStage(_Open):
+    index: int | None = None
+    stageType: str | None = None
+    requirements: LegacyRequirements
+    input: list[LegacyInput] = Field(default_factory=list)
+    transformation: LegacyTransformation
+    output: dict[str, Any] = Field(default_factory=dict)
+
+
+class Spec(_Open):
+    metadata: dict[str, Any]
+    secret: Annotated[Text, Field(max_length=MAX_SECRET_LENGTH)] | None = None
+    stopRequested: bool | None = None
+    owner: str | None = None
+    agreementId: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Workflow:
+    """A checked Workflow. `stage` is in the operator-service shape, whatever the input shape."""
+
+    name: str
+    namespace: str | None
+    uid: str | None
+    job_id: str
+    shape: str  # "service" or "ddo-2019"
+    stage: dict[str, Any]
+    secret: str | None
+    stop_requested: bool
+    owner: str | None
+    agreement_id: str | None
+    creation_timestamp: str | None = None
+
+    @property
+    def input_dids(self) -> list[str]:
+        return [item["id"] for item in self.stage.get("input", [])]
+
+    @property
+    def algorithm_did(self) -> str | None:
+        return self.stage["algorithm"].get("id")
+
+    @property
+    def container(self) -> dict[str, Any]:
+        return self.stage["algorithm"]["container"]
+
+    @property
+    def image(self) -> str:
+        """`image@checksum` for a sha256 checksum, else `image:tag` (CONTRACT §2)."""
+        return algorithm_image(self.container)
+
+    @property
+    def maxtime(self) -> int | None:
+        return self.stage.get("compute", {}).get("maxtime")
+
+    def document(self) -> dict[str, Any]:
+        """The stage document the pods read (`/workflow.json`)."""
+        return {"jobId": self.job_id, "stages": [self.stage]}
+
+
+def algorithm_image(container: Mapping[str, Any]) -> str:
+    image = container["image"]
+    checksum = container.get("checksum") or ""
+    parsed = _REFERENCE.fullmatch(image)
+    name = parsed["name"] if parsed else image
+    if checksum.startswith("sha256:"):
+        return f"{name}@{checksum}"
+    if container.get("tag"):
+        return f"{name}:{container['tag']}"
+    return image if (parsed and (parsed["tag"] or parsed["digest"])) else f"{image}:latest"
+
+
+def parse_workflow(body: Mapping[str, Any]) -> Workflow:
+    """Check a WorkFlow object (as the API returns it) and build the model.
+
+    Raises InvalidWorkflow whose problems each name the offending field.
+    """
+    if not isinstance(body, Mapping):
+        raise InvalidWorkflow(["(document): must be a WorkFlow object"])
+    problems: list[str] = []
+    meta = body.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise InvalidWorkflow(["metadata: required"])
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append("metadata.name: required")
+    elif not _DNS_LABEL.fullmatch(name) or len(name) > MAX_NAME:
+        longest = name + max(CHILD_SUFFIXES, key=len)
+        problems.append(
+            f"metadata.name: {_show(name)} must be lowercase letters, digits and '-' and at most "
+            f"{MAX_NAME} characters, because child names such as '<name>-configure-job' must fit "
+            f"{MAX_CHILD_NAME} ({len(longest)} here)"
+        )
+    labels = meta.get("labels") or {}
+    job_id = labels.get("workflow") if isinstance(labels, Mapping) else None
+    if job_id is not None and (not isinstance(job_id, str) or len(job_id) > 63 or not _LABEL_VALUE.fullmatch(job_id)):
+        problems.append("metadata.labels.workflow: must be a label value (letters, digits, '-', '_', '.', at most 63)")
+
+    spec_raw = body.get("spec")
+    if not isinstance(spec_raw, Mapping):
+        problems.append("spec: required, an object")
+        raise InvalidWorkflow(problems)
+    try:
+        spec = Spec.model_validate(spec_raw)
+    except pydantic.ValidationError as exc:
+        raise InvalidWorkflow(problems + _problems(exc, "spec")) from None
+
+    stage, shape, stage_problems = _parse_stage(spec.metadata)
+    problems += stage_problems
+    if problems:
+        raise InvalidWorkflow(problems)
+    assert stage is not None and isinstance(name, str)
+    return Workflow(
+        name=name,
+        namespace=meta.get("namespace"),
+        uid=meta.get("uid"),
+        job_id=job_id or name,
+        shape=shape,
+        stage=stage,
+        secret=spec.secret,
+        stop_requested=bool(spec.stopRequested),
+        owner=spec.owner,
+        agreement_id=spec.agreementId,
+        creation_timestamp=meta.get("creationTimestamp"),
+    )
+
+
+def _parse_stage(document: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str, list[str]]:
+    if "stages" in document:
+        return _parse_service_shape(document)
+    if "service" in document:
+        return _parse_ddo_shape(document)
+    return None, "", [
+        "spec.metadata.stages: required (or, in the 2019 shape, "
+        "spec.metadata.service[type=Metadata].attributes.workflow.stages)"
+    ]
+
+
+def _parse_service_shape(document: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str, list[str]]:
+    base = "spec.metadata.stages"
+    problem = _one_stage(document.get("stages"), base)
+    if problem:
+        return None, "service", [problem]
+    try:
+        stage = Stage.model_validate(document["stages"][0])
+    except pydantic.ValidationError as exc:
+        return None, "service", _problems(exc, f"{base}[0]")
+    problems = _check_container(stage.algorithm.container, f"{base}[0].algorithm.container")
+    problems += _check_inputs([i.id for i in stage.input], f"{base}[0].input")
+    return stage.model_dump(mode="json", exclude_none=True), "service", problems
+
+
+def _parse_ddo_shape(document: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str, list[str]]:
+    services = document.get("service")
+    if not isinstance(services, list):
+        return None, "ddo-2019", ["spec.metadata.service: must be a list"]
+    found = [i for i, s in enumerate(services) if isinstance(s, Mapping) and s.get("type") == "Metadata"]
+    if not found:
+        return None, "ddo-2019", ["spec.metadata.service: no entry with type Metadata"]
+    index = found[0]
+    base = f"spec.metadata.service[{index}].attributes.workflow.stages"
+    workflow = (services[index].get("attributes") or {}).get("workflow")
+    stages = workflow.get("stages") if isinstance(workflow, Mapping) else None
+    problem = _one_stage(stages, base)
+    if problem:
+        return None, "ddo-2019", [problem]
+    assert stages is not None
+    try:
+        legacy = LegacyStage.model_validate(stages[0])
+    except pydantic.ValidationError as exc:
+        return None, "ddo-2019", _problems(exc, f"{base}[0]")
+    problems = _check_container(legacy.requirements.container, f"{base}[0].requirements.container")
+    problems += _check_inputs([i.id for i in legacy.input], f"{base}[0].input")
+    dumped = legacy.model_dump(mode="json", exclude_none=True)
+    stage: dict[str, Any] = {
+        "index": dumped.get("index", 0),
+        "input": dumped["input"],
+        "algorithm": {"id": dumped["transformation"]["id"], "container": dumped["requirements"]["container"]},
+        "compute": {"Instances": 1},
+        "output": dumped["output"],
+    }
+    if "stageType" in dumped:
+        stage["stageType"] = dumped["stageType"]
+    return stage, "ddo-2019", problems
+
+
+def _one_stage(stages: Any, base: str) -> str | None:
+    if not isinstance(stages, list) or not stages:
+        return f"{base}: required, a list with one stage"
+    if len(stages) > 1:
+        return f"{base}: has {len(stages)} stages; this operator runs exactly one stage per Workflow"
+    return None
+
+
+def _check_container(container: Container, path: str) -> list[str]:
+    """The parts may each be valid while the image they compose is not (a tag on an image that has one)."""
+    parsed = _REFERENCE.fullmatch(container.image)
+    if container.tag and parsed and (parsed["tag"] or parsed["digest"]):
+        return [f"{path}.tag: the image {_show(container.image)} already has a tag or digest"]
+    return []
+
+
+def _check_inputs(dids: list[str], path: str) -> list[str]:
+    seen: set[str] = set()
+    for i, did in enumerate(dids):
+        if did in seen:
+            return [f"{path}[{i}].id: {_show(did)} appears twice; each input DID gets its own folder"]
+        seen.add(did)
+    return []
+
+
+_MESSAGES = {
+    "missing": "required",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+}
+
+
+def _problems(exc: pydantic.ValidationError, base: str) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = base
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        message = _MESSAGES.get(error["type"]) or str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] in ("string_too_long", "too_long"):
+            message = f"must be at most {error['ctx']['max_length']} characters"
+        problems.append(f"{path}: {message}")
+    return problems

@@ -1,0 +1,291 @@
+"""Rendering: a checked Workflow plus the configuration become manifests.
+
+The templates (Jinja2 YAML, `TEMPLATES_DIR`) hold the structure; every value
+reaches them through the `j` filter, which writes it as a JSON scalar, list or
+mapping. JSON is valid YAML flow syntax, so a value is always exactly one YAML
+node: quotes, newlines, `{{`, `: ` or a document marker inside it stay text
+and cannot add, remove or change a key. `check_templates` refuses a template
+that prints anything without `| j`, so a customized folder keeps that promise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from operator_engine.config import Config, ConfigError
+from operator_engine.limits import SYSTEM_POD_RESOURCES, Limits, limits_for
+from operator_engine.model import Workflow
+
+MANAGED_BY = "operator-engine"
+DATA = "/data"
+ALGORITHM_PATH = f"{DATA}/transformations/algorithm"
+
+# One template per kind of child, plus the shared Job skeleton.
+TEMPLATE_FILES = (
+    "configmap.yaml.j2",
+    "pvc.yaml.j2",
+    "secret.yaml.j2",
+    "_job.yaml.j2",
+    "job-configure.yaml.j2",
+    "job-algorithm.yaml.j2",
+    "job-filter.yaml.j2",
+    "job-publish.yaml.j2",
+)
+
+# The algorithm container runs its entrypoint ($1) through this fixed script so
+# that stdout and stderr also land in /data/logs/algorithm.log while the exit
+# code stays the entrypoint's. The entrypoint is an argument, never spliced
+# into the script.
+ALGORITHM_WRAPPER = (
+    '{ sh -c "$1"; echo "$?" > /tmp/.algorithm-exit-code; } 2>&1 | tee -a /data/logs/algorithm.log; '
+    'exit "$(cat /tmp/.algorithm-exit-code)"'
+)
+
+# Publish-pod settings that are not secret (the secret ones go through a Secret).
+PUBLISH_SETTINGS = (
+    "STORAGE_EXPIRY", "IPFS_TYPE", "IPFS_OUTPUT", "IPFS_ADMINLOGS", "IPFS_OUTPUT_PREFIX",
+    "IPFS_ADMINLOGS_PREFIX", "IPFS_EXPIRY_TIME", "AWS_REGION", "AWS_BUCKET_OUTPUT",
+    "AWS_BUCKET_ADMINLOGS", "LOCAL_STORAGE_DIR",
+)
+PUBLISH_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IPFS_API_KEY", "IPFS_API_CLIENT")
+
+_ESCAPED_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+_EXPRESSION = re.compile(r"{{(.*?)}}", re.DOTALL)
+_FILTERED = re.compile(r"\|\s*j\s*$")
+
+
+def yaml_safe_json(value: Any) -> str:
+    """`value` as JSON that PyYAML (YAML 1.1) reads back as exactly `value`.
+
+    ASCII-only output keeps every character YAML treats specially (NEL, line
+    and paragraph separators, DEL) escaped. JSON writes characters outside the
+    BMP as surrogate pairs, which YAML would read as two broken characters, so
+    they are rewritten as YAML's own 8-digit `\\U` escape.
+    """
+    text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+
+    def join_pair(match: re.Match[str]) -> str:
+        high, low = int(match[2], 16), int(match[3], 16)
+        return f"{match[1]}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
+
+    return _ESCAPED_PAIR.sub(join_pair, text).replace("\x7f", "\\u007f")
+
+
+def check_templates(directory: Path) -> None:
+    """Stop early, naming every missing or unsafe template in TEMPLATES_DIR."""
+    problems = []
+    missing = [name for name in TEMPLATE_FILES if not (directory / name).is_file()]
+    if missing:
+        problems.append(f"TEMPLATES_DIR={str(directory)!r}: missing template(s) {', '.join(missing)}")
+    for name in TEMPLATE_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        for expression in _EXPRESSION.findall(path.read_text(encoding="utf-8")):
+            if not _FILTERED.search(expression.strip().rstrip("-").strip()):
+                problems.append(
+                    f"TEMPLATES_DIR={str(directory)!r}: {name} prints {{{{{expression}}}}} without the "
+                    "'| j' filter; every printed value must go through it"
+                )
+    if problems:
+        raise ConfigError(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Child:
+    """One object the operator creates for a workflow."""
+
+    kind: str
+    name: str
+    step: str  # "setup" (ConfigMap, PVCs, Secrets) or the Job's component
+    manifest: dict[str, Any]
+
+
+def child_names(workflow_name: str) -> dict[str, str]:
+    return {
+        "configmap": workflow_name,
+        "data": f"{workflow_name}-data",
+        "adminlogs": f"{workflow_name}-adminlogs",
+        "algorithm_secret": f"{workflow_name}-algorithm-secret",
+        "publish_secret": f"{workflow_name}-publish-credentials",
+        "configure": f"{workflow_name}-configure-job",
+        "algorithm": f"{workflow_name}-algorithm-job",
+        "filter": f"{workflow_name}-filter-job",
+        "publish": f"{workflow_name}-publish-job",
+    }
+
+
+def job_components(config: Config) -> list[str]:
+    """The stage Jobs, in the order they run."""
+    return ["configure", "algorithm"] + (["filter"] if config.FILTERING_CONTAINER else []) + ["publish"]
+
+
+class Renderer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        directory = Path(config.TEMPLATES_DIR)
+        check_templates(directory)
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(directory),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        self.env.filters["j"] = yaml_safe_json
+
+    def render(self, workflow: Workflow) -> list[Child]:
+        """Every child of `workflow`, in creation order."""
+        names = child_names(workflow.name)
+        limits = limits_for(workflow, self.config)
+        namespace = workflow.namespace or self.config.OPERATOR_NAMESPACE
+        base = {"names": names, "namespace": namespace, "labels": self._labels(workflow, None)}
+        document = workflow.document()
+        children = [
+            self._child("configmap.yaml.j2", "setup", base,
+                        workflow_json=json.dumps(document, indent=2, ensure_ascii=False),
+                        workflow_yaml=yaml.safe_dump(document, sort_keys=False, allow_unicode=True)),
+        ]
+        for volume in ("data", "adminlogs"):
+            children.append(self._child("pvc.yaml.j2", "setup", base, volume=volume,
+                                        storage_class=self.config.STORAGE_CLASS, disk=limits.disk))
+        if workflow.secret is not None:
+            children.append(self._child("secret.yaml.j2", "setup", base, secret_name=names["algorithm_secret"],
+                                        secret_data={"secret": workflow.secret}))
+        credentials = {key: getattr(self.config, key) for key in PUBLISH_CREDENTIALS if getattr(self.config, key)}
+        if credentials:
+            children.append(self._child("secret.yaml.j2", "setup", base, secret_name=names["publish_secret"],
+                                        secret_data=credentials))
+        for component in job_components(self.config):
+            children.append(self._job(workflow, component, base, limits, has_credentials=bool(credentials)))
+        if workflow.uid:
+            for child in children:
+                child.manifest["metadata"]["ownerReferences"] = [owner_reference(workflow)]
+        return children
+
+    def _labels(self, workflow: Workflow, component: str | None) -> dict[str, str]:
+        labels = {"app": workflow.name, "workflow": workflow.job_id, "app.kubernetes.io/managed-by": MANAGED_BY}
+        if component:
+            labels["component"] = component
+        return labels
+
+    def _child(self, template: str, step: str, base: dict[str, Any], **values: Any) -> Child:
+        text = self.env.get_template(template).render({**base, **values})
+        try:
+            manifest = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as exc:  # only a broken custom template can get here
+            raise ConfigError([f"TEMPLATES_DIR: {template} does not render to valid YAML: {exc}"]) from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("metadata"), dict):
+            raise ConfigError([f"TEMPLATES_DIR: {template} must render one Kubernetes object"])
+        return Child(kind=str(manifest.get("kind")), name=str(manifest["metadata"].get("name")), step=step,
+                     manifest=manifest)
+
+    def _job(self, workflow: Workflow, component: str, base: dict[str, Any], limits: Limits,
+             has_credentials: bool) -> Child:
+        config = self.config
+        names = base["names"]
+        if component == "algorithm":
+            entrypoint = (workflow.container.get("entrypoint") or "$ALGO").replace("$ALGO", ALGORITHM_PATH)
+            image, command = workflow.image, ["/bin/sh", "-c", ALGORITHM_WRAPPER, "algorithm", entrypoint]
+            env = self._algorithm_env(workflow, names, with_secret=True)
+            resources, deadline = limits.algorithm_resources, limits.algorithm_deadline
+        elif component == "filter":
+            image, command = config.FILTERING_CONTAINER, None
+            env = self._algorithm_env(workflow, names, with_secret=False)
+            resources, deadline = SYSTEM_POD_RESOURCES, limits.algorithm_deadline
+        else:
+            image = config.POD_CONFIGURATION_CONTAINER if component == "configure" else config.POD_PUBLISH_CONTAINER
+            command = ["operator-engine", component]
+            env = self._system_env(workflow, component, names, has_credentials)
+            resources, deadline = SYSTEM_POD_RESOURCES, limits.stage_deadline
+        child = self._child(
+            f"job-{component}.yaml.j2", component, base,
+            labels=self._labels(workflow, component), job_name=names[component], component=component,
+            image=image, command=command, env=env, resources=resources, deadline=deadline,
+            admin_logs=component in ("configure", "publish"),
+            service_account=config.SERVICE_ACCOUNT, node_selector=config.NODE_SELECTOR,
+            pull_secret=config.PULL_SECRET, pull_policy=config.PULL_POLICY,
+        )
+        container = child.manifest["spec"]["template"]["spec"]["containers"][0]
+        if container.get("command") is None:  # the filter image runs its own entrypoint
+            container.pop("command")
+        return child
+
+    def _algorithm_env(self, workflow: Workflow, names: dict[str, str], with_secret: bool) -> list[dict[str, Any]]:
+        dids = [did.removeprefix("did:op:") for did in workflow.input_dids]
+        env = [
+            {"name": "DIDS", "value": json.dumps(dids)},
+            {"name": "TRANSFORMATION_DID", "value": workflow.algorithm_did or ""},
+            {"name": "VOLUME", "value": DATA},
+            {"name": "LOGS", "value": f"{DATA}/logs"},
+            {"name": "INPUTS", "value": f"{DATA}/inputs"},
+            {"name": "OUTPUTS", "value": f"{DATA}/outputs"},
+        ]
+        if with_secret and workflow.secret is not None:
+            env.append({"name": "secret", "valueFrom": {"secretKeyRef": {"name": names["algorithm_secret"], "key": "secret"}}})
+        return env
+
+    def _system_env(self, workflow: Workflow, component: str, names: dict[str, str],
+                    has_credentials: bool) -> list[dict[str, Any]]:
+        env = [
+            {"name": "VOLUME", "value": DATA},
+            {"name": "ADMINLOGS", "value": f"{DATA}/adminlogs"},
+            {"name": "WORKFLOW", "value": "/workflow.json"},
+            {"name": "JOB_ID", "value": workflow.job_id},
+            {"name": "LOG_LEVEL", "value": self.config.LOG_LEVEL},
+        ]
+        if component == "configure":
+            env.append({"name": "diskGB", "value": str(self.config.diskGB)})
+            return env
+        for key in PUBLISH_SETTINGS:
+            value = getattr(self.config, key)
+            if value is not None and value != "":
+                env.append({"name": key, "value": str(value)})
+        if has_credentials:
+            for key in PUBLISH_CREDENTIALS:
+                if getattr(self.config, key):
+                    env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": names["publish_secret"], "key": key}}})
+        return env
+
+
+def owner_reference(workflow: Workflow) -> dict[str, Any]:
+    """Children are garbage-collected with their Workflow and found through it."""
+    return {
+        "apiVersion": "oceanprotocol.com/v1alpha",
+        "kind": "WorkFlow",
+        "name": workflow.name,
+        "uid": workflow.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """Multi-line strings (the workflow document, scripts) as literal blocks, for people reading `render`."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    if "\n" in value and all(c.isprintable() or c == "\n" for c in value):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_ReadableDumper.add_representer(str, _represent_str)
+
+
+def to_yaml_stream(manifests: list[dict[str, Any]]) -> str:
+    return "".join(
+        "---\n" + yaml.dump(m, Dumper=_ReadableDumper, sort_keys=False, allow_unicode=True, width=120)
+        for m in manifests
+    )

@@ -1,0 +1,140 @@
+"""Configuration: every bad value stops the program with a message naming the variable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from operator_engine import config as config_module
+from operator_engine.render import TEMPLATE_FILES
+
+from .conftest import KNOWN_ADDRESS, KNOWN_KEY, SAMPLE, clean_environ, run_cli
+
+NUMERIC = ["nCPU", "nGPU", "ramGB", "diskGB", "priceMinute", "maxJobs", "maxJobDuration", "STORAGE_EXPIRY"]
+
+
+@pytest.mark.parametrize("variable", NUMERIC)
+@pytest.mark.parametrize("bad", ["abc", "-1", "1e999x", ""])
+def test_bad_numeric_variable_stops_check_config_naming_it(variable, bad):
+    if bad == "":  # empty means unset: the default applies
+        assert run_cli("check-config", env=clean_environ(**{variable: bad})).returncode == 0
+        return
+    result = run_cli("check-config", env=clean_environ(**{variable: bad}))
+    assert result.returncode == 78
+    assert f"{variable}=" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("variable", NUMERIC)
+def test_bad_numeric_variable_also_stops_render(variable):
+    result = run_cli("render", str(SAMPLE), env=clean_environ(**{variable: "lots"}))
+    assert result.returncode == 78
+    assert variable in result.stderr and result.stdout == ""
+
+
+def test_zero_cpus_is_rejected_with_allowed_range():
+    with pytest.raises(config_module.ConfigError) as caught:
+        config_module.load({"nCPU": "0"})
+    assert caught.value.problems == ["nCPU='0': must be an integer >= 1"]
+
+
+def test_all_bad_variables_are_reported_together():
+    with pytest.raises(config_module.ConfigError) as caught:
+        config_module.load({"nCPU": "x", "maxJobs": "0", "PULL_POLICY": "Sometimes", "IPFS_TYPE": "x"})
+    assert [p.split("=")[0] for p in caught.value.problems] == ["nCPU", "maxJobs", "IPFS_TYPE", "PULL_POLICY"]
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("PULL_POLICY", "Sometimes"), ("IPFS_TYPE", "PINATA"), ("LOG_LEVEL", "LOUD"), ("DEBUG_NO_CLEANUP", "maybe"),
+    ("NOTIFY_START_URL", "ftp://x"), ("NODE_SELECTOR", "a b"), ("SERVICE_ACCOUNT", "Bad_Name"),
+    ("FILTERING_CONTAINER", "img\nname"), ("IPFS_EXPIRY_TIME", "tomorrow"), ("TEMPLATES_DIR", "/nonexistent"),
+    ("OPERATOR_NAMESPACE", "UPPER"), ("LOG_CFG", "/nonexistent.yaml"),
+])
+def test_bad_text_variable_names_the_variable_and_the_allowed_values(variable, value):
+    with pytest.raises(config_module.ConfigError) as caught:
+        config_module.load({variable: value})
+    assert caught.value.problems[0].startswith(f"{variable}=")
+    assert "must" in caught.value.problems[0]
+
+
+def test_malformed_private_key_is_named_but_never_shown():
+    result = run_cli("check-config", env=clean_environ(OPERATOR_PRIVATE_KEY="0xdeadbeef-secret-material"))
+    assert result.returncode == 78
+    assert "OPERATOR_PRIVATE_KEY" in result.stderr
+    assert "deadbeef" not in result.stderr
+
+
+def test_out_of_range_private_key_is_rejected_without_showing_it():
+    with pytest.raises(config_module.ConfigError) as caught:
+        config_module.load({"OPERATOR_PRIVATE_KEY": "f" * 64})
+    assert "OPERATOR_PRIVATE_KEY" in str(caught.value) and "ffff" not in str(caught.value)
+
+
+def test_check_config_prints_the_environment_with_the_consumer_address():
+    env = clean_environ(OPERATOR_PRIVATE_KEY=KNOWN_KEY, nCPU="4", nGPU="1", gpuType="A100", ramGB="8", diskGB="20",
+                        priceMinute="0.5", description="GPU box", maxJobs="3", maxJobDuration="600",
+                        STORAGE_EXPIRY="24", cpuType="AMD EPYC")
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "id": "ocean-compute", "cpuNumber": 4, "cpuType": "AMD EPYC", "gpuNumber": 1, "gpuType": "A100",
+        "ramGB": 8, "diskGB": 20, "priceMin": 0.5, "desc": "GPU box", "currentJobs": 0, "maxJobs": 3,
+        "consumerAddress": KNOWN_ADDRESS, "storageExpiry": 24, "maxJobDuration": 600,
+    }
+    assert KNOWN_KEY[2:] not in result.stdout + result.stderr
+
+
+def test_check_config_without_a_key_has_no_consumer_address():
+    result = run_cli("check-config")
+    assert json.loads(result.stdout)["consumerAddress"] is None
+
+
+def test_defaults_are_those_documented():
+    cfg = config_module.load({})
+    assert (cfg.nCPU, cfg.nGPU, cfg.ramGB, cfg.diskGB, cfg.maxJobs, cfg.maxJobDuration) == (1, 0, 1, 1, 5, 3600)
+    assert cfg.SERVICE_ACCOUNT == "default" and cfg.IPFS_TYPE == "CLIENT" and cfg.DEBUG_NO_CLEANUP is False
+    assert cfg.upload_target is None
+
+
+def test_repr_hides_secret_values():
+    cfg = config_module.load({"AWS_SECRET_ACCESS_KEY": "very-secret", "OPERATOR_PRIVATE_KEY": KNOWN_KEY})
+    assert "very-secret" not in repr(cfg) and KNOWN_KEY[2:] not in repr(cfg)
+
+
+def test_ipfs_wins_over_s3_as_upload_target():
+    assert config_module.load({"IPFS_OUTPUT": "ipfs:5001", "AWS_BUCKET_OUTPUT": "b"}).upload_target == "ipfs"
+    assert config_module.load({"AWS_BUCKET_OUTPUT": "b"}).upload_target == "s3"
+
+
+def test_missing_template_in_templates_dir_is_listed(tmp_path):
+    shutil.copytree(config_module.PACKAGED_TEMPLATES_DIR, tmp_path / "t")
+    (tmp_path / "t" / "job-publish.yaml.j2").unlink()
+    (tmp_path / "t" / "pvc.yaml.j2").unlink()
+    result = run_cli("check-config", env=clean_environ(TEMPLATES_DIR=str(tmp_path / "t")))
+    assert result.returncode == 78
+    assert "TEMPLATES_DIR" in result.stderr and "pvc.yaml.j2, job-publish.yaml.j2" in result.stderr
+
+
+def test_template_printing_a_value_without_the_safe_filter_is_refused(tmp_path):
+    shutil.copytree(config_module.PACKAGED_TEMPLATES_DIR, tmp_path / "t")
+    path = tmp_path / "t" / "configmap.yaml.j2"
+    path.write_text(path.read_text().replace("{{ names.configmap | j }}", "{{ names.configmap }}"))
+    result = run_cli("render", str(SAMPLE), env=clean_environ(TEMPLATES_DIR=str(tmp_path / "t")))
+    assert result.returncode == 78
+    assert "configmap.yaml.j2 prints {{ names.configmap }} without the '| j' filter" in result.stderr
+
+
+def test_customized_templates_are_used(tmp_path):
+    shutil.copytree(config_module.PACKAGED_TEMPLATES_DIR, tmp_path / "t")
+    path = tmp_path / "t" / "pvc.yaml.j2"
+    path.write_text(path.read_text().replace('accessModes: ["ReadWriteOnce"]', 'accessModes: ["ReadWriteMany"]'))
+    result = run_cli("render", str(SAMPLE), env=clean_environ(TEMPLATES_DIR=str(tmp_path / "t")))
+    assert result.returncode == 0
+    assert result.stdout.count("ReadWriteMany") == 2
+
+
+def test_every_packaged_template_is_required():
+    assert sorted(p.name for p in config_module.PACKAGED_TEMPLATES_DIR.iterdir()) == sorted(TEMPLATE_FILES)

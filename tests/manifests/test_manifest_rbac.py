@@ -1,0 +1,96 @@
+"""The operator gets a namespaced Role with only what it uses."""
+
+from ._support import KUBERNETES_DIR, NAMESPACE, all_docs, find_doc
+
+BINDING = KUBERNETES_DIR / "binding.yml"
+SA_FILE = KUBERNETES_DIR / "sa.yml"
+
+# Resources that are not namespaced: a Role cannot (and must not) grant them.
+CLUSTER_SCOPED = {
+    "nodes", "namespaces", "persistentvolumes", "clusterroles", "clusterrolebindings",
+    "customresourcedefinitions", "storageclasses", "priorityclasses",
+    "mutatingwebhookconfigurations", "validatingwebhookconfigurations",
+    "certificatesigningrequests", "apiservices", "runtimeclasses", "csidrivers",
+    "csinodes", "volumeattachments", "ingressclasses", "tokenreviews",
+    "subjectaccessreviews", "selfsubjectaccessreviews", "componentstatuses",
+}
+
+EXPECTED = {
+    ("oceanprotocol.com", "workflows"): {"get", "list", "watch", "patch", "update"},
+    ("oceanprotocol.com", "workflows/status"): {"get", "patch", "update"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},
+    ("", "secrets"): {"get", "list", "create", "delete"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+
+
+def role():
+    return find_doc(BINDING, "Role", "ocean-compute-operator")
+
+
+def granted():
+    out = {}
+    for rule in role()["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def test_no_cluster_role_or_cluster_role_binding_anywhere():
+    kinds = {doc["kind"] for _, doc in all_docs()}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+
+
+def test_role_is_in_the_operator_namespace():
+    assert role()["metadata"]["namespace"] == NAMESPACE
+
+
+def test_role_has_no_wildcard():
+    for rule in role()["rules"]:
+        for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert not any("*" in value for value in rule.get(key, [])), rule
+
+
+def test_role_grants_no_cluster_scoped_resource_or_url():
+    for rule in role()["rules"]:
+        assert "nonResourceURLs" not in rule
+        assert not {r.split("/")[0] for r in rule["resources"]} & CLUSTER_SCOPED, rule
+
+
+def test_role_grants_exactly_what_the_operator_uses():
+    assert granted() == EXPECTED
+
+
+def test_role_binding_binds_the_role_to_the_operator_service_account():
+    binding = find_doc(BINDING, "RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "Role", "name": "ocean-compute-operator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount",
+                                    "name": "ocean-compute-operator",
+                                    "namespace": NAMESPACE}]
+
+
+def test_every_role_rule_is_explained_by_a_comment():
+    lines = BINDING.read_text().splitlines()
+    rule_lines = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
+    assert len(rule_lines) == len(role()["rules"])
+    for i in rule_lines:
+        assert lines[i - 1].strip().startswith("#"), lines[i]
+
+
+def test_operator_service_account_exists_in_the_namespace():
+    sa = find_doc(SA_FILE, "ServiceAccount", "ocean-compute-operator")
+    assert sa["metadata"]["namespace"] == NAMESPACE
+
+
+def test_workflow_pod_service_account_mounts_no_token():
+    sa = find_doc(SA_FILE, "ServiceAccount", "ocean-compute-pods")
+    assert sa["metadata"]["namespace"] == NAMESPACE
+    assert sa["automountServiceAccountToken"] is False
