@@ -92,6 +92,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pod(args: argparse.Namespace) -> int:
+    """The pod programs read their own variables; the operator's configuration does not apply."""
+    if args.pod == "configure":
+        from operator_engine.pods.configure import main as pod_main
+    else:
+        from operator_engine.pods.publish import main as pod_main
+    return pod_main(args.pod_args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _load_config()  # fail here, with a clear message, rather than inside kopf
     argv = [sys.executable, "-m", "kopf", "run", "--standalone", *args.kopf_args, "-m", "operator_engine.operator_main"]
@@ -123,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the environment and print the compute environment")
     check.set_defaults(handler=cmd_check_config)
+
+    for name, summary in (("configure", "the configure pod: fetch the inputs and the algorithm into /data"),
+                          ("publish", "the publish pod: upload outputs and logs, report their URLs")):
+        pod = commands.add_parser(name, help=summary, description=summary + " (settings from the environment)")
+        pod.add_argument("pod_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        pod.set_defaults(handler=cmd_pod, pod=name)
     return parser
 
 
