@@ -1,11 +1,18 @@
 """The kopf entry module: `kopf run --standalone operator_engine/operator_main.py`.
 
-Importing it checks the configuration and the templates, so a bad variable
-stops the operator at start with a message naming it (CONTRACT §3).
+Handlers stay thin: they turn a watch event into "reconcile workflow W" and
+leave the work to `engine.Engine`. A stage starts because a watch event said
+the previous one ended (a Job event, or the status patch of the step before);
+the timer is only a backstop for missed events and deadlines.
+
+Importing this module checks the configuration and the templates, so a bad
+variable stops the operator at start with a message naming it (CONTRACT §3).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,19 +20,78 @@ from typing import Any
 import kopf
 
 from operator_engine import config as _config
+from operator_engine import logs
 from operator_engine import render as _render
+from operator_engine.engine import Engine
+from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
+from operator_engine.pipeline import is_terminal
 
 try:
-    CONFIG = _config.load()
-    _render.check_templates(Path(CONFIG.TEMPLATES_DIR))
+    _config.load()
+    _render.check_templates(Path(_config.load().TEMPLATES_DIR))
+    BACKSTOP_SECONDS = float(os.environ.get("OPERATOR_BACKSTOP_SECONDS") or 30)
 except _config.ConfigError as _exc:
     print(f"operator-engine: configuration error: {'; '.join(_exc.problems)}", file=sys.stderr)
     raise SystemExit(78) from None
+except ValueError:
+    print("operator-engine: configuration error: OPERATOR_BACKSTOP_SECONDS must be a number", file=sys.stderr)
+    raise SystemExit(78) from None
+
+MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
+
+
+def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message)
 
 
 @kopf.on.startup()
-def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Read again at each start: tests and `operator-engine dev` start the operator in-process.
+    config = _config.load()
+    logs.setup(config.LOG_LEVEL, config.LOG_CFG)
     # The operator is namespaced (a Role, not cluster-admin): it must not list
     # namespaces or CRDs cluster-wide, which kopf's scanning would try.
     settings.scanning.disabled = True
-    settings.posting.level = 20  # INFO events on the Workflow, for `kubectl describe`
+    # kopf's own "Handler succeeded" lines would drown the story: the engine posts
+    # its own Events and log lines; kopf speaks up for warnings and errors.
+    settings.posting.level = logging.WARNING
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    settings.persistence.finalizer = "oceanprotocol.com/operator-engine"
+    settings.watching.server_timeout = 300
+    memo.engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
+    await memo.engine.admit(config.OPERATOR_NAMESPACE)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    engine = getattr(memo, "engine", None)
+    if engine is not None:
+        await engine.close()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def workflow_changed(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") != "DELETED":
+        await memo.engine.reconcile(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_changed(event: dict[str, Any], labels: dict[str, str], namespace: str, memo: kopf.Memo,
+                      **_: Any) -> None:
+    workflow = labels.get("app")
+    if workflow and event.get("type") != "DELETED":
+        await memo.engine.reconcile(namespace, workflow)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def workflow_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await memo.engine.finalize(dict(body))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=BACKSTOP_SECONDS, initial_delay=BACKSTOP_SECONDS)
+async def backstop(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    status = dict(body.get("status") or {})
+    settled = is_terminal(status) and (status.get("cleanedUp") or memo.engine.config.DEBUG_NO_CLEANUP)
+    if not settled:
+        await memo.engine.reconcile(namespace, name, backstop=True)

@@ -142,6 +142,9 @@ class Renderer:
         )
         self.env.filters["j"] = yaml_safe_json
 
+    def limits(self, workflow: Workflow) -> Limits:
+        return limits_for(workflow, self.config)
+
     def render(self, workflow: Workflow) -> list[Child]:
         """Every child of `workflow`, in creation order."""
         names = child_names(workflow.name)

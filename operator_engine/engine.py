@@ -1,0 +1,371 @@
+"""The operator's actions: observe a workflow, ask `pipeline.decide`, apply the answer.
+
+Everything the engine knows it reads from the cluster on each call: the
+Workflow's status says where the workflow is, its Jobs say what happened
+since. The only memory kept between calls is which notifications are in
+flight or were delivered by this process (so one is not sent twice while its
+status patch is on its way), and locks; after a restart both are rebuilt
+from the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from collections.abc import Callable
+from typing import Any
+
+from operator_engine import logs, notify
+from operator_engine.config import Config
+from operator_engine.kube import Kube, PermanentError
+from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
+from operator_engine.pipeline import (
+    MISSING,
+    JobView,
+    Step,
+    admission,
+    code_status,
+    decide,
+    is_terminal,
+)
+from operator_engine.render import Child, Renderer, child_names, job_components
+
+ENVIRONMENT_CONFIGMAP = "operator-engine-environment"
+DEADLINE_GRACE_SECONDS = 30  # the backstop waits this long past activeDeadlineSeconds before acting
+CLEANUP_KINDS = ("Job", "PersistentVolumeClaim", "ConfigMap", "Secret")
+
+log = logs.get()
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+EventPoster = Callable[[dict[str, Any], str, str, str], None]
+
+
+class Engine:
+    def __init__(self, config: Config, kube: Kube, post_event: EventPoster | None = None,
+                 notify_deadline: float = 300.0) -> None:
+        self.config = config
+        self.kube = kube
+        self.renderer = Renderer(config)
+        self.post_event = post_event or (lambda body, type_, reason, message: None)
+        self.notify_deadline = notify_deadline
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._admission_lock = asyncio.Lock()
+        self._notifications: dict[tuple[str, str], asyncio.Task[str]] = {}
+        self._delivered: set[tuple[str, str]] = set()
+        self._current_jobs: int | None = None
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    # --- the main entry: bring one workflow one step further
+
+    async def reconcile(self, namespace: str, name: str, *, backstop: bool = False) -> None:
+        async with self._lock(namespace, name):
+            body = await self.kube.get_workflow(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            status = body.get("status") or {}
+            if is_terminal(status):
+                await self._after_terminal(body)
+                return
+            try:
+                workflow = parse_workflow(body)
+            except InvalidWorkflow as exc:
+                await self._reject(body, exc)
+                return
+            code = status.get("statusCode")
+            try:
+                if code is None:
+                    await self._queue(body, workflow)
+                elif code == 1:
+                    if workflow.stop_requested:
+                        await self._finish_unstarted(body, "stop requested while queued")
+                        return
+                else:
+                    self._ensure_notification(body, workflow, "start")
+                    await self._advance(body, workflow, backstop=backstop)
+            except PermanentError as exc:
+                await self._fail_permanently(body, workflow, str(exc))
+        if code in (None, 1):
+            await self.admit(namespace)
+
+    async def _advance(self, body: dict[str, Any], workflow: Workflow, backstop: bool) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        status = body.get("status") or {}
+        jobs = await self._observe(namespace, name)
+        overdue = False
+        if backstop and status.get("statusCode") == 40:
+            started = _parse_time(status.get("algorithmStarted"))
+            deadline = self.renderer.limits(workflow).algorithm_deadline
+            overdue = bool(started) and (
+                datetime.datetime.now(datetime.timezone.utc) - started
+            ).total_seconds() > deadline + DEADLINE_GRACE_SECONDS
+        step = decide(status, jobs, stop_requested=workflow.stop_requested,
+                      filtering=bool(self.config.FILTERING_CONTAINER), now=now_rfc3339(), overdue=overdue)
+        if step:
+            await self._apply(body, workflow, step)
+
+    async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        children = self.renderer.render(workflow)
+        names = child_names(name)
+        for component in step.delete:
+            if await self.kube.delete("Job", namespace, names[component]):
+                log.info(f"Job {names[component]} deleted", workflow=name)
+        for item in step.create:
+            for child in (c for c in children if c.step == item):
+                await self._create(child, name)
+        if step.status:
+            status = dict(step.status)
+            if step.event:
+                status["conditions"] = _with_condition(body, step.event, status)
+            if "statusCode" in status:
+                log.info(f"Workflow {name}: {status['statusCode']} {status['statusText']}", workflow=name)
+            if not await self.kube.patch_workflow_status(namespace, name, status):
+                return
+            if step.event:
+                reason, message = step.event
+                self.post_event(body, "Normal" if status.get("phase") not in ("Failed", "TimedOut") else "Warning",
+                                reason, message)
+            if status.get("dateFinished"):
+                ending = f": {status['message']}" if status.get("message") else ""
+                log.info(f"Workflow {name} finished {status['phase']}{ending}", workflow=name)
+                await self._after_terminal({**body, "status": {**(body.get("status") or {}), **status}})
+                await self.admit(namespace)
+
+    async def _create(self, child: Child, workflow_name: str) -> None:
+        if await self.kube.create(child.manifest):
+            log.info(f"{child.kind} {child.name} created", workflow=workflow_name)
+        else:
+            log.info(f"{child.kind} {child.name} already exists", workflow=workflow_name)
+
+    async def _observe(self, namespace: str, name: str) -> dict[str, JobView]:
+        views: dict[str, JobView] = {}
+        for job in await self.kube.list_jobs(namespace, name):
+            component = (job.metadata.labels or {}).get("component")
+            if component is None:
+                continue
+            job_status = job.status
+            succeeded = bool(job_status and job_status.succeeded)
+            failed_condition = next((c for c in (job_status.conditions or []) if c.type == "Failed"
+                                     and c.status == "True"), None) if job_status else None
+            failed = bool(failed_condition) or bool(job_status and job_status.failed and not job_status.active)
+            view = JobView(exists=True, succeeded=succeeded, failed=failed and not succeeded,
+                           reason=failed_condition.reason if failed_condition else None)
+            if view.finished and component in ("configure", "algorithm", "filter", "publish"):
+                view = await self._with_termination(namespace, job.metadata.name, view)
+            views[component] = view
+        return views
+
+    async def _with_termination(self, namespace: str, job_name: str, view: JobView) -> JobView:
+        """The exit code and termination message of the Job's last pod (CONTRACT §2)."""
+        pods = await self.kube.list_pods(namespace, job_name)
+        pods.sort(key=lambda p: p.metadata.creation_timestamp or datetime.datetime.min)
+        for pod in reversed(pods):
+            for container in (pod.status.container_statuses or []) if pod.status else []:
+                terminated = container.state.terminated if container.state else None
+                if terminated is None:
+                    continue
+                message: Any = terminated.message
+                if message:
+                    try:
+                        message = json.loads(message)
+                    except ValueError:
+                        pass
+                return JobView(exists=True, succeeded=view.succeeded, failed=view.failed, reason=view.reason,
+                               exit_code=terminated.exit_code, message=message)
+        return view
+
+    # --- admission
+
+    async def _queue(self, body: dict[str, Any], workflow: Workflow) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        status = code_status(1, phase="Queued", stopreq=0, dateCreated=body["metadata"].get("creationTimestamp")
+                             or now_rfc3339(), owner=workflow.owner, agreementId=workflow.agreement_id)
+        notes = self.renderer.limits(workflow).notes
+        if notes:
+            status["message"] = "; ".join(notes)
+        status["conditions"] = _with_condition(body, ("Queued", "waiting for a free slot"), status)
+        if await self.kube.patch_workflow_status(namespace, name, status):
+            log.info(f"Workflow {name} queued", workflow=name, shape=workflow.shape)
+            self.post_event(body, "Normal", "Queued", "waiting for a free slot (maxJobs)")
+
+    async def admit(self, namespace: str) -> None:
+        """Admit the oldest Queued workflows while fewer than maxJobs run. The count is read from the cluster."""
+        async with self._admission_lock:
+            workflows = await self.kube.list_workflows(namespace)
+            for name in admission(workflows, self.config.maxJobs):
+                status = code_status(10, phase="Running", dateStarted=now_rfc3339())
+                body = next(w for w in workflows if w["metadata"]["name"] == name)
+                status["conditions"] = _with_condition(body, ("Started", "admitted; the pipeline starts"), status)
+                if await self.kube.patch_workflow_status(namespace, name, status):
+                    body["status"] = {**(body.get("status") or {}), **status}
+                    log.info(f"Workflow {name} admitted", workflow=name)
+                    self.post_event(body, "Normal", "Started", "admitted; the pipeline starts")
+            running = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
+                          and not w["metadata"].get("deletionTimestamp"))
+            await self.refresh_environment(namespace, running)
+
+    async def refresh_environment(self, namespace: str, current_jobs: int | None = None) -> None:
+        """Keep the environment ConfigMap (check-config's JSON with a live currentJobs) up to date."""
+        if current_jobs is None:
+            workflows = await self.kube.list_workflows(namespace)
+            current_jobs = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
+                               and not w["metadata"].get("deletionTimestamp"))
+        if current_jobs == self._current_jobs:
+            return
+        environment = json.dumps(self.config.environment(current_jobs), indent=2)
+        await self.kube.apply_config_map(self.config.OPERATOR_NAMESPACE, ENVIRONMENT_CONFIGMAP,
+                                         {"environment.json": environment})
+        self._current_jobs = current_jobs
+
+    # --- endings
+
+    async def _reject(self, body: dict[str, Any], exc: InvalidWorkflow) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        message = f"invalid Workflow: {exc}"
+        now = now_rfc3339()
+        status = code_status(70, phase="Failed", stopreq=0, message=message, dateFinished=now,
+                             dateCreated=body["metadata"].get("creationTimestamp") or now)
+        status["conditions"] = _with_condition(body, ("Rejected", message), status)
+        if await self.kube.patch_workflow_status(namespace, name, status):
+            log.warning(f"Workflow {name} rejected: {exc.first}", workflow=name)
+            self.post_event(body, "Warning", "Rejected", message[:1000])
+
+    async def _finish_unstarted(self, body: dict[str, Any], message: str) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        status = code_status(70, phase="Stopped", stopreq=1, message=message, dateFinished=now_rfc3339())
+        status["conditions"] = _with_condition(body, ("Stopped", message), status)
+        if await self.kube.patch_workflow_status(namespace, name, status):
+            log.info(f"Workflow {name} stopped before it started", workflow=name)
+            self.post_event(body, "Normal", "Stopped", message)
+
+    async def _fail_permanently(self, body: dict[str, Any], workflow: Workflow, reason: str) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        message = f"the API server refused a request: {reason}"
+        status = code_status(70, phase="Failed", stopreq=0, message=message, dateFinished=now_rfc3339())
+        status["conditions"] = _with_condition(body, ("Failed", message), status)
+        log.error(f"Workflow {name} failed: {message}", workflow=name)
+        if await self.kube.patch_workflow_status(namespace, name, status):
+            self.post_event(body, "Warning", "Failed", message[:1000])
+            await self._after_terminal({**body, "status": {**(body.get("status") or {}), **status}})
+
+    async def _after_terminal(self, body: dict[str, Any]) -> None:
+        """A terminal workflow: the stop notification (if it was started) and clean-up, each once."""
+        status = body.get("status") or {}
+        if status.get("dateStarted"):
+            try:
+                workflow = parse_workflow(body)
+            except InvalidWorkflow:
+                workflow = None
+            if workflow is not None:
+                self._ensure_notification(body, workflow, "start")
+                self._ensure_notification(body, workflow, "stop")
+        if not self.config.DEBUG_NO_CLEANUP and not status.get("cleanedUp"):
+            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            await self.cleanup(namespace, name)
+            await self.kube.patch_workflow_status(namespace, name, {"cleanedUp": True})
+
+    async def cleanup(self, namespace: str, name: str) -> None:
+        """Delete every child of the workflow; the Workflow itself stays, it holds the status."""
+        for kind in CLEANUP_KINDS:
+            for child in await self.kube.list_children(kind, namespace, name):
+                if await self.kube.delete(kind, namespace, child):
+                    log.info(f"{kind} {child} deleted", workflow=name)
+
+    async def finalize(self, body: dict[str, Any]) -> None:
+        """The Workflow is being deleted: stop what runs, clean up, tell operator-service once."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        async with self._lock(namespace, name):
+            await self.cleanup(namespace, name)
+            status = body.get("status") or {}
+            if status.get("dateStarted"):
+                try:
+                    workflow = parse_workflow(body)
+                except InvalidWorkflow:
+                    workflow = None
+                if workflow is not None:
+                    start = self._notifications.get((body["metadata"]["uid"], "start"))
+                    if start is not None:
+                        await asyncio.shield(start)
+                    started = self._was_delivered(body, "start")
+                    if started:
+                        task = self._ensure_notification(body, workflow, "stop", record=False)
+                        if task is not None:
+                            await asyncio.shield(task)
+            log.info(f"Workflow {name} deleted; children removed", workflow=name)
+        self._locks.pop((namespace, name), None)
+        await self.admit(namespace)
+
+    # --- notifications
+
+    def _was_delivered(self, body: dict[str, Any], kind: str) -> bool:
+        if (body["metadata"].get("uid"), kind) in self._delivered:
+            return True
+        return ((body.get("status") or {}).get("notifications") or {}).get(kind) == "delivered"
+
+    def _ensure_notification(self, body: dict[str, Any], workflow: Workflow, kind: str,
+                             record: bool = True) -> asyncio.Task[str] | None:
+        """Start delivering a notification unless it was delivered, given up on, or is on its way."""
+        url = self.config.NOTIFY_START_URL if kind == "start" else self.config.NOTIFY_STOP_URL
+        uid = body["metadata"].get("uid", body["metadata"]["name"])
+        key = (uid, kind)
+        recorded = ((body.get("status") or {}).get("notifications") or {}).get(kind)
+        if not url or recorded or key in self._delivered:
+            return None
+        if key in self._notifications:
+            return self._notifications[key]
+        start_task = self._notifications.get((uid, "start")) if kind == "stop" else None
+        task = asyncio.create_task(self._notify(body, workflow, kind, url, start_task, record))
+        self._notifications[key] = task
+        return task
+
+    async def _notify(self, body: dict[str, Any], workflow: Workflow, kind: str, url: str,
+                      after: asyncio.Task[str] | None, record: bool) -> str:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        key = (body["metadata"].get("uid", name), kind)
+        try:
+            if after is not None:
+                await asyncio.shield(after)  # the stop notification never overtakes the start one
+            result = await notify.deliver(url, notify.payload(workflow, self.config.OPERATOR_PRIVATE_KEY),
+                                          deadline=self.notify_deadline)
+            self._delivered.add(key)
+            log.info(f"{kind} notification for {name}: {result}", workflow=name)
+            if record:
+                await self.kube.patch_workflow_status(namespace, name, {"notifications": {kind: result}})
+            return result
+        finally:
+            self._notifications.pop(key, None)
+
+    async def close(self) -> None:
+        for task in list(self._notifications.values()):
+            task.cancel()
+
+
+def _with_condition(body: dict[str, Any], event: tuple[str, str], status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Workflow's conditions with this step's one set (by type), for `kubectl describe`."""
+    reason, message = event
+    conditions = [c for c in ((body.get("status") or {}).get("conditions") or []) if c.get("type") != reason]
+    failed = status.get("phase") in ("Failed", "TimedOut")
+    conditions.append({"type": reason, "status": "True", "reason": reason, "message": message[:1000],
+                       "lastTransitionTime": now_rfc3339()})
+    if failed:
+        conditions[-1]["reason"] = status["phase"]
+    return conditions[-10:]
+
+
+__all__ = ["ENVIRONMENT_CONFIGMAP", "Engine", "MISSING"]

@@ -1,0 +1,158 @@
+"""The Kubernetes calls the operator makes, with retries, through the official client.
+
+Each call runs the synchronous `kubernetes` client in a worker thread so the
+kopf event loop never blocks. Transient answers (429, 5xx, connection
+errors, timeouts) are retried with exponential backoff; "already exists" on
+create and "not found" on delete count as success, which is what makes every
+handler safe to run again after a crash. Any other 4xx is permanent and
+raised as `PermanentError` with the API server's message, so the workflow
+can end `Failed` saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kubernetes
+import urllib3
+from kubernetes.client import ApiException
+
+T = TypeVar("T")
+
+GROUP, VERSION, PLURAL = "oceanprotocol.com", "v1alpha", "workflows"
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class PermanentError(Exception):
+    """The API server refused a request for a reason retrying cannot fix."""
+
+
+class TransientError(Exception):
+    """Retries ran out on errors that may pass; the backstop timer will try again."""
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def new_api_client() -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient, attempts: int = 8, base_delay: float = 0.1,
+                 max_delay: float = 2.0, request_timeout: float = 15.0) -> None:
+        self.client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.timeout = request_timeout
+
+    async def call(self, fn: Callable[..., T], *args: Any, ok: tuple[int, ...] = (), **kwargs: Any) -> T | None:
+        """Run fn with retries; a status in `ok` returns None instead of raising."""
+        delay = self.base_delay
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await asyncio.to_thread(fn, *args, _request_timeout=self.timeout, **kwargs)
+            except ApiException as exc:
+                if exc.status in ok:
+                    return None
+                if exc.status not in TRANSIENT_STATUSES and exc.status != 0:
+                    raise PermanentError(f"{exc.status} {_message(exc)}") from None
+                last = f"{exc.status} {_message(exc)}"
+                retry_after = (exc.headers or {}).get("Retry-After") if exc.status == 429 else None
+                wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                last, wait = f"{type(exc).__name__}: {exc}", delay
+            if attempt == self.attempts:
+                raise TransientError(last)
+            await asyncio.sleep(min(wait, self.max_delay) * (0.5 + random.random() / 2))
+            delay = min(delay * 2, self.max_delay)
+        raise AssertionError("unreachable")
+
+    # --- Workflows
+
+    async def get_workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                               ok=(404,))
+
+    async def list_workflows(self, namespace: str) -> list[dict[str, Any]]:
+        result = await self.call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        return list((result or {}).get("items", []))
+
+    async def patch_workflow_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge `status` into the Workflow's status; False if the Workflow is gone."""
+        result = await self.call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
+                                 PLURAL, name, {"status": status}, ok=(404,))
+        return result is not None
+
+    # --- children
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """Create a child; False when it already exists (a re-run after a crash)."""
+        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+        creators = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Secret": self.core.create_namespaced_secret,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+            "Job": self.batch.create_namespaced_job,
+        }
+        result = await self.call(creators[kind], namespace, manifest, ok=(409,))
+        return result is not None
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        deleters = {
+            "ConfigMap": self.core.delete_namespaced_config_map,
+            "Secret": self.core.delete_namespaced_secret,
+            "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim,
+            "Job": self.batch.delete_namespaced_job,
+        }
+        # Background propagation: the Job's pods go too (the default for Jobs would orphan them).
+        body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")
+        result = await self.call(deleters[kind], name, namespace, body=body, ok=(404,))
+        return result is not None
+
+    async def list_jobs(self, namespace: str, workflow: str) -> list[Any]:
+        result = await self.call(self.batch.list_namespaced_job, namespace,
+                                 label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
+        return list(result.items) if result else []
+
+    async def list_pods(self, namespace: str, job_name: str) -> list[Any]:
+        result = await self.call(self.core.list_namespaced_pod, namespace, label_selector=f"job-name={job_name}")
+        return list(result.items) if result else []
+
+    async def list_children(self, kind: str, namespace: str, workflow: str) -> list[str]:
+        listers = {
+            "ConfigMap": self.core.list_namespaced_config_map,
+            "Secret": self.core.list_namespaced_secret,
+            "PersistentVolumeClaim": self.core.list_namespaced_persistent_volume_claim,
+            "Job": self.batch.list_namespaced_job,
+        }
+        result = await self.call(listers[kind], namespace,
+                                 label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
+        return [item.metadata.name for item in (result.items if result else [])]
+
+    async def apply_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        """Create or replace a ConfigMap the operator owns (the environment ConfigMap)."""
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {"app.kubernetes.io/managed-by": "operator-engine"}},
+                "data": data}
+        created = await self.call(self.core.create_namespaced_config_map, namespace, body, ok=(409,))
+        if created is None:
+            await self.call(self.core.patch_namespaced_config_map, name, namespace, {"data": data})

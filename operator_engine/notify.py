@@ -1,0 +1,68 @@
+"""Start and stop notifications (CONTRACT §4): payload, EIP-191 signature, delivery.
+
+Delivery retries with backoff for a bounded time and then gives up: a
+receiver that is down must never hold up a workflow. The payload carries the
+workflow's secret (operator-service expects it), so payloads are never
+logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import aiohttp
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from operator_engine.model import Workflow
+
+
+def signed_text(secret: str | None, dids: list[str], job_id: str, algo_did: str | None) -> str:
+    return json.dumps(secret) + json.dumps(dids) + json.dumps(job_id) + json.dumps(algo_did)
+
+
+def sign(private_key: str | None, text: str) -> str | None:
+    if not private_key:
+        return None
+    signed = Account.sign_message(encode_defunct(text=text), private_key=private_key)
+    signature = signed.signature.hex()
+    return signature if signature.startswith("0x") else "0x" + signature
+
+
+def payload(workflow: Workflow, private_key: str | None) -> dict[str, Any]:
+    dids = workflow.input_dids
+    text = signed_text(workflow.secret, dids, workflow.job_id, workflow.algorithm_did)
+    return {
+        "algoDID": workflow.algorithm_did,
+        "jobId": workflow.job_id,
+        "secret": workflow.secret,
+        "DID": dids,
+        "signature": sign(private_key, text),
+    }
+
+
+async def deliver(url: str, body: dict[str, Any], *, deadline: float = 300.0, timeout: float = 10.0,
+                  first_delay: float = 0.5, max_delay: float = 30.0) -> str:
+    """POST body to url until a 2xx answer or `deadline` seconds pass. Returns what happened, for the status."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + deadline
+    delay, attempts, last = first_delay, 0, ""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        while True:
+            attempts += 1
+            try:
+                async with session.post(url, json=body) as response:
+                    if 200 <= response.status < 300:
+                        return "delivered"
+                    last = f"HTTP {response.status}"
+                    if 400 <= response.status < 500 and response.status not in (408, 429):
+                        return f"refused: {last}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                last = type(exc).__name__
+            if loop.time() + delay > give_up_at:
+                return f"gave up after {attempts} attempts: {last}"
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, max_delay)

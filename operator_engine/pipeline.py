@@ -1,0 +1,223 @@
+"""What comes next for a workflow: one pure function of its status and its Jobs.
+
+No I/O here. The handlers observe the cluster (the Workflow's status, the
+Jobs labelled with its name and their pods' termination messages), call
+`decide`, and apply the `Step` it returns: create these children, delete
+those Jobs, merge this into the status. Because the decision depends only on
+what the cluster holds, a restarted operator decides the same thing, and
+applying a step twice is harmless (creating an existing child is a no-op).
+
+The status codes and their order come from operator-service (CONTRACT §1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+STATUS_TEXT = {
+    1: "Warming up",
+    10: "Job started",
+    20: "Configuring volumes",
+    30: "Provisioning success",
+    31: "Data provisioning failed",
+    32: "Algorithm provisioning failed",
+    40: "Running algorithm",
+    50: "Filtering results",
+    60: "Publishing results",
+    70: "Job completed",
+}
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped", "TimedOut"})
+RESULT_FIELDS = ("algologUrl", "configlogUrl", "publishlogUrl", "outputsUrl")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobView:
+    """What the cluster says about one stage Job."""
+
+    exists: bool = False
+    succeeded: bool = False
+    failed: bool = False
+    reason: str | None = None  # the Failed condition's reason, e.g. DeadlineExceeded
+    exit_code: int | None = None
+    message: Any = None  # the pod's termination message, parsed as JSON when it is JSON
+
+    @property
+    def finished(self) -> bool:
+        return self.succeeded or self.failed
+
+
+MISSING = JobView()
+
+
+@dataclasses.dataclass
+class Step:
+    """What to do now. Empty means: nothing, wait for the next event."""
+
+    create: list[str] = dataclasses.field(default_factory=list)  # "setup" or Job components, in order
+    delete: list[str] = dataclasses.field(default_factory=list)  # Job components
+    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    event: tuple[str, str] | None = None  # (reason, message) for a Kubernetes Event
+
+    def __bool__(self) -> bool:
+        return bool(self.create or self.delete or self.status)
+
+
+def is_terminal(status: Mapping[str, Any]) -> bool:
+    return bool(status.get("dateFinished")) and status.get("phase") in TERMINAL_PHASES
+
+
+def code_status(code: int, **extra: Any) -> dict[str, Any]:
+    return {"statusCode": code, "statusText": STATUS_TEXT[code], **extra}
+
+
+def decide(
+    status: Mapping[str, Any],
+    jobs: Mapping[str, JobView],
+    *,
+    stop_requested: bool,
+    filtering: bool,
+    now: str,
+    overdue: bool = False,
+) -> Step:
+    """The next step of an admitted, non-terminal workflow (statusCode 10 and later)."""
+    code = status.get("statusCode")
+    outcome: dict[str, Any] = dict(status.get("outcome") or {})
+
+    def job(component: str) -> JobView:
+        return jobs.get(component, MISSING)
+
+    def to_output_stages(outcome: dict[str, Any], algorithm_ran: bool, event: tuple[str, str]) -> Step:
+        # Outputs always pass the filter before they are published, whatever the algorithm's end.
+        if filtering and algorithm_ran:
+            return Step(create=["filter"], status=code_status(50, outcome=outcome), event=event)
+        return Step(create=["publish"], status=code_status(60, outcome=outcome), event=event)
+
+    if code == 10:
+        return Step(create=["setup", "configure"], status=code_status(20),
+                    event=("Configuring", "volumes, ConfigMap and configure Job created"))
+
+    if code == 20:
+        configure = job("configure")
+        if stop_requested and not configure.finished:
+            stopped = {"phase": "Stopped", "stopreq": 1, "message": "stop requested while provisioning"}
+            return dataclasses.replace(to_output_stages(stopped, False, ("Stopped", stopped["message"])),
+                                       delete=["configure"])
+        if not configure.exists:
+            return Step(create=["configure"])  # lost (deleted by hand): make it again
+        if configure.succeeded:
+            return Step(status=code_status(30), event=("Provisioned", "inputs and algorithm are in place"))
+        if configure.failed:
+            failure = _provisioning_failure(configure)
+            return to_output_stages(failure, False, ("ProvisioningFailed", failure["message"]))
+        return Step()
+
+    if code == 30:
+        if stop_requested:
+            stopped = {"phase": "Stopped", "stopreq": 1, "message": "stop requested before the algorithm started"}
+            return to_output_stages(stopped, False, ("Stopped", stopped["message"]))
+        return Step(create=["algorithm"], status=code_status(40, algorithmStarted=now),
+                    event=("AlgorithmStarted", "algorithm Job created"))
+
+    if code == 40:
+        algorithm = job("algorithm")
+        if algorithm.succeeded:
+            return to_output_stages({}, True, ("AlgorithmFinished", "the algorithm succeeded"))
+        if algorithm.failed:
+            if algorithm.reason == "DeadlineExceeded":
+                ended = {"phase": "TimedOut", "stopreq": 2,
+                         "message": "the algorithm exceeded its maximum duration and was stopped"}
+            else:
+                ended = {"phase": "Failed", "message": _algorithm_failure(algorithm)}
+            return to_output_stages(ended, True, ("AlgorithmFinished", ended["message"]))
+        if overdue:  # the backstop for a Job whose activeDeadlineSeconds did not fire
+            ended = {"phase": "TimedOut", "stopreq": 2,
+                     "message": "the algorithm exceeded its maximum duration and was stopped"}
+            return dataclasses.replace(to_output_stages(ended, True, ("AlgorithmFinished", ended["message"])),
+                                       delete=["algorithm"])
+        if stop_requested:
+            stopped = {"phase": "Stopped", "stopreq": 1, "message": "stopped on request"}
+            return dataclasses.replace(to_output_stages(stopped, True, ("Stopped", stopped["message"])),
+                                       delete=["algorithm"])
+        if not algorithm.exists:
+            lost = {"phase": "Failed", "message": "the algorithm Job was deleted before it finished"}
+            return to_output_stages(lost, True, ("AlgorithmLost", lost["message"]))
+        return Step()
+
+    if code == 50:
+        filtered = job("filter")
+        if not filtered.exists:
+            return Step(create=["filter"])
+        if filtered.failed and outcome.get("phase") in (None, "Succeeded"):
+            outcome = {"phase": "Failed", "message": f"the filter stage failed{_exit(filtered)}"}
+        if filtered.finished:
+            return Step(create=["publish"], status=code_status(60, outcome=outcome),
+                        event=("Filtered", "outputs checked by the filter"))
+        return Step()
+
+    if code == 60:
+        publish = job("publish")
+        if not publish.exists:
+            return Step(create=["publish"])
+        if not publish.finished:
+            return Step()
+        final = _final_status(outcome, publish, now)
+        return Step(status=final, event=("Finished", final.get("message") or f"workflow {final['phase']}"))
+
+    return Step()  # codes 1 and terminal states are decided elsewhere (admission, clean-up)
+
+
+def _provisioning_failure(configure: JobView) -> dict[str, Any]:
+    message = configure.message if isinstance(configure.message, Mapping) else {}
+    code = message.get("statusCode") if message.get("statusCode") in (31, 32) else 31
+    reason = message.get("message") or (
+        "the configure pod exceeded its deadline" if configure.reason == "DeadlineExceeded"
+        else f"the configure pod failed{_exit(configure)}"
+    )
+    return {"phase": "Failed", "statusCode": code, "message": str(reason)}
+
+
+def _algorithm_failure(algorithm: JobView) -> str:
+    if algorithm.exit_code is not None:
+        return f"the algorithm failed with exit code {algorithm.exit_code}"
+    return f"the algorithm Job failed ({algorithm.reason or 'no reason given'})"
+
+
+def _exit(job: JobView) -> str:
+    return f" with exit code {job.exit_code}" if job.exit_code is not None else ""
+
+
+def _final_status(outcome: Mapping[str, Any], publish: JobView, now: str) -> dict[str, Any]:
+    code = outcome.get("statusCode", 70)
+    final = code_status(code, phase=outcome.get("phase", "Succeeded"), stopreq=outcome.get("stopreq", 0),
+                        dateFinished=now)
+    message = outcome.get("message")
+    results = publish.message if isinstance(publish.message, Mapping) else {}
+    for field in RESULT_FIELDS:
+        if field in results:
+            final[field] = results[field]
+    if publish.failed:
+        failure = results.get("message") or f"publishing the results failed{_exit(publish)}"
+        message = f"{message}; {failure}" if message else str(failure)
+        if final["phase"] == "Succeeded":
+            final["phase"] = "Failed"
+    final["message"] = message or ""
+    return final
+
+
+def admission(workflows: Sequence[Mapping[str, Any]], max_jobs: int) -> list[str]:
+    """Names of Queued workflows to admit now: the oldest first, up to the free slots.
+
+    `workflows` are Workflow objects. Creation order is (creationTimestamp,
+    name): the API server's timestamps have one-second resolution, so the
+    name breaks ties, the same way on every run and after a restart.
+    """
+    # A Running workflow that is being deleted is on its way out: its slot is free.
+    running = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
+                  and not (w.get("metadata") or {}).get("deletionTimestamp"))
+    queued = [w for w in workflows if (w.get("status") or {}).get("phase") == "Queued"
+              and not (w.get("metadata") or {}).get("deletionTimestamp")]
+    queued.sort(key=lambda w: (w["metadata"].get("creationTimestamp") or "", w["metadata"]["name"]))
+    free = max(0, max_jobs - running)
+    return [w["metadata"]["name"] for w in queued[:free]]
