@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up .venv with the test dependencies and runs the whole test suite.
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/foundation -x
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh requirements_dev.txt
+exec .venv/bin/python -m pytest "$@"
