@@ -228,6 +228,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DEBUG_NO_CLEANUP", _boolean, False, "Keep Jobs, volumes, ConfigMap and Secrets after the end"),
     Variable("TEMPLATES_DIR", _existing_dir, str(PACKAGED_TEMPLATES_DIR), "Folder of the manifest templates"),
     Variable("LOCAL_STORAGE_DIR", _single_line, None, "Publish into this folder (embedded cluster only)"),
+    Variable("OPERATOR_BACKSTOP_SECONDS", _integer(1), 30, "Interval of the timer that catches missed events and deadlines"),
 )
 
 VARIABLE_NAMES = frozenset(v.name for v in VARIABLES)

@@ -12,7 +12,6 @@ variable stops the operator at start with a message naming it (CONTRACT §3).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,13 @@ from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
 from operator_engine.pipeline import is_terminal
 
 try:
-    _config.load()
-    _render.check_templates(Path(_config.load().TEMPLATES_DIR))
-    BACKSTOP_SECONDS = float(os.environ.get("OPERATOR_BACKSTOP_SECONDS") or 30)
+    _CONFIG = _config.load()
+    _render.check_templates(Path(_CONFIG.TEMPLATES_DIR))
 except _config.ConfigError as _exc:
     print(f"operator-engine: configuration error: {'; '.join(_exc.problems)}", file=sys.stderr)
     raise SystemExit(78) from None
-except ValueError:
-    print("operator-engine: configuration error: OPERATOR_BACKSTOP_SECONDS must be a number", file=sys.stderr)
-    raise SystemExit(78) from None
+# kopf fixes a timer's interval when the handler is registered, i.e. at import.
+BACKSTOP_SECONDS = float(_CONFIG.OPERATOR_BACKSTOP_SECONDS)
 
 MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
 
