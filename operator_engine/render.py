@@ -62,13 +62,23 @@ _FILTERED = re.compile(r"\|\s*j\s*$")
 
 
 def yaml_safe_json(value: Any) -> str:
-    """`value` as JSON that PyYAML (YAML 1.1) reads back as exactly `value`.
+    """`value` as JSON-style flow YAML that PyYAML and libyaml read back as exactly `value`.
 
-    ASCII-only output keeps every character YAML treats specially (NEL, line
+    ASCII-only scalars keep every character YAML treats specially (NEL, line
     and paragraph separators, DEL) escaped. JSON writes characters outside the
     BMP as surrogate pairs, which YAML would read as two broken characters, so
-    they are rewritten as YAML's own 8-digit `\\U` escape.
+    they are rewritten as YAML's own 8-digit `\\U` escape. Mapping keys are
+    written as explicit keys (`? "key": value`): YAML 1.1 refuses a plain
+    "simple key" longer than 1024 characters.
     """
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"? {_scalar(str(k))}: {yaml_safe_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_safe_json(v) for v in value) + "]"
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=True, allow_nan=False)
 
     def join_pair(match: re.Match[str]) -> str:

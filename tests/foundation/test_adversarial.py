@@ -146,3 +146,8 @@ def test_yaml_safe_json_reads_back_as_the_same_value(value):
     text = yaml_safe_json(value)
     assert yaml.safe_load(f"key: {text}\nafter: 1\n") == {"key": value, "after": 1}
     assert yaml.load(f"- {text}\n", Loader=yaml.CSafeLoader) == [value]
+
+
+def test_yaml_safe_json_handles_keys_longer_than_yaml_simple_key_limit():
+    value = {"Ṱ̺̺̕o͞" * 300: None, "k" * 5000: ["v"]}
+    assert yaml.safe_load(f"key: {yaml_safe_json(value)}\n") == {"key": value}
