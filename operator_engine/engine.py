@@ -208,17 +208,28 @@ class Engine:
         """Admit the oldest Queued workflows while fewer than maxJobs run. The count is read from the cluster."""
         async with self._admission_lock:
             workflows = await self.kube.list_workflows(namespace)
-            for name in admission(workflows, self.config.maxJobs):
-                status = code_status(10, phase="Running", dateStarted=now_rfc3339())
-                body = next(w for w in workflows if w["metadata"]["name"] == name)
-                status["conditions"] = _with_condition(body, ("Started", "admitted; the pipeline starts"), status)
-                if await self.kube.patch_workflow_status(namespace, name, status):
-                    body["status"] = {**(body.get("status") or {}), **status}
-                    log.info(f"Workflow {name} admitted", workflow=name)
-                    self.post_event(body, "Normal", "Started", "admitted; the pipeline starts")
             running = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
                           and not w["metadata"].get("deletionTimestamp"))
+            for name in admission(workflows, self.config.maxJobs):
+                if await self._admit_one(namespace, name):
+                    running += 1
             await self.refresh_environment(namespace, running)
+
+    async def _admit_one(self, namespace: str, name: str) -> bool:
+        # Under the workflow's own lock, and only if it is still Queued: a stop
+        # request or a deletion may have ended it since the list was read.
+        async with self._lock(namespace, name):
+            body = await self.kube.get_workflow(namespace, name)
+            if (body is None or body["metadata"].get("deletionTimestamp")
+                    or (body.get("status") or {}).get("phase") != "Queued"):
+                return False
+            status = code_status(10, phase="Running", dateStarted=now_rfc3339())
+            status["conditions"] = _with_condition(body, ("Started", "admitted; the pipeline starts"), status)
+            if not await self.kube.patch_workflow_status(namespace, name, status):
+                return False
+            log.info(f"Workflow {name} admitted", workflow=name)
+            self.post_event(body, "Normal", "Started", "admitted; the pipeline starts")
+            return True
 
     async def refresh_environment(self, namespace: str, current_jobs: int | None = None) -> None:
         """Keep the environment ConfigMap (check-config's JSON with a live currentJobs) up to date."""
