@@ -110,6 +110,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from operator_engine.demo import demo_main
+
+    return demo_main(args.workdir, args.data_port)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from operator_engine.demo import dev_main
+
+    return dev_main(args.workdir, args.data_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="operator-engine",
@@ -138,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
         pod = commands.add_parser(name, help=summary, description=summary + " (settings from the environment)")
         pod.add_argument("pod_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         pod.set_defaults(handler=cmd_pod, pod=name)
+
+    local_note = ("Pods run as local processes on this machine, without containers or isolation: "
+                  "for trying and developing only.")
+    demo = commands.add_parser("demo", help="run the sample workflow end to end on an embedded cluster",
+                               description="Starts an embedded cluster and the operator, runs "
+                                           "k8s_install/workflow-1.yaml on a small local dataset, prints the "
+                                           "progress and the result; exits 0 if it succeeded. " + local_note)
+    dev = commands.add_parser("dev", help="keep an embedded cluster with the operator up, for kubectl",
+                              description="Starts an embedded cluster, the operator and the demo data server, "
+                                          "prints a kubeconfig for kubectl, and runs until Ctrl-C. " + local_note)
+    for sub, handler in ((demo, cmd_demo), (dev, cmd_dev)):
+        sub.add_argument("--workdir", metavar="DIR",
+                         help="folder for volumes, pods, results and logs (default: a new temporary folder)")
+        sub.add_argument("--data-port", type=int, default=8765, metavar="PORT",
+                         help="port of the demo data server on 127.0.0.1 (default 8765, the port the sample "
+                              "Workflow names)")
+        sub.set_defaults(handler=handler)
     return parser
 
 

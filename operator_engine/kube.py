@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -48,7 +49,8 @@ def new_api_client() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config()
         return kubernetes.client.ApiClient()
     except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
+        # The client reads KUBECONFIG once, when first imported; read it now.
+        return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
 class Kube:

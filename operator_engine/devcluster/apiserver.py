@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -38,8 +39,10 @@ import attrs
 import kmock
 
 from operator_engine.devcluster import patches
+from operator_engine.devcluster.openapi import OPENAPI_V2_PROTOBUF, openapi_v3_group_version, openapi_v3_index
 from operator_engine.devcluster.resources import DEFAULT_RESOURCES, NAMESPACES, PODS, ResourceSpec
 from operator_engine.devcluster.selectors import FieldSelector, LabelSelector, SelectorError
+from operator_engine.devcluster.tables import to_table, wants_table
 
 __all__ = ['ApiServer', 'ApiError', 'RequestRecord', 'WatchEvent', 'FaultInjector', 'BYPASS_FAULTS_HEADER', 'now_rfc3339']
 
@@ -214,10 +217,14 @@ class ApiServer(kmock.KubernetesScaffold):
         # KMock names the core group's version '/v1'; kubectl then finds no core
         # resources at all. Real servers say 'v1'.
         payload['groupVersion'] = payload['groupVersion'].lstrip('/')
-        # Real subresources (jobs/status) support only get, patch and update.
+        # Real subresources (jobs/status) support only get, patch and update,
+        # and have neither short names nor a singular name (else kubectl warns that
+        # `wf` "could also match lower priority resource workflows/status").
         for resource in payload['resources']:
             if '/' in resource['name']:
                 resource['verbs'] = ['get', 'patch', 'update']
+                resource['singularName'] = ''
+                resource.pop('shortNames', None)
         return payload
 
     def spec_for(self, kind_or_plural: str) -> ResourceSpec:
@@ -485,6 +492,10 @@ class ApiServer(kmock.KubernetesScaffold):
             return self._error_response(ApiError(status_code, reason, f'injected fault ({status_code})',
                                                  {'retryAfterSeconds': 1} if status_code == 429 else None,
                                                  headers))
+        if method == 'GET' and (raw.path == '/openapi/v2' or raw.path.startswith('/openapi/v3')):
+            response = self._serve_openapi(raw.path)
+            self._log(method, raw.path, query, response.status, body)
+            return response
         target = _parse_path(raw.path)
         spec = self.specs.get(target.resource_key) if target is not None else None
         if target is None or spec is None:
@@ -492,9 +503,12 @@ class ApiServer(kmock.KubernetesScaffold):
             self._log(method, raw.path, query, response.status, body)
             return response
         try:
+            table = method == 'GET' and wants_table(raw.headers.get('Accept', ''))
             if method == 'GET' and query.get('watch') in ('true', '1'):
-                return await self._serve_watch(raw, spec, target, query)
+                return await self._serve_watch(raw, spec, target, query, table)
             response = self._serve(method, spec, target, query, raw.headers.get('Content-Type', ''), data)
+            if table and target.subresource is None and response.status == 200:
+                response = self._as_table(spec, target, query, response)
         except ApiError as e:
             response = self._error_response(e)
         except SelectorError as e:
@@ -539,6 +553,33 @@ class ApiServer(kmock.KubernetesScaffold):
             return aiohttp.web.json_response(self.update(spec, ns, name, apply, status=sub == 'status'))
         raise ApiError(405, 'MethodNotAllowed', f'the server does not allow this method on {spec.plural}')
 
+    def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
+        """Just enough OpenAPI for kubectl's validation (see openapi.py)."""
+        if path == '/openapi/v2':
+            return aiohttp.web.Response(body=OPENAPI_V2_PROTOBUF, content_type='application/octet-stream')
+        if path.rstrip('/') == '/openapi/v3':
+            return aiohttp.web.json_response(openapi_v3_index(self.specs.values()))
+        doc = openapi_v3_group_version(self.specs.values(), path[len('/openapi/v3/'):])
+        if doc is None:
+            return self._error_response(ApiError(404, 'NotFound', 'the server could not find the requested resource'))
+        return aiohttp.web.json_response(doc)
+
+    def table(self, spec: ResourceSpec, objects: list[dict[str, Any]], include_object: str = 'Metadata',
+              ) -> dict[str, Any]:
+        """A meta.k8s.io/v1 Table of objects, with the resource's printer columns (see tables.py)."""
+        crd_spec = self.specs.get(('apiextensions.k8s.io', 'v1', 'customresourcedefinitions'))
+        crds = self.list(crd_spec) if crd_spec is not None and not spec.builtin else []
+        return to_table(spec, objects, resource_version=str(self._rv), now=self.clock(), crds=crds,
+                        include_object=include_object)
+
+    def _as_table(self, spec: ResourceSpec, target: _Target, query: dict[str, str],
+                  response: aiohttp.web.StreamResponse) -> aiohttp.web.StreamResponse:
+        # kubectl get asks for `as=Table`: the real server prints rows server-side.
+        assert isinstance(response, aiohttp.web.Response) and response.body is not None
+        payload = json.loads(response.body.decode() if isinstance(response.body, bytes) else str(response.body))
+        objects = payload['items'] if target.name is None else [payload]
+        return aiohttp.web.json_response(self.table(spec, objects, query.get('includeObject', 'Metadata')))
+
     @staticmethod
     def _patcher(spec: ResourceSpec, content_type: str, body: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
         def apply(old: dict[str, Any]) -> dict[str, Any]:
@@ -564,7 +605,7 @@ class ApiServer(kmock.KubernetesScaffold):
         return apply
 
     async def _serve_watch(self, raw: aiohttp.web.BaseRequest, spec: ResourceSpec, target: _Target,
-                           query: dict[str, str]) -> aiohttp.web.StreamResponse:
+                           query: dict[str, str], table: bool = False) -> aiohttp.web.StreamResponse:
         labels = LabelSelector.parse(query.get('labelSelector'))
         fields = FieldSelector.parse(
             ','.join(filter(None, [query.get('fieldSelector'),
@@ -590,6 +631,10 @@ class ApiServer(kmock.KubernetesScaffold):
         self._log('GET', raw.path, query, 200, None)
 
         async def send(event: dict[str, Any]) -> None:
+            if table and event.get('type') != 'ERROR':
+                # Watches asked `as=Table` stream each object as a one-row Table, as the real server.
+                event = {'type': event['type'],
+                         'object': self.table(spec, [event['object']], query.get('includeObject', 'Metadata'))}
             await response.write(json.dumps(event).encode() + b'\n')
 
         try:
@@ -612,7 +657,8 @@ class ApiServer(kmock.KubernetesScaffold):
             await send({'type': 'ERROR', 'object': e.status_body()})
         except (TimeoutError, ConnectionResetError):
             pass  # timeoutSeconds elapsed (a normal end of a watch) or the client went away
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the client went away meanwhile
+            await response.write_eof()
         return response
 
     def _error_response(self, error: ApiError) -> aiohttp.web.StreamResponse:

@@ -61,6 +61,7 @@ class EmbeddedCluster:
         self.namespace = namespace
         self.runtime: Runtime = runtime if runtime is not None else ScriptedRuntime()
         self.api = ApiServer(clock=clock) if clock is not None else ApiServer()
+        self.runtime.attach(self.api)
         self._host = host
         self._port = port
         self._server: kmock.Server | None = None

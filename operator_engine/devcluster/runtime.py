@@ -53,6 +53,9 @@ class Runtime(abc.ABC):
         self.finished: dict[str, Result | None] = {}  # job name -> result (None: killed)
         self._changed = asyncio.Event()
 
+    def attach(self, api: Any) -> None:
+        """Called by the cluster with its :class:`ApiServer` (for runtimes that read ConfigMaps, Secrets...)."""
+
     @abc.abstractmethod
     async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
         """Run the pod's containers to completion and report how they ended."""

@@ -1,0 +1,479 @@
+"""
+:class:`ProcessRuntime`: the embedded cluster's kubelet runs each pod as a LOCAL HOST PROCESS.
+
+    FOR TRYING AND DEVELOPING ONLY. There is no container and no isolation:
+    the container image is ignored, the command runs as your user with your
+    user's rights, on your file system and network. Never point it at
+    workflows you do not trust; never use it in production.
+
+What a pod becomes:
+
+* The (first) container's ``command`` + ``args`` run as one process (in its own
+  process group) with ``$(VAR)`` references expanded as Kubernetes does.
+  The executable is looked up in ``PATH``, whose first entry is the directory
+  of the running Python (``sys.executable``), so ``python`` and
+  ``operator-engine`` are the project's own. A container without ``command``
+  fails: there is no image to take an entrypoint from.
+* Volumes become folders under ``root``:
+
+  - a PersistentVolumeClaim -> ``<root>/volumes/<namespace>/<claimName>/``
+    (``subPath`` -> a subfolder of it, created if missing). A new PVC of a
+    reused name starts empty, as a newly provisioned volume would;
+  - a ConfigMap or Secret volume -> files written from the object in the API
+    server's store (one file with ``subPath``, else one per key);
+  - ``emptyDir`` -> a folder of the pod.
+
+* Paths: the container's mount paths are mapped onto those host folders by
+  rewriting path prefixes (longest mount path first) in the command, the
+  arguments, ``workingDir`` and the env values. A directory that is not a
+  mount but holds mounts (``/data`` when only ``/data/inputs`` ... are
+  mounted) maps to a per-pod folder of symlinks. ``/tmp`` maps to a per-pod
+  temporary folder (in command and arguments; in the env ``TMPDIR`` and
+  ``HOME`` point there). A host path given in an env value (such as
+  ``LOCAL_STORAGE_DIR``) is left alone unless it starts with a mount path.
+* Env: only the pod's own env (plain values, ``valueFrom.secretKeyRef``,
+  ``configMapKeyRef``, ``fieldRef`` to the pod's name/namespace/uid,
+  ``envFrom``), plus ``PATH``, ``HOME``, ``TMPDIR``, ``LANG``,
+  ``PYTHONUNBUFFERED=1`` and ``TERMINATION_LOG``. Nothing of the host's (or
+  the operator's) environment leaks in: a pod sees what it would see in a
+  container.
+* ``TERMINATION_LOG`` names a per-pod host file, which is also what the
+  container's ``terminationMessagePath`` maps to; it is read after exit (at
+  most 4096 bytes). With ``terminationMessagePolicy: FallbackToLogsOnError``
+  a failed container with an empty file reports the tail of its output
+  (last 80 lines, at most 2048 bytes), as the kubelet does.
+* stdout and stderr go, merged, to the pod's log (``kubectl logs`` serves it
+  while the process runs and after) and to ``<pod folder>/output.log``.
+* Cancelling :meth:`ProcessRuntime.run` (Job or Pod deleted,
+  ``activeDeadlineSeconds`` expired, cluster stopped) sends SIGTERM to the
+  process group, then SIGKILL after the grace period
+  (``terminationGracePeriodSeconds``, at most ``max_grace``).
+* Exit codes are reported as a kubelet would: the process's code, or 128 + N
+  when killed by signal N.
+
+Layout under ``root``: ``volumes/<namespace>/<claim>/`` and
+``pods/<namespace>/<pod>/`` (``tmp/``, ``fs/`` symlink tree, ``files/`` for
+ConfigMap/Secret volumes, ``termination-log``, ``output.log``).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from operator_engine.devcluster.apiserver import ApiError, ApiServer
+from operator_engine.devcluster.runtime import Result, Runtime
+
+__all__ = ['ProcessRuntime', 'PodSetupError', 'PathMapper']
+
+#: The kubelet reads at most this many bytes of a termination message file.
+TERMINATION_MESSAGE_LIMIT = 4096
+#: FallbackToLogsOnError: the last 80 lines of the log, at most 2048 bytes.
+FALLBACK_LINES = 80
+FALLBACK_BYTES = 2048
+#: Default PATH after the running Python's folder (a container's usual one).
+DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+#: Keep at most this much of a pod's output in the API server's memory.
+LOG_LIMIT = 4 * 1024 * 1024
+
+_VAR_REF = re.compile(r'\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)')
+
+
+class PodSetupError(Exception):
+    """The pod cannot start (a missing ConfigMap, Secret, claim or executable): its reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class PathMapper:
+    """
+    Rewrites container paths to host paths by prefix, longest prefix first, in one pass.
+
+    A prefix matches only at the start of a path (not after a letter, digit,
+    ``.``, ``-``, ``_`` or ``/``) and only as a whole path component, so
+    ``/data`` maps ``/data`` and ``/data/x`` but not ``/database`` or
+    ``http://host/data/x``.
+    """
+
+    def __init__(self, mapping: Mapping[str, str | Path]) -> None:
+        self.mapping = {str(PurePosixPath(k)): str(v) for k, v in mapping.items()}
+        keys = sorted(self.mapping, key=len, reverse=True)
+        if keys:
+            alternatives = '|'.join(re.escape(k) for k in keys)
+            self._pattern: re.Pattern[str] | None = re.compile(
+                rf'(?<![\w.\-/:])({alternatives})(?![\w.\-])')
+        else:
+            self._pattern = None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(lambda m: self.mapping[m.group(1)], text)
+
+
+def _expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes ``$(VAR)`` expansion: defined variables are replaced, ``$$`` escapes, others stay."""
+    def replace(m: re.Match[str]) -> str:
+        if m.group(0) == '$$':
+            return '$'
+        return env.get(m.group(1), m.group(0))
+    return _VAR_REF.sub(replace, text)
+
+
+def _decode_secret(secret: dict[str, Any]) -> dict[str, str]:
+    """A Secret's values as text: ``data`` is base64; ``stringData`` (if the store kept it) wins."""
+    values: dict[str, str] = {}
+    for key, encoded in (secret.get('data') or {}).items():
+        try:
+            values[key] = base64.b64decode(encoded).decode('utf-8', errors='replace')
+        except (ValueError, TypeError):
+            values[key] = str(encoded)
+    values.update({k: str(v) for k, v in (secret.get('stringData') or {}).items()})
+    return values
+
+
+def _configmap_values(configmap: dict[str, Any]) -> dict[str, str | bytes]:
+    values: dict[str, str | bytes] = {k: str(v) for k, v in (configmap.get('data') or {}).items()}
+    for key, encoded in (configmap.get('binaryData') or {}).items():
+        values[key] = base64.b64decode(encoded)
+    return values
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _fallback_message(output: bytes) -> str:
+    lines = output.splitlines(keepends=True)[-FALLBACK_LINES:]
+    tail = b''.join(lines)[-FALLBACK_BYTES:]
+    return tail.decode('utf-8', errors='replace')
+
+
+class ProcessRuntime(Runtime):
+    """
+    Runs each pod's container command as a local process (see the module docstring: no isolation).
+
+    ``root`` holds the volumes and the pods' folders. The runtime reads
+    ConfigMaps, Secrets and PVCs from the cluster's store: the cluster calls
+    :meth:`attach` (``EmbeddedCluster(runtime=ProcessRuntime(root))`` does it).
+    """
+
+    def __init__(self, root: str | Path, *, max_grace: float = 5.0, keep_pod_dirs: bool = True) -> None:
+        super().__init__()
+        self.root = Path(root).absolute()
+        self.max_grace = max_grace
+        self.keep_pod_dirs = keep_pod_dirs
+        self.api: ApiServer | None = None
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def attach(self, api: ApiServer) -> None:
+        self.api = api
+
+    # ------------------------------------------------------------------ paths
+
+    def volume_dir(self, namespace: str, claim: str) -> Path:
+        """The host folder of a PersistentVolumeClaim."""
+        return self.root / 'volumes' / namespace / claim
+
+    def pod_dir(self, namespace: str, pod_name: str) -> Path:
+        return self.root / 'pods' / namespace / pod_name
+
+    # ------------------------------------------------------------------ store
+
+    def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.api is None:
+            raise RuntimeError('ProcessRuntime is not attached to an API server (use it through EmbeddedCluster)')
+        try:
+            return self.api.get(self.api.spec_for(kind), namespace, name)
+        except ApiError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    def _configmap(self, namespace: str, name: str, optional: bool = False) -> dict[str, str | bytes] | None:
+        obj = self._get('configmap', namespace, name)
+        if obj is None:
+            if optional:
+                return None
+            raise PodSetupError('CreateContainerConfigError', f'configmap "{name}" not found')
+        return _configmap_values(obj)
+
+    def _secret(self, namespace: str, name: str, optional: bool = False) -> dict[str, str] | None:
+        obj = self._get('secret', namespace, name)
+        if obj is None:
+            if optional:
+                return None
+            raise PodSetupError('CreateContainerConfigError', f'secret "{name}" not found')
+        return _decode_secret(obj)
+
+    # ------------------------------------------------------------------ volumes
+
+    def _claim_dir(self, namespace: str, claim: str) -> Path:
+        pvc = self._get('persistentvolumeclaim', namespace, claim)
+        if pvc is None:
+            raise PodSetupError('Unschedulable', f'persistentvolumeclaim "{claim}" not found')
+        folder = self.volume_dir(namespace, claim)
+        marker = folder.parent / f'.{claim}.uid'
+        uid = pvc['metadata'].get('uid', '')
+        known = marker.read_text() if marker.exists() else None
+        if known != uid:
+            # A new claim of a reused name is a new, empty volume.
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            marker.write_text(uid)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def _write_files(folder: Path, values: Mapping[str, str | bytes], items: list[dict[str, Any]] | None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        selected = [(i['key'], i.get('path', i['key'])) for i in items] if items else [(k, k) for k in values]
+        for key, rel in selected:
+            if key not in values:
+                raise PodSetupError('CreateContainerConfigError', f'key "{key}" not found')
+            target = folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            value = values[key]
+            if isinstance(value, bytes):
+                target.write_bytes(value)
+            else:
+                target.write_text(value, encoding='utf-8')
+
+    def _mounts(self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path) -> dict[str, Path]:
+        """Container mount path -> host path (a folder, or a file for a subPath of a ConfigMap/Secret)."""
+        namespace = pod['metadata']['namespace']
+        volumes = {v['name']: v for v in (pod.get('spec') or {}).get('volumes') or []}
+        mounts: dict[str, Path] = {}
+        sources: dict[str, Path] = {}  # volume name -> its host folder
+        for mount in container.get('volumeMounts') or []:
+            volume = volumes.get(mount.get('name', ''))
+            if volume is None:
+                raise PodSetupError('CreateContainerConfigError', f'volume "{mount.get("name")}" not found')
+            name = volume['name']
+            if name not in sources:
+                if 'persistentVolumeClaim' in volume:
+                    sources[name] = self._claim_dir(namespace, volume['persistentVolumeClaim']['claimName'])
+                elif 'configMap' in volume:
+                    ref = volume['configMap']
+                    values = self._configmap(namespace, ref['name'], ref.get('optional', False)) or {}
+                    sources[name] = pod_dir / 'files' / name
+                    self._write_files(sources[name], values, ref.get('items'))
+                elif 'secret' in volume:
+                    ref = volume['secret']
+                    svalues = self._secret(namespace, ref['secretName'], ref.get('optional', False)) or {}
+                    sources[name] = pod_dir / 'files' / name
+                    self._write_files(sources[name], svalues, ref.get('items'))
+                elif 'emptyDir' in volume:
+                    sources[name] = pod_dir / 'emptydir' / name
+                    sources[name].mkdir(parents=True, exist_ok=True)
+                else:
+                    kinds = ', '.join(k for k in volume if k != 'name')
+                    raise PodSetupError('CreateContainerConfigError',
+                                        f'volume "{name}": type {kinds} is not supported by the process runtime')
+            host = sources[name]
+            sub = mount.get('subPath')
+            if sub:
+                host = host / sub
+                if 'persistentVolumeClaim' in volume or 'emptyDir' in volume:
+                    host.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
+                elif not host.exists():
+                    raise PodSetupError('CreateContainerConfigError', f'subPath "{sub}" not found in volume "{name}"')
+            mounts[str(PurePosixPath(mount['mountPath']))] = host
+        return mounts
+
+    def _path_mapping(self, mounts: dict[str, Path], pod_dir: Path) -> dict[str, Path]:
+        """Mounts, plus every directory above a mount mapped into a symlink tree ``<pod>/fs``."""
+        fs = pod_dir / 'fs'
+        fs.mkdir(parents=True, exist_ok=True)
+        mapping: dict[str, Path] = dict(mounts)
+        for path in sorted(mounts, key=len):
+            outer = next((m for m in sorted(mounts, key=len, reverse=True)
+                          if m != path and path.startswith(m.rstrip('/') + '/')), None)
+            if outer is not None:
+                # A mount inside another mount: its mount point appears in the outer volume.
+                inside = mounts[outer] / os.path.relpath(path, outer)
+                if mounts[outer].is_dir() and not inside.exists() and not inside.is_symlink():
+                    inside.parent.mkdir(parents=True, exist_ok=True)
+                    inside.symlink_to(mounts[path])
+                continue
+            link = fs / path.lstrip('/')
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink() and not link.exists():
+                link.symlink_to(mounts[path])
+            for parent in PurePosixPath(path).parents:
+                if str(parent) != '/' and str(parent) not in mapping:
+                    mapping[str(parent)] = fs / str(parent).lstrip('/')
+        return mapping
+
+    # ------------------------------------------------------------------ env
+
+    def _env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        namespace = pod['metadata']['namespace']
+        env: dict[str, str] = {}
+        for source in container.get('envFrom') or []:
+            prefix = source.get('prefix', '')
+            if 'configMapRef' in source:
+                ref = source['configMapRef']
+                values = self._configmap(namespace, ref['name'], ref.get('optional', False)) or {}
+                env.update({prefix + k: v for k, v in values.items() if isinstance(v, str)})
+            elif 'secretRef' in source:
+                ref = source['secretRef']
+                env.update({prefix + k: v for k, v in
+                            (self._secret(namespace, ref['name'], ref.get('optional', False)) or {}).items()})
+        for item in container.get('env') or []:
+            name = item['name']
+            if 'valueFrom' not in item:
+                env[name] = _expand(str(item.get('value', '')), env)
+                continue
+            source = item['valueFrom']
+            value: str | bytes | None = None
+            if 'secretKeyRef' in source:
+                ref = source['secretKeyRef']
+                secret = self._secret(namespace, ref['name'], ref.get('optional', False))
+                if secret is not None:
+                    value = secret.get(ref['key'])
+                    if value is None and not ref.get('optional', False):
+                        raise PodSetupError('CreateContainerConfigError',
+                                            f'couldn\'t find key {ref["key"]} in Secret {namespace}/{ref["name"]}')
+            elif 'configMapKeyRef' in source:
+                ref = source['configMapKeyRef']
+                configmap = self._configmap(namespace, ref['name'], ref.get('optional', False))
+                if configmap is not None:
+                    value = configmap.get(ref['key'])
+                    if value is None and not ref.get('optional', False):
+                        raise PodSetupError('CreateContainerConfigError',
+                                            f'couldn\'t find key {ref["key"]} in ConfigMap {namespace}/{ref["name"]}')
+            elif 'fieldRef' in source:
+                field = source['fieldRef'].get('fieldPath', '')
+                meta = pod['metadata']
+                value = {'metadata.name': meta.get('name'), 'metadata.namespace': meta.get('namespace'),
+                         'metadata.uid': meta.get('uid'), 'status.podIP': '127.0.0.1',
+                         'status.hostIP': '127.0.0.1', 'spec.nodeName': 'localhost',
+                         'spec.serviceAccountName': (pod.get('spec') or {}).get('serviceAccountName')}.get(field)
+            if value is not None:
+                env[name] = value.decode('utf-8', errors='replace') if isinstance(value, bytes) else value
+        return env
+
+    # ------------------------------------------------------------------ running
+
+    def prepare(self, pod: dict[str, Any]) -> tuple[list[str], dict[str, str], Path, Path]:
+        """The argv, env and working directory of the pod's process, and its pod folder."""
+        meta = pod['metadata']
+        containers = (pod.get('spec') or {}).get('containers') or []
+        if not containers:
+            raise PodSetupError('CreateContainerConfigError', 'the pod has no containers')
+        container = containers[0]
+        pod_dir = self.pod_dir(meta['namespace'], meta['name'])
+        tmp = pod_dir / 'tmp'
+        tmp.mkdir(parents=True, exist_ok=True)
+        termination_log = pod_dir / 'termination-log'
+        termination_log.write_bytes(b'')
+        mapping = self._path_mapping(self._mounts(pod, container, pod_dir), pod_dir)
+        message_path = container.get('terminationMessagePath') or '/dev/termination-log'
+        mapping[message_path] = termination_log
+        env_mapper = PathMapper(mapping)
+        arg_mapper = PathMapper({**mapping, '/tmp': tmp})
+
+        pod_env = self._env(pod, container)
+        command = [_expand(str(a), pod_env) for a in container.get('command') or []]
+        args = [_expand(str(a), pod_env) for a in container.get('args') or []]
+        if not command:
+            raise PodSetupError('StartError', f'container "{container.get("name")}" has no command: the process '
+                                              f'runtime ignores images, so it cannot use the image\'s entrypoint')
+        env = {k: env_mapper(v) for k, v in pod_env.items()}
+        env.update({
+            'PATH': os.pathsep.join([str(Path(sys.executable).parent), DEFAULT_PATH]),
+            'HOME': str(tmp), 'TMPDIR': str(tmp), 'LANG': 'C.UTF-8', 'PYTHONUNBUFFERED': '1',
+            'TERMINATION_LOG': str(termination_log),
+        })
+        argv = [arg_mapper(a) for a in command + args]
+        executable = argv[0] if '/' in argv[0] else shutil.which(argv[0], path=env['PATH'])
+        if executable is None or not os.access(executable, os.X_OK):
+            raise PodSetupError('StartError', f'exec: "{argv[0]}": executable file not found in $PATH')
+        argv[0] = executable
+        workdir = container.get('workingDir')
+        cwd = Path(arg_mapper(workdir)) if workdir else pod_dir / 'fs'
+        cwd.mkdir(parents=True, exist_ok=True)
+        return argv, env, cwd, pod_dir
+
+    async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
+        meta = pod['metadata']
+        log_key = (meta['namespace'], meta['name'])
+        try:
+            argv, env, cwd, pod_dir = self.prepare(pod)
+        except (PodSetupError, OSError) as e:
+            message = e.message if isinstance(e, PodSetupError) else f'cannot set up the pod: {e}'
+            if self.api is not None:
+                self.api.pod_logs[log_key] = message + '\n'
+            return Result(exit_code=128, message=message, logs=message + '\n')
+        container = pod['spec']['containers'][0]
+        grace = min(float((pod.get('spec') or {}).get('terminationGracePeriodSeconds', 30)), self.max_grace)
+        output = bytearray()
+        log_file = (pod_dir / 'output.log').open('wb')
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+
+        async def pump() -> None:
+            assert process.stdout is not None
+            while chunk := await process.stdout.read(65536):
+                log_file.write(chunk)
+                log_file.flush()
+                output.extend(chunk)
+                if len(output) > LOG_LIMIT:
+                    del output[:len(output) - LOG_LIMIT]
+                if self.api is not None:
+                    self.api.pod_logs[log_key] = output.decode('utf-8', errors='replace')
+
+        reader = asyncio.create_task(pump())
+        try:
+            returncode = await process.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), timeout=2.0)
+        except asyncio.CancelledError:
+            await self._kill(process, grace)
+            raise
+        finally:
+            self._killpg(process.pid, signal.SIGKILL)  # whatever it left behind in its group
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            log_file.close()
+        exit_code = _exit_code(returncode)
+        message_file = pod_dir / 'termination-log'
+        message = message_file.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode('utf-8', errors='replace') \
+            if message_file.exists() else ''
+        policy = container.get('terminationMessagePolicy', 'File')
+        if not message.strip() and exit_code != 0 and policy == 'FallbackToLogsOnError':
+            message = _fallback_message(bytes(output))
+        logs = output.decode('utf-8', errors='replace')
+        if not self.keep_pod_dirs:
+            shutil.rmtree(pod_dir, ignore_errors=True)
+        return Result(exit_code=exit_code, message=message or None, logs=logs)
+
+    async def _kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
+        """As the kubelet: SIGTERM to the container, SIGKILL once the grace period is over."""
+        if process.returncode is not None:
+            return
+        self._killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=max(grace, 0.0))
+        except TimeoutError:
+            self._killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    @staticmethod
+    def _killpg(pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
