@@ -38,7 +38,12 @@ MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
 
 
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message)
+    try:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    except LookupError:
+        # kopf's event poster starts after the startup handlers: an admission made
+        # while starting up has its log line and status condition, not an Event.
+        pass
 
 
 @kopf.on.startup()
