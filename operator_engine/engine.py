@@ -34,6 +34,9 @@ from operator_engine.render import Child, Renderer, child_names, job_components
 ENVIRONMENT_CONFIGMAP = "operator-engine-environment"
 DEADLINE_GRACE_SECONDS = 30  # the backstop waits this long past activeDeadlineSeconds before acting
 CLEANUP_KINDS = ("Job", "PersistentVolumeClaim", "ConfigMap", "Secret")
+# Held on every valid Workflow so that deleting one waits until the operator has
+# stopped its Jobs, cleaned up and sent the stop notification.
+FINALIZER = "oceanprotocol.com/operator-engine"
 
 log = logs.get()
 
@@ -76,6 +79,19 @@ class Engine:
     async def reconcile(self, namespace: str, name: str, *, backstop: bool = False) -> None:
         async with self._lock(namespace, name):
             body = await self.kube.get_workflow(namespace, name)
+            if body is None:
+                return
+            if body["metadata"].get("deletionTimestamp"):
+                deleting = FINALIZER in (body["metadata"].get("finalizers") or [])
+                if not deleting:
+                    return
+            else:
+                deleting = False
+        if deleting:
+            await self.finalize(body)
+            return
+        async with self._lock(namespace, name):
+            body = await self.kube.get_workflow(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
             status = body.get("status") or {}
@@ -90,6 +106,7 @@ class Engine:
             code = status.get("statusCode")
             try:
                 if code is None:
+                    await self.kube.add_finalizer(body, FINALIZER)
                     await self._queue(body, workflow)
                 elif code == 1:
                     if workflow.stop_requested:
@@ -318,6 +335,7 @@ class Engine:
                         task = self._ensure_notification(body, workflow, "stop", record=False)
                         if task is not None:
                             await asyncio.shield(task)
+            await self.kube.remove_finalizer(body, FINALIZER)
             log.info(f"Workflow {name} deleted; children removed", workflow=name)
         self._locks.pop((namespace, name), None)
         await self.admit(namespace)

@@ -103,6 +103,34 @@ class Kube:
                                  PLURAL, name, {"status": status}, ok=(404,))
         return result is not None
 
+    async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        current = list(body["metadata"].get("finalizers") or [])
+        if finalizer in current:
+            return
+        # JSON patch guarded by a test of the list as read: another controller's
+        # finalizer added meanwhile is never overwritten (422, retried on the next event).
+        ops: list[dict[str, Any]] = (
+            [{"op": "test", "path": "/metadata/finalizers", "value": current},
+             {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}]
+            if current else [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
+        )
+        await self.call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, ops,
+                        _content_type="application/json-patch+json",
+                        ok=(404, 422))
+
+    async def remove_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        current = list(body["metadata"].get("finalizers") or [])
+        if finalizer not in current:
+            return
+        index = current.index(finalizer)
+        ops = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+               {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
+        await self.call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, ops,
+                        _content_type="application/json-patch+json",
+                        ok=(404, 422))
+
     # --- children
 
     async def create(self, manifest: dict[str, Any]) -> bool:

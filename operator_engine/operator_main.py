@@ -59,7 +59,6 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.level = logging.WARNING
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings.persistence.finalizer = "oceanprotocol.com/operator-engine"
     settings.watching.server_timeout = 300
     memo.engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
     await memo.engine.admit(config.OPERATOR_NAMESPACE)
@@ -90,11 +89,6 @@ async def job_changed(event: dict[str, Any], labels: dict[str, str], namespace: 
     workflow = labels.get("app")
     if workflow and event.get("type") != "DELETED":
         await memo.engine.reconcile(namespace, workflow)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def workflow_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await memo.engine.finalize(dict(body))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=BACKSTOP_SECONDS, initial_delay=BACKSTOP_SECONDS)
