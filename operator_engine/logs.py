@@ -47,6 +47,9 @@ def setup(level: str = "INFO", config_file: str | None = None) -> None:
     root.setLevel(level)
     for noisy in ("urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # At DEBUG the kubernetes client logs whole response bodies: Workflows carry
+    # spec.secret and Secrets their values. Never below INFO.
+    logging.getLogger("kubernetes").setLevel(max(logging.INFO, root.level))
 
 
 def get(name: str = "operator-engine") -> Any:
