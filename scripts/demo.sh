@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up .venv and shows the sample Workflow going through the operator.
+# Sets up .venv and runs the sample Workflow end to end on the embedded cluster
+# (operator-engine demo): real data in, real results out, no Kubernetes needed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh requirements.txt
-exec .venv/bin/operator-engine render k8s_install/workflow-1.yaml
+exec .venv/bin/operator-engine demo "$@"
