@@ -77,48 +77,46 @@ class Engine:
     # --- the main entry: bring one workflow one step further
 
     async def reconcile(self, namespace: str, name: str, *, backstop: bool = False) -> None:
+        queue_changed = finalizing = False
         async with self._lock(namespace, name):
             body = await self.kube.get_workflow(namespace, name)
             if body is None:
                 return
             if body["metadata"].get("deletionTimestamp"):
-                deleting = FINALIZER in (body["metadata"].get("finalizers") or [])
-                if not deleting:
-                    return
+                finalizing = FINALIZER in (body["metadata"].get("finalizers") or [])
             else:
-                deleting = False
-        if deleting:
+                queue_changed = await self._step(body, backstop)
+        if finalizing:
             await self.finalize(body)
-            return
-        async with self._lock(namespace, name):
-            body = await self.kube.get_workflow(namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            status = body.get("status") or {}
-            if is_terminal(status):
-                await self._after_terminal(body)
-                return
-            try:
-                workflow = parse_workflow(body)
-            except InvalidWorkflow as exc:
-                await self._reject(body, exc)
-                return
-            code = status.get("statusCode")
-            try:
-                if code is None:
-                    await self.kube.add_finalizer(body, FINALIZER)
-                    await self._queue(body, workflow)
-                elif code == 1:
-                    if workflow.stop_requested:
-                        await self._finish_unstarted(body, "stop requested while queued")
-                        return
-                else:
-                    self._ensure_notification(body, workflow, "start")
-                    await self._advance(body, workflow, backstop=backstop)
-            except PermanentError as exc:
-                await self._fail_permanently(body, workflow, str(exc))
-        if code in (None, 1):
+        elif queue_changed:
             await self.admit(namespace)
+
+    async def _step(self, body: dict[str, Any], backstop: bool) -> bool:
+        """One step for a workflow that is not being deleted. True if the queue may have changed."""
+        status = body.get("status") or {}
+        if is_terminal(status):
+            await self._after_terminal(body)
+            return False
+        try:
+            workflow = parse_workflow(body)
+        except InvalidWorkflow as exc:
+            await self._reject(body, exc)
+            return True  # it no longer holds its place in the queue
+        code = status.get("statusCode")
+        try:
+            if code is None:
+                await self.kube.add_finalizer(body, FINALIZER)
+                await self._queue(body, workflow)
+                return True
+            if code == 1:
+                if workflow.stop_requested:
+                    await self._finish_unstarted(body, "stop requested while queued")
+                return True
+            self._ensure_notification(body, workflow, "start")
+            await self._advance(body, workflow, backstop=backstop)
+        except PermanentError as exc:
+            await self._fail_permanently(body, workflow, str(exc))
+        return False
 
     async def _advance(self, body: dict[str, Any], workflow: Workflow, backstop: bool) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]

@@ -216,8 +216,15 @@ def admission(workflows: Sequence[Mapping[str, Any]], max_jobs: int) -> list[str
     # A Running workflow that is being deleted is on its way out: its slot is free.
     running = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
                   and not (w.get("metadata") or {}).get("deletionTimestamp"))
-    queued = [w for w in workflows if (w.get("status") or {}).get("phase") == "Queued"
-              and not (w.get("metadata") or {}).get("deletionTimestamp")]
-    queued.sort(key=lambda w: (w["metadata"].get("creationTimestamp") or "", w["metadata"]["name"]))
-    free = max(0, max_jobs - running)
-    return [w["metadata"]["name"] for w in queued[:free]]
+    # The queue holds the Queued workflows and those the operator has not looked at
+    # yet (no statusCode): an older unchecked workflow must not be overtaken.
+    waiting = [w for w in workflows if not (w.get("metadata") or {}).get("deletionTimestamp")
+               and ((w.get("status") or {}).get("phase") == "Queued"
+                    or "statusCode" not in (w.get("status") or {}))]
+    waiting.sort(key=lambda w: (w["metadata"].get("creationTimestamp") or "", w["metadata"]["name"]))
+    admitted = []
+    for workflow in waiting[: max(0, max_jobs - running)]:
+        if (workflow.get("status") or {}).get("phase") != "Queued":
+            break  # its own check comes first; admission resumes when it is Queued or rejected
+        admitted.append(workflow["metadata"]["name"])
+    return admitted

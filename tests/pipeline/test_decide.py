@@ -147,7 +147,7 @@ def _wf(name: str, created: str, phase: str | None, deleting: bool = False) -> d
     meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
     if deleting:
         meta["deletionTimestamp"] = created
-    return {"metadata": meta, "status": {"phase": phase} if phase else {}}
+    return {"metadata": meta, "status": {"phase": phase, "statusCode": 1 if phase == "Queued" else 70} if phase else {}}
 
 
 def test_admission_takes_the_oldest_queued_up_to_free_slots():
@@ -170,3 +170,10 @@ def test_admission_admits_none_when_full_and_frees_a_deleted_slot():
 def test_terminal_workflows_do_not_count():
     workflows = [_wf("a", "t1", "Succeeded"), _wf("b", "t2", "Failed"), _wf("c", "t3", "Queued")]
     assert admission(workflows, max_jobs=1) == ["c"]
+
+
+def test_admission_never_overtakes_an_older_workflow_not_yet_checked():
+    workflows = [_wf("wf-1", "2026-01-01T00:00:00Z", "Queued"), _wf("wf-0", "2026-01-01T00:00:00Z", None)]
+    assert admission(workflows, max_jobs=2) == []
+    workflows[1]["status"] = {"phase": "Queued", "statusCode": 1}
+    assert admission(workflows, max_jobs=2) == ["wf-0", "wf-1"]

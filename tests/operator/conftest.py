@@ -1,0 +1,493 @@
+"""
+Fixtures of the operator's acceptance tests.
+
+* ``cluster``: an :class:`EmbeddedCluster` on the test's event loop, with a
+  :class:`TimedRuntime` (a ScriptedRuntime that also notes when each pod ended).
+* ``history``: a follower of the cluster's change stream recording every
+  Workflow status and every object creation/deletion, with timestamps.
+* ``receiver``: an HTTP server on 127.0.0.1 (its own thread) that records the
+  notifications; ``receiver.fail_first = K`` answers 503 to the first K.
+* ``operator``: ``async with operator(**env) as op:`` runs the real operator
+  (``operator_engine.operator_main`` through kopf) in a background thread of
+  this process, configured by environment variables, until the block ends.
+* ``operator_process``: ``proc = await operator_process(**env)`` runs it as a
+  ``kopf run`` subprocess (``proc.kill()`` is a hard SIGKILL;
+  ``await proc.restart()``); all are killed at teardown.
+
+Env values of ``None`` unset a variable. Every operator variable of CONTRACT §3
+is cleared first, so the process environment cannot leak into a test.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from operator_engine import config as config_module
+from operator_engine.devcluster import EmbeddedCluster, ScriptedRuntime
+
+from helpers import NS, ROOT, TEST_KEY, is_terminal, status, watch_started_since
+
+EXTRA_VARIABLES = ('OPERATOR_BACKSTOP_SECONDS',)
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+class TimedRuntime(ScriptedRuntime):
+    """A ScriptedRuntime that also records when each Job's latest pod started and ended (time.monotonic())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start_times: dict[str, float] = {}
+        self.finish_times: dict[str, float] = {}
+        self.runs: dict[str, int] = {}  # job name -> how many pods ran
+
+    async def execute(self, pod: dict[str, Any], job: dict[str, Any]) -> Any:
+        name = job['metadata']['name']
+        self.start_times[name] = time.monotonic()
+        self.runs[name] = self.runs.get(name, 0) + 1
+        try:
+            return await super().execute(pod, job)
+        finally:
+            self.finish_times[name] = time.monotonic()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[EmbeddedCluster]:
+    async with EmbeddedCluster(namespace=NS, runtime=TimedRuntime()) as running:
+        yield running
+
+
+@pytest.fixture
+def runtime(cluster: EmbeddedCluster) -> TimedRuntime:
+    assert isinstance(cluster.runtime, TimedRuntime)
+    return cluster.runtime
+
+
+# ---------------------------------------------------------------- the history of changes
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    rv: int
+    time: float
+    type: str  # ADDED | MODIFIED | DELETED
+    plural: str
+    name: str
+    object: dict[str, Any]
+
+
+class History:
+    """Every change committed to the cluster since the fixture started, in commit order."""
+
+    def __init__(self, cluster: EmbeddedCluster) -> None:
+        self.cluster = cluster
+        self.changes: list[Change] = []
+        self._since = cluster.api.resource_version
+        self._seen_rv = self._since
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name='history')
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        async for event in self.cluster.api.follow(self._since):
+            meta = event.object.get('metadata') or {}
+            self.changes.append(Change(event.rv, time.monotonic(), event.type, event.spec.plural,
+                                       meta.get('name', ''), event.object))
+            self._seen_rv = event.rv
+
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Wait until every change committed so far has been recorded."""
+        target = self.cluster.api.resource_version
+        deadline = time.monotonic() + timeout
+        while self._seen_rv < target:
+            if self._task is not None and self._task.done():
+                self._task.result()
+                raise RuntimeError('the history follower ended')
+            if time.monotonic() > deadline:
+                raise TimeoutError('the history follower is behind')
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------ workflows
+
+    def workflow_states(self, name: str | None = None) -> list[Change]:
+        return [c for c in self.changes if c.plural == 'workflows' and (name is None or c.name == name)]
+
+    def codes(self, name: str) -> list[int]:
+        """The distinct successive statusCode values the Workflow had (changes only)."""
+        out: list[int] = []
+        for change in self.workflow_states(name):
+            if change.type == 'DELETED':
+                continue
+            code = status(change.object).get('statusCode')
+            if code is not None and (not out or out[-1] != code):
+                out.append(code)
+        return out
+
+    def phases(self, name: str) -> list[str]:
+        out: list[str] = []
+        for change in self.workflow_states(name):
+            phase = status(change.object).get('phase')
+            if phase is not None and (not out or out[-1] != phase):
+                out.append(phase)
+        return out
+
+    @staticmethod
+    def admitted(obj: dict[str, Any]) -> bool:
+        """Past admission and not terminal: what maxJobs limits."""
+        st = status(obj)
+        if is_terminal(obj):
+            return False
+        return st.get('phase') == 'Running' or (st.get('statusCode') or 0) >= 10
+
+    def max_admitted(self) -> tuple[int, list[str]]:
+        """The largest number of simultaneously admitted workflows, and one moment's set of them."""
+        current: dict[str, bool] = {}
+        best: tuple[int, list[str]] = (0, [])
+        for change in self.workflow_states():
+            current[change.name] = change.type != 'DELETED' and self.admitted(change.object)
+            running = sorted(n for n, on in current.items() if on)
+            if len(running) > best[0]:
+                best = (len(running), running)
+        return best
+
+    def admission_order(self) -> list[str]:
+        """Workflows in the order they first had a statusCode >= 10."""
+        order: list[str] = []
+        for change in self.workflow_states():
+            if change.name not in order and (status(change.object).get('statusCode') or 0) >= 10:
+                order.append(change.name)
+        return order
+
+    # ------------------------------------------------------------ other objects
+
+    def added(self, plural: str) -> list[Change]:
+        return [c for c in self.changes if c.plural == plural and c.type == 'ADDED']
+
+    def states(self, plural: str, name: str) -> list[Change]:
+        return [c for c in self.changes if c.plural == plural and c.name == name]
+
+
+@pytest.fixture
+async def history(cluster: EmbeddedCluster) -> AsyncIterator[History]:
+    recorder = History(cluster)
+    recorder.start()
+    yield recorder
+    await recorder.stop()
+
+
+# ---------------------------------------------------------------- the notification receiver
+
+
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    path: str
+    body: Any
+    time: float
+    status: int
+
+
+class Receiver:
+    """Records POSTs on 127.0.0.1; answers 503 to the first ``fail_first`` of them."""
+
+    def __init__(self) -> None:
+        self.records: list[Notification] = []
+        self.fail_first = 0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get('Content-Length') or 0)
+                raw = self.rfile.read(length) if length else b''
+                try:
+                    body: Any = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors='replace')
+                with receiver._lock:
+                    code = 503 if len(receiver.records) < receiver.fail_first else 200
+                    receiver.records.append(Notification(self.path, body, time.monotonic(), code))
+                answer = json.dumps({'ok': code == 200}).encode()
+                self.send_response(code)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name='notify-receiver', daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f'http://{host}:{port}'
+
+    @property
+    def start_url(self) -> str:
+        return self.url + '/start'
+
+    @property
+    def stop_url(self) -> str:
+        return self.url + '/stop'
+
+    def accepted(self, path: str, job_id: str | None = None) -> list[Any]:
+        """Bodies answered 200 on ``path`` ('/start' or '/stop'), optionally for one jobId."""
+        with self._lock:
+            records = list(self.records)
+        return [r.body for r in records if r.path == path and r.status == 200
+                and (job_id is None or (isinstance(r.body, dict) and r.body.get('jobId') == job_id))]
+
+    def all(self, path: str | None = None) -> list[Notification]:
+        with self._lock:
+            return [r for r in self.records if path is None or r.path == path]
+
+    async def wait(self, path: str, job_id: str | None = None, count: int = 1, timeout: float = 60.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(found := self.accepted(path, job_id)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f'{count} notification(s) on {path} for {job_id or "any job"} not received '
+                                     f'within {timeout:.0f} s; received: {self.all()}')
+            await asyncio.sleep(0.05)
+        return found
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    server.start()
+    yield server
+    server.stop()
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def operator_environment(cluster: EmbeddedCluster, receiver: Receiver, kubeconfig: Path,
+                         overrides: dict[str, Any]) -> dict[str, str | None]:
+    """The operator's variables: every CONTRACT §3 variable unset, then our defaults, then ``overrides``."""
+    env: dict[str, str | None] = {name: None for name in config_module.VARIABLE_NAMES}
+    env.update({
+        'KUBECONFIG': str(kubeconfig),
+        'OPERATOR_NAMESPACE': NS,
+        'OPERATOR_PRIVATE_KEY': TEST_KEY,
+        'NOTIFY_START_URL': receiver.start_url,
+        'NOTIFY_STOP_URL': receiver.stop_url,
+        'OPERATOR_BACKSTOP_SECONDS': '30',
+        'LOG_LEVEL': 'INFO',
+    })
+    for key, value in overrides.items():
+        env[key] = None if value is None else str(value)
+    return env
+
+
+# ---------------------------------------------------------------- the operator, in process
+
+
+class InProcessOperator:
+    """kopf running ``operator_engine.operator_main``'s handlers on its own event loop in a thread."""
+
+    def __init__(self, cluster: EmbeddedCluster) -> None:
+        self.cluster = cluster
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name='operator', daemon=True)
+
+    def _main(self) -> None:
+        import kopf
+
+        try:
+            asyncio.run(kopf.operator(
+                registry=kopf.get_default_registry(), standalone=True, namespaces=[NS], clusterwide=False,
+                stop_flag=self._stop, ready_flag=self._ready))
+        except BaseException as e:  # reported to the test
+            self._error = e
+
+    async def start(self) -> None:
+        try:
+            import operator_engine.operator_main  # noqa: F401  (registers the handlers, once)
+        except SystemExit as e:
+            raise AssertionError(f'importing operator_engine.operator_main exited with {e.code}') from None
+        since = len(self.cluster.request_log)
+        self._thread.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not (self._ready.is_set() and watch_started_since(self.cluster, since)):
+            if not self._thread.is_alive():
+                raise AssertionError(f'the operator ended at start: {self._error!r}') from self._error
+            if time.monotonic() > deadline:
+                raise AssertionError('the operator did not start watching workflows within '
+                                     f'{READY_TIMEOUT:.0f} s')
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, STOP_TIMEOUT)
+        if self._thread.is_alive():
+            raise AssertionError(f'the operator did not stop within {STOP_TIMEOUT:.0f} s')
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def log(self) -> str:
+        return ''  # kopf logs go to pytest's captured logging
+
+
+OperatorFactory = Callable[..., contextlib.AbstractAsyncContextManager[InProcessOperator]]
+
+
+@pytest.fixture
+def operator(cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> OperatorFactory:
+    """``async with operator(maxJobs=2, ...) as op:`` — the real operator, in this process."""
+    kubeconfig = cluster.write_kubeconfig(tmp_path / 'kubeconfig')
+
+    @contextlib.asynccontextmanager
+    async def run(**overrides: Any) -> AsyncIterator[InProcessOperator]:
+        env = operator_environment(cluster, receiver, kubeconfig, overrides)
+        for key, value in env.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        runner = InProcessOperator(cluster)
+        await runner.start()
+        try:
+            yield runner
+        finally:
+            await runner.stop()
+        if runner.error is not None:
+            raise AssertionError(f'the operator crashed: {runner.error!r}') from runner.error
+
+    return run
+
+
+# ---------------------------------------------------------------- the operator, as a process
+
+
+class OperatorProcess:
+    """``kopf run --standalone -m operator_engine.operator_main`` as a subprocess."""
+
+    def __init__(self, cluster: EmbeddedCluster, env: dict[str, str], log_path: Path) -> None:
+        self.cluster = cluster
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, 'already running'
+        since = len(self.cluster.request_log)
+        self.starts += 1
+        with open(self.log_path, 'ab') as log:
+            log.write(f'\n===== start #{self.starts} =====\n'.encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, '-m', 'kopf', 'run', '--standalone', f'--namespace={NS}',
+                 '-m', 'operator_engine.operator_main'],
+                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not watch_started_since(self.cluster, since):
+            if self.proc.poll() is not None:
+                raise AssertionError(f'the operator process exited at start with {self.proc.returncode}:\n'
+                                     f'{self.log()[-4000:]}')
+            if time.monotonic() > deadline:
+                raise AssertionError(f'the operator process did not start watching workflows within '
+                                     f'{READY_TIMEOUT:.0f} s:\n{self.log()[-4000:]}')
+            await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        """A hard kill (SIGKILL): no clean-up, no finalizer, nothing flushed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    async def restart(self) -> None:
+        self.kill()
+        await self.start()
+
+    async def stop(self) -> None:
+        """A graceful stop (SIGTERM), then SIGKILL if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors='replace')
+        except FileNotFoundError:
+            return ''
+
+
+ProcessFactory = Callable[..., Awaitable[OperatorProcess]]
+
+
+@pytest.fixture
+async def operator_process(cluster: EmbeddedCluster, receiver: Receiver,
+                           tmp_path: Path) -> AsyncIterator[ProcessFactory]:
+    """``proc = await operator_process(maxJobs=2)`` — a started subprocess operator."""
+    kubeconfig = cluster.write_kubeconfig(tmp_path / 'kubeconfig')
+    started: list[OperatorProcess] = []
+
+    async def start(**overrides: Any) -> OperatorProcess:
+        env = {k: v for k, v in os.environ.items()
+               if k not in config_module.VARIABLE_NAMES and k not in EXTRA_VARIABLES}
+        for key, value in operator_environment(cluster, receiver, kubeconfig, overrides).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        env['PYTHONUNBUFFERED'] = '1'
+        proc = OperatorProcess(cluster, env, tmp_path / f'operator-{len(started)}.log')
+        started.append(proc)
+        await proc.start()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
