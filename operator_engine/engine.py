@@ -293,14 +293,10 @@ class Engine:
     async def _after_terminal(self, body: dict[str, Any]) -> None:
         """A terminal workflow: the stop notification (if it was started) and clean-up, each once."""
         status = body.get("status") or {}
-        if status.get("dateStarted"):
-            try:
-                workflow = parse_workflow(body)
-            except InvalidWorkflow:
-                workflow = None
-            if workflow is not None:
-                self._ensure_notification(body, workflow, "start")
-                self._ensure_notification(body, workflow, "stop")
+        workflow = _started(body)
+        if workflow is not None:
+            self._ensure_notification(body, workflow, "start")
+            self._ensure_notification(body, workflow, "stop")
         if not self.config.DEBUG_NO_CLEANUP and not status.get("cleanedUp"):
             namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
             await self.cleanup(namespace, name)
@@ -318,21 +314,15 @@ class Engine:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         async with self._lock(namespace, name):
             await self.cleanup(namespace, name)
-            status = body.get("status") or {}
-            if status.get("dateStarted"):
-                try:
-                    workflow = parse_workflow(body)
-                except InvalidWorkflow:
-                    workflow = None
-                if workflow is not None:
-                    start = self._notifications.get((body["metadata"]["uid"], "start"))
-                    if start is not None:
-                        await asyncio.shield(start)
-                    started = self._was_delivered(body, "start")
-                    if started:
-                        task = self._ensure_notification(body, workflow, "stop", record=False)
-                        if task is not None:
-                            await asyncio.shield(task)
+            workflow = _started(body)
+            if workflow is not None:
+                start = self._notifications.get((body["metadata"]["uid"], "start"))
+                if start is not None:
+                    await asyncio.shield(start)
+                if self._was_delivered(body, "start"):
+                    task = self._ensure_notification(body, workflow, "stop", record=False)
+                    if task is not None:
+                        await asyncio.shield(task)
             await self.kube.remove_finalizer(body, FINALIZER)
             log.info(f"Workflow {name} deleted; children removed", workflow=name)
         self._locks.pop((namespace, name), None)
@@ -381,6 +371,16 @@ class Engine:
     async def close(self) -> None:
         for task in list(self._notifications.values()):
             task.cancel()
+
+
+def _started(body: dict[str, Any]) -> Workflow | None:
+    """The workflow, if it was admitted (so notifications concern it) and is valid."""
+    if not (body.get("status") or {}).get("dateStarted"):
+        return None
+    try:
+        return parse_workflow(body)
+    except InvalidWorkflow:
+        return None
 
 
 def _with_condition(body: dict[str, Any], event: tuple[str, str], status: dict[str, Any]) -> list[dict[str, Any]]:
