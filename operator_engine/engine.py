@@ -361,7 +361,10 @@ class Engine:
             result = await notify.deliver(url, notify.payload(workflow, self.config.OPERATOR_PRIVATE_KEY),
                                           deadline=self.notify_deadline)
             self._delivered.add(key)
-            log.info(f"{kind} notification for {name}: {result}", workflow=name)
+            if result == "delivered":
+                log.info(f"{kind} notification for {name} delivered", workflow=name)
+            else:
+                log.warning(f"{kind} notification for {name} not delivered: {result}", workflow=name)
             if record:
                 await self.kube.patch_workflow_status(namespace, name, {"notifications": {kind: result}})
             return result

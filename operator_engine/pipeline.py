@@ -90,9 +90,10 @@ def decide(
 
     def to_output_stages(outcome: dict[str, Any], algorithm_ran: bool, event: tuple[str, str]) -> Step:
         # Outputs always pass the filter before they are published, whatever the algorithm's end.
+        kept = {"outcome": outcome} if outcome else {}
         if filtering and algorithm_ran:
-            return Step(create=["filter"], status=code_status(50, outcome=outcome), event=event)
-        return Step(create=["publish"], status=code_status(60, outcome=outcome), event=event)
+            return Step(create=["filter"], status=code_status(50, **kept), event=event)
+        return Step(create=["publish"], status=code_status(60, **kept), event=event)
 
     if code == 10:
         return Step(create=["setup", "configure"], status=code_status(20),
@@ -152,7 +153,7 @@ def decide(
         if filtered.failed and outcome.get("phase") in (None, "Succeeded"):
             outcome = {"phase": "Failed", "message": f"the filter stage failed{_exit(filtered)}"}
         if filtered.finished:
-            return Step(create=["publish"], status=code_status(60, outcome=outcome),
+            return Step(create=["publish"], status=code_status(60, **({"outcome": outcome} if outcome else {})),
                         event=("Filtered", "outputs checked by the filter"))
         return Step()
 
@@ -202,7 +203,8 @@ def _final_status(outcome: Mapping[str, Any], publish: JobView, now: str) -> dic
         message = f"{message}; {failure}" if message else str(failure)
         if final["phase"] == "Succeeded":
             final["phase"] = "Failed"
-    final["message"] = message or ""
+    if message:
+        final["message"] = message
     return final
 
 
