@@ -70,6 +70,7 @@ class Engine:
         self._notifications: dict[tuple[str, str], asyncio.Task[str]] = {}
         self._delivered: set[tuple[str, str]] = set()
         self._current_jobs: int | None = None
+        self._backstop: asyncio.Task[None] | None = None
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -371,9 +372,40 @@ class Engine:
         finally:
             self._notifications.pop(key, None)
 
+    def start_backstop(self, namespace: str, interval: float) -> None:
+        self._backstop = asyncio.create_task(self._backstop_loop(namespace, interval), name="backstop")
+
+    async def _backstop_loop(self, namespace: str, interval: float) -> None:
+        """Every `interval` seconds, reconcile each workflow that is not settled.
+
+        Not how stages advance (watch events do that): it catches an event
+        lost to a watch reconnect, a deadline the Job controller missed, a
+        notification or clean-up cut short, and queued workflows.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for body in await self.kube.list_workflows(namespace):
+                    if not self._settled(body):
+                        await self.reconcile(namespace, body["metadata"]["name"], backstop=True)
+            except Exception as exc:  # the backstop must outlive any one failure
+                log.warning(f"backstop pass failed, will retry: {type(exc).__name__}: {exc}")
+
+    def _settled(self, body: dict[str, Any]) -> bool:
+        status = body.get("status") or {}
+        if body["metadata"].get("deletionTimestamp") or not is_terminal(status):
+            return False
+        notified = status.get("notifications") or {}
+        pending = [kind for kind, url in (("start", self.config.NOTIFY_START_URL),
+                                          ("stop", self.config.NOTIFY_STOP_URL))
+                   if url and status.get("dateStarted") and kind not in notified]
+        return not pending and bool(status.get("cleanedUp") or self.config.DEBUG_NO_CLEANUP)
+
     async def close(self) -> None:
-        for task in list(self._notifications.values()):
+        tasks = [*self._notifications.values(), *([self._backstop] if self._backstop else [])]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _started(body: dict[str, Any]) -> Workflow | None:

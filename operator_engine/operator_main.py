@@ -3,7 +3,8 @@
 Handlers stay thin: they turn a watch event into "reconcile workflow W" and
 leave the work to `engine.Engine`. A stage starts because a watch event said
 the previous one ended (a Job event, or the status patch of the step before);
-the timer is only a backstop for missed events and deadlines.
+the engine's backstop task (one for all workflows, every
+OPERATOR_BACKSTOP_SECONDS) only catches missed events and deadlines.
 
 Importing this module checks the configuration and the templates, so a bad
 variable stops the operator at start with a message naming it (CONTRACT §3).
@@ -23,7 +24,6 @@ from operator_engine import logs
 from operator_engine import render as _render
 from operator_engine.engine import Engine
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
-from operator_engine.pipeline import is_terminal
 
 try:
     _CONFIG = _config.load()
@@ -31,8 +31,6 @@ try:
 except _config.ConfigError as _exc:
     print(f"operator-engine: configuration error: {'; '.join(_exc.problems)}", file=sys.stderr)
     raise SystemExit(78) from None
-# kopf fixes a timer's interval when the handler is registered, i.e. at import.
-BACKSTOP_SECONDS = float(_CONFIG.OPERATOR_BACKSTOP_SECONDS)
 
 MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
 
@@ -62,6 +60,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     memo.engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
     await memo.engine.admit(config.OPERATOR_NAMESPACE)
+    memo.engine.start_backstop(config.OPERATOR_NAMESPACE, float(config.OPERATOR_BACKSTOP_SECONDS))
 
 
 @kopf.on.login()
@@ -89,11 +88,3 @@ async def job_changed(event: dict[str, Any], labels: dict[str, str], namespace: 
     workflow = labels.get("app")
     if workflow and event.get("type") != "DELETED":
         await memo.engine.reconcile(namespace, workflow)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=BACKSTOP_SECONDS, initial_delay=BACKSTOP_SECONDS)
-async def backstop(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    status = dict(body.get("status") or {})
-    settled = is_terminal(status) and (status.get("cleanedUp") or memo.engine.config.DEBUG_NO_CLEANUP)
-    if not settled:
-        await memo.engine.reconcile(namespace, name, backstop=True)
