@@ -406,6 +406,7 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.kube.close)
 
 
 def _started(body: dict[str, Any]) -> Workflow | None:

@@ -87,6 +87,10 @@ class Kube:
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        """Close pooled connections (a keep-alive connection would hold a local API server's shutdown)."""
+        self.client.close()
+
     # --- Workflows
 
     async def get_workflow(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -637,26 +637,39 @@ class ApiServer(kmock.KubernetesScaffold):
                          'object': self.table(spec, [event['object']], query.get('includeObject', 'Metadata'))}
             await response.write(json.dumps(event).encode() + b'\n')
 
+        async def pump() -> None:
+            for event in initial:
+                await send(event)
+            async for change in self.follow(since):
+                if change.spec.key != spec.key:
+                    continue
+                now_visible, was_visible = visible(change.object), visible(change.old)
+                # A label change moving an object in or out of the selector is
+                # seen by the watcher as ADDED / DELETED, as in real Kubernetes.
+                if change.type == 'DELETED' and was_visible:
+                    await send({'type': 'DELETED', 'object': change.object})
+                elif change.type != 'DELETED' and now_visible:
+                    await send({'type': 'ADDED' if not was_visible else change.type, 'object': change.object})
+                elif change.type == 'MODIFIED' and was_visible:
+                    await send({'type': 'DELETED', 'object': change.object})
+
+        async def client_gone() -> None:
+            # aiohttp does not cancel a handler when its client disconnects, and a quiet
+            # watch writes nothing that would fail: look at the connection instead, so a
+            # watch a client has left ends, as it does on a real API server.
+            while raw.transport is not None and not raw.transport.is_closing():
+                await asyncio.sleep(0.2)
+
+        pumping, watchdog = asyncio.create_task(pump()), asyncio.create_task(client_gone())
         try:
-            async with asyncio.timeout(timeout):
-                for event in initial:
-                    await send(event)
-                async for change in self.follow(since):
-                    if change.spec.key != spec.key:
-                        continue
-                    now_visible, was_visible = visible(change.object), visible(change.old)
-                    # A label change moving an object in or out of the selector is
-                    # seen by the watcher as ADDED / DELETED, as in real Kubernetes.
-                    if change.type == 'DELETED' and was_visible:
-                        await send({'type': 'DELETED', 'object': change.object})
-                    elif change.type != 'DELETED' and now_visible:
-                        await send({'type': 'ADDED' if not was_visible else change.type, 'object': change.object})
-                    elif change.type == 'MODIFIED' and was_visible:
-                        await send({'type': 'DELETED', 'object': change.object})
-        except ApiError as e:
-            await send({'type': 'ERROR', 'object': e.status_body()})
-        except (TimeoutError, ConnectionResetError):
-            pass  # timeoutSeconds elapsed (a normal end of a watch) or the client went away
+            await asyncio.wait({pumping, watchdog}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, watchdog):
+                task.cancel()
+            await asyncio.gather(pumping, watchdog, return_exceptions=True)
+        if pumping.done() and not pumping.cancelled() and isinstance(pumping.exception(), ApiError):
+            with contextlib.suppress(ConnectionResetError):
+                await send({'type': 'ERROR', 'object': pumping.exception().status_body()})  # type: ignore[union-attr]
         with contextlib.suppress(ConnectionResetError):  # the client went away meanwhile
             await response.write_eof()
         return response
