@@ -21,7 +21,6 @@ from operator_engine.config import Config
 from operator_engine.kube import Kube, PermanentError
 from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
 from operator_engine.pipeline import (
-    MISSING,
     JobView,
     Step,
     admission,
@@ -29,7 +28,7 @@ from operator_engine.pipeline import (
     decide,
     is_terminal,
 )
-from operator_engine.render import Child, Renderer, child_names, job_components
+from operator_engine.render import Child, Renderer, child_names
 
 ENVIRONMENT_CONFIGMAP = "operator-engine-environment"
 DEADLINE_GRACE_SECONDS = 30  # the backstop waits this long past activeDeadlineSeconds before acting
@@ -430,5 +429,3 @@ def _with_condition(body: dict[str, Any], event: tuple[str, str], status: dict[s
         conditions[-1]["reason"] = status["phase"]
     return conditions[-10:]
 
-
-__all__ = ["ENVIRONMENT_CONFIGMAP", "Engine", "MISSING"]

@@ -596,9 +596,9 @@ class ApiServer(kmock.KubernetesScaffold):
 
         if content_type == 'application/strategic-merge-patch+json' and not spec.builtin:
             # Custom resources have no Go schema, so the real server refuses strategic merge.
-            raise ApiError(415, 'UnsupportedMediaType', f'the body of the request was in an unknown format - '
-                                                        f'accepted media types include: application/json-patch+json, '
-                                                        f'application/merge-patch+json')
+            raise ApiError(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format - '
+                                                        'accepted media types include: application/json-patch+json, '
+                                                        'application/merge-patch+json')
         if content_type not in ('application/json-patch+json', 'application/merge-patch+json',
                                 'application/strategic-merge-patch+json'):
             raise ApiError(415, 'UnsupportedMediaType', f'unsupported patch type: {content_type!r}')

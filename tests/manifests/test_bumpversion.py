@@ -1,7 +1,6 @@
 """bumpversion.sh, run on a temporary copy of operator_engine/__init__.py."""
 
 import re
-import shutil
 import subprocess
 
 import pytest
