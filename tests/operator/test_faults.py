@@ -48,3 +48,18 @@ async def test_every_workflow_completes_while_a_quarter_of_writes_fail(
 async def test_every_workflow_completes_while_a_quarter_of_all_requests_fail(
         operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, receiver: Receiver) -> None:
     await _run_under_faults(operator, cluster, runtime, receiver, ALL_METHODS, seed=11)
+
+
+async def test_a_permanent_api_error_ends_the_workflow_failed_with_its_message(
+        operator: OperatorFactory, cluster: EmbeddedCluster, receiver: Receiver) -> None:
+    # The API server refuses every Job for good (422, as an admission webhook or a policy
+    # would): no retry can help, so the workflow must end, saying why, and clean up.
+    async with operator():
+        cluster.faults.inject(rate=1.0, statuses=(422,), methods=('POST',), path_contains='/jobs')
+        await cluster.create(make_workflow('wf-refused'))
+        final = status(await wait_terminal(cluster, 'wf-refused', timeout=60))
+        cluster.faults.clear()
+        await receiver.wait('/stop', 'wf-refused', timeout=60)
+        await wait_until_clean(cluster, 'wf-refused', timeout=60)
+    assert (final['phase'], final['statusCode']) == ('Failed', 70)
+    assert final['message'].startswith('the API server refused a request: 422')
