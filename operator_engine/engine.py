@@ -136,7 +136,8 @@ class Engine:
 
     async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        children = self.renderer.render(workflow)
+        outcome = step.status.get("outcome", (body.get("status") or {}).get("outcome")) or {}
+        children = self.renderer.render(workflow, withhold_outputs=bool(outcome.get("withholdOutputs")))
         names = child_names(name)
         for component in step.delete:
             if await self.kube.delete("Job", namespace, names[component]):

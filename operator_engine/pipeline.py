@@ -150,8 +150,11 @@ def decide(
         filtered = job("filter")
         if not filtered.exists:
             return Step(create=["filter"])
-        if filtered.failed and outcome.get("phase") in (None, "Succeeded"):
-            outcome = {"phase": "Failed", "message": f"the filter stage failed{_exit(filtered)}"}
+        if filtered.failed:
+            # Outputs the filter could not vouch for are never published; the logs still are.
+            outcome = {**outcome, "withholdOutputs": True}
+            if outcome.get("phase") in (None, "Succeeded"):
+                outcome.update(phase="Failed", message=f"the filter stage failed{_exit(filtered)}; outputs withheld")
         if filtered.finished:
             return Step(create=["publish"], status=code_status(60, **({"outcome": outcome} if outcome else {})),
                         event=("Filtered", "outputs checked by the filter"))

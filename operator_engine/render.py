@@ -155,8 +155,12 @@ class Renderer:
     def limits(self, workflow: Workflow) -> Limits:
         return limits_for(workflow, self.config)
 
-    def render(self, workflow: Workflow) -> list[Child]:
-        """Every child of `workflow`, in creation order."""
+    def render(self, workflow: Workflow, *, withhold_outputs: bool = False) -> list[Child]:
+        """Every child of `workflow`, in creation order.
+
+        `withhold_outputs` tells the publish pod to upload the logs but not the
+        outputs (the filter stage failed, so nobody vouched for them).
+        """
         names = child_names(workflow.name)
         limits = limits_for(workflow, self.config)
         namespace = workflow.namespace or self.config.OPERATOR_NAMESPACE
@@ -178,7 +182,8 @@ class Renderer:
             children.append(self._child("secret.yaml.j2", "setup", base, secret_name=names["publish_secret"],
                                         secret_data=credentials))
         for component in job_components(self.config):
-            children.append(self._job(workflow, component, base, limits, has_credentials=bool(credentials)))
+            children.append(self._job(workflow, component, base, limits, has_credentials=bool(credentials),
+                                      withhold_outputs=withhold_outputs))
         if workflow.uid:
             for child in children:
                 child.manifest["metadata"]["ownerReferences"] = [owner_reference(workflow)]
@@ -202,7 +207,7 @@ class Renderer:
                      manifest=manifest)
 
     def _job(self, workflow: Workflow, component: str, base: dict[str, Any], limits: Limits,
-             has_credentials: bool) -> Child:
+             has_credentials: bool, withhold_outputs: bool) -> Child:
         config = self.config
         names = base["names"]
         if component == "algorithm":
@@ -218,6 +223,8 @@ class Renderer:
             image = config.POD_CONFIGURATION_CONTAINER if component == "configure" else config.POD_PUBLISH_CONTAINER
             command = ["operator-engine", component]
             env = self._system_env(workflow, component, names, has_credentials)
+            if component == "publish" and withhold_outputs:
+                env.append({"name": "PUBLISH_OUTPUTS", "value": "false"})
             resources, deadline = SYSTEM_POD_RESOURCES, limits.stage_deadline
         child = self._child(
             f"job-{component}.yaml.j2", component, base,

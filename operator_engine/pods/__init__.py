@@ -32,6 +32,7 @@ publish (first target whose variable is set wins):
     STORAGE_EXPIRY [0] (hours; > 0: pre-signed URLs, at most 7 days; 0: s3://bucket/key)
     LOCAL_STORAGE_DIR                       copies to <dir>/<jobId>/..., file:// URLs
     PUBLISH_TIMEOUT [600]                   IPFS read timeout, seconds
+    PUBLISH_OUTPUTS [true]                  false: upload the logs only (the filter stage failed)
     -> success: {"algologUrl", "configlogUrl", "publishlogUrl", "outputsUrl": [...]}, exit 0
        (a log that does not exist gives null); failure: {"message": ...}, exit 1.
 """

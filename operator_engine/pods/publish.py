@@ -103,10 +103,12 @@ def archive(folder: Path, names: list[str], destination: Path, logger: logging.L
 class Publisher:
     """One run of the publish pod."""
 
-    def __init__(self, paths: PodPaths, target: Target, logger: logging.Logger) -> None:
+    def __init__(self, paths: PodPaths, target: Target, logger: logging.Logger,
+                 publish_outputs: bool = True) -> None:
         self.paths = paths
         self.target = target
         self.logger = logger
+        self.with_outputs = publish_outputs
 
     def upload(self, path: Path, area: Area, name: str) -> str:
         self.logger.info("uploading %s to %s (%s/%s)", path, self.target.description, area, name)
@@ -129,6 +131,9 @@ class Publisher:
         return result
 
     def publish_outputs(self) -> list[str]:
+        if not self.with_outputs:
+            self.logger.warning("outputs withheld (PUBLISH_OUTPUTS=false: the filter stage did not pass them)")
+            return []
         workdir_parent = self.paths.volume if self.paths.volume.is_dir() else None
         with tempfile.TemporaryDirectory(prefix=".publish-", dir=workdir_parent) as workdir:
             output = collect_outputs(self.paths, Path(workdir), self.logger)
@@ -151,7 +156,8 @@ def run(paths: PodPaths, env: Mapping[str, str], logger: logging.Logger) -> int:
         job = job_id(document, paths.workflow)
         target = select_target(env, job, logger)
         logger.info("publishing job %s to %s", job, target.description)
-        result = Publisher(paths, target, logger).run()
+        with_outputs = env.get("PUBLISH_OUTPUTS", "true").strip().lower() not in ("false", "0", "no")
+        result = Publisher(paths, target, logger, publish_outputs=with_outputs).run()
     except PodError as exc:
         return report_failure(paths, exc.message, masker, logger)
     except Exception as exc:  # noqa: BLE001 - a bug must still reach the operator as a message

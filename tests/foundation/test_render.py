@@ -224,3 +224,12 @@ def test_configmap_holds_the_stage_document_as_json_and_yaml(sample_body, make_c
     assert document == yaml.safe_load(configmap["data"]["workflow.yaml"])
     assert document["stages"][0]["input"][0]["url"] == ["http://127.0.0.1:8765/data/uk-weather-2011.csv"]
     assert document["jobId"] == "workflow-1"
+
+
+def test_publish_pod_is_told_to_withhold_outputs_only_when_asked(sample_body, make_config):
+    renderer = Renderer(make_config())
+    workflow = parse_workflow(sample_body)
+    plain = {e["name"]: e.get("value") for e in container(renderer.render(workflow), "publish")["env"]}
+    withheld = container(renderer.render(workflow, withhold_outputs=True), "publish")["env"]
+    assert "PUBLISH_OUTPUTS" not in plain
+    assert {"name": "PUBLISH_OUTPUTS", "value": "false"} in withheld

@@ -227,6 +227,21 @@ async def test_filter_stage_runs_between_algorithm_and_publish_with_filtering_co
     assert is_subsequence([10, 20, 30, 40, 50, 60, 70], codes), codes
 
 
+async def test_a_failed_filter_withholds_the_outputs_but_publishes_the_logs(
+        operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime) -> None:
+    name = 'wf-leak'
+    script_success(runtime, name)
+    runtime.script(f'{name}-filter-job', Outcome(exit_code=3))
+    async with operator(FILTERING_CONTAINER='oceanprotocol/filter:1.0'):
+        await cluster.create(make_workflow(name))
+        final = status(await wait_terminal(cluster, name))
+    assert (final['phase'], final['statusCode']) == ('Failed', 70), final
+    assert 'filter stage failed with exit code 3; outputs withheld' in final['message']
+    publish_posts = [r for r in creation_posts(cluster, 'jobs') if posted_name(r) == f'{name}-publish-job']
+    env = publish_posts[0].body['spec']['template']['spec']['containers'][0]['env']
+    assert {'name': 'PUBLISH_OUTPUTS', 'value': 'false'} in env
+
+
 async def test_no_filter_job_without_filtering_container(
         operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, history: History) -> None:
     name = 'wf-nofilter'

@@ -116,9 +116,15 @@ def test_filter_end_goes_to_publish():
     assert result.create == ["publish"] and result.status["statusCode"] == 60
 
 
-def test_filter_failure_fails_a_successful_workflow():
+def test_filter_failure_fails_a_successful_workflow_and_withholds_its_outputs():
     result = step(50, {"filter": failed(exit_code=2)}, outcome={})
-    assert result.status["outcome"]["phase"] == "Failed"
+    assert result.status["outcome"] == {"phase": "Failed", "withholdOutputs": True,
+                                        "message": "the filter stage failed with exit code 2; outputs withheld"}
+
+
+def test_filter_failure_after_an_algorithm_failure_keeps_its_message_and_withholds_outputs():
+    result = step(50, {"filter": failed(exit_code=2)}, outcome={"phase": "Failed", "message": "exit code 3"})
+    assert result.status["outcome"] == {"phase": "Failed", "message": "exit code 3", "withholdOutputs": True}
 
 
 def test_publish_success_copies_result_urls_and_ends_succeeded():

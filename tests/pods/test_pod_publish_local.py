@@ -59,6 +59,19 @@ def test_no_outputs_gives_an_empty_list(local_env: PodEnv) -> None:
     assert local_env.termination()["outputsUrl"] == []
 
 
+def test_withheld_outputs_are_not_uploaded_but_logs_are(local_env: PodEnv, tmp_path: Path) -> None:
+    local_env.write("outputs/result.csv", "secret rows")
+    local_env.write("logs/algorithm.log", "ran\n")
+    local_env.set(PUBLISH_OUTPUTS="false")
+
+    assert publish.main([]) == 0
+
+    result = local_env.termination()
+    assert result["outputsUrl"] == []
+    assert file_of(result["algologUrl"]).read_text() == "ran\n"
+    assert not (tmp_path / "storage" / "job-7" / "outputs").exists()
+
+
 def test_uploads_algorithm_log_and_admin_logs(local_env: PodEnv) -> None:
     local_env.write("logs/algorithm.log", "algo says hi")
     local_env.adminlogs.mkdir(parents=True, exist_ok=True)
