@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -193,13 +194,15 @@ async def running_stack(workdir: str | Path, *, data_port: int | None = DATA_POR
             stack.enter_context(contextlib.redirect_stderr(log_stream))
         import operator_engine.operator_main  # noqa: F401  (registers the handlers; reads the env)
 
-        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        operator = asyncio.create_task(kopf.operator(
-            standalone=True, namespaces=[NAMESPACE], clusterwide=False, stop_flag=stop))
+        # The operator gets its own thread and event loop, as in a real deployment
+        # where it is a process of its own: at exit kopf waits for every task of
+        # its loop, and the cluster's connection handlers must not be among them.
+        stop = threading.Event()
+        operator = asyncio.create_task(asyncio.to_thread(asyncio.run, kopf.operator(
+            standalone=True, namespaces=[NAMESPACE], clusterwide=False, stop_flag=stop)))
 
         async def stop_operator() -> None:
-            if not stop.done():
-                stop.set_result(None)
+            stop.set()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(operator, 30)
 
