@@ -33,6 +33,8 @@ from operator_engine.render import Child, Renderer, child_names
 ENVIRONMENT_CONFIGMAP = "operator-engine-environment"
 DEADLINE_GRACE_SECONDS = 30  # the backstop waits this long past activeDeadlineSeconds before acting
 CLEANUP_KINDS = ("Job", "PersistentVolumeClaim", "ConfigMap", "Secret")
+# The stage whose Job's outcome decides the next step, by status code.
+STAGE_OF_CODE = {20: "configure", 40: "algorithm", 50: "filter", 60: "publish"}
 # Held on every valid Workflow so that deleting one waits until the operator has
 # stopped its Jobs, cleaned up and sent the stop notification.
 FINALIZER = "oceanprotocol.com/operator-engine"
@@ -121,7 +123,7 @@ class Engine:
     async def _advance(self, body: dict[str, Any], workflow: Workflow, backstop: bool) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         status = body.get("status") or {}
-        jobs = await self._observe(namespace, name)
+        jobs = await self._observe(namespace, name, STAGE_OF_CODE.get(status.get("statusCode")))
         overdue = False
         if backstop and status.get("statusCode") == 40:
             started = _parse_time(status.get("algorithmStarted"))
@@ -169,7 +171,8 @@ class Engine:
         else:
             log.info(f"{child.kind} {child.name} already exists", workflow=workflow_name)
 
-    async def _observe(self, namespace: str, name: str) -> dict[str, JobView]:
+    async def _observe(self, namespace: str, name: str, current: str | None) -> dict[str, JobView]:
+        """The workflow's Jobs; the termination message only of the current stage's (one pod list)."""
         views: dict[str, JobView] = {}
         for job in await self.kube.list_jobs(namespace, name):
             component = (job.metadata.labels or {}).get("component")
@@ -182,7 +185,7 @@ class Engine:
             failed = bool(failed_condition) or bool(job_status and job_status.failed and not job_status.active)
             view = JobView(exists=True, succeeded=succeeded, failed=failed and not succeeded,
                            reason=failed_condition.reason if failed_condition else None)
-            if view.finished and component in ("configure", "algorithm", "filter", "publish"):
+            if view.finished and component == current:
                 view = await self._with_termination(namespace, job.metadata.name, view)
             views[component] = view
         return views

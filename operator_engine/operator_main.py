@@ -82,9 +82,13 @@ async def workflow_changed(event: dict[str, Any], name: str, namespace: str, mem
         await memo.engine.reconcile(namespace, name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_changed(event: dict[str, Any], labels: dict[str, str], namespace: str, memo: kopf.Memo,
-                      **_: Any) -> None:
+def _job_finished(status: kopf.Status, type: str | None = None, **_: Any) -> bool:
+    """Only a Job's end moves its workflow on; its other changes would only cost API reads."""
+    return type != "DELETED" and bool(status.get("succeeded") or status.get("failed"))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)
+async def job_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
     workflow = labels.get("app")
-    if workflow and event.get("type") != "DELETED":
+    if workflow:
         await memo.engine.reconcile(namespace, workflow)
