@@ -320,16 +320,21 @@ async def run_demo(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port:
     return 0 if status.get('phase') == 'Succeeded' else 1
 
 
-def demo_main(workdir: str | None = None, data_port: int = DATA_PORT) -> int:
-    """Entry point of ``operator-engine demo``."""
-    path = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='operator-engine-demo-'))
+def _entry(command: str, run: Callable[..., Any], workdir: str | None, data_port: int) -> int:
+    """Run `run(workdir, data_port=...)`; a person's mistake ends with one line, not a traceback."""
+    path = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f'operator-engine-{command}-'))
     try:
-        return asyncio.run(run_demo(path, data_port=data_port))
+        return int(asyncio.run(run(path, data_port=data_port)))
     except (DataServerError, FileNotFoundError) as exc:
-        print(f'operator-engine demo: {exc}', file=sys.stderr)
+        print(f'operator-engine {command}: {exc}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def demo_main(workdir: str | None = None, data_port: int = DATA_PORT) -> int:
+    """Entry point of ``operator-engine demo``."""
+    return _entry('demo', run_demo, workdir, data_port)
 
 
 # ---------------------------------------------------------------------- dev
@@ -385,11 +390,4 @@ async def run_dev(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port: 
 
 def dev_main(workdir: str | None = None, data_port: int = DATA_PORT) -> int:
     """Entry point of ``operator-engine dev``."""
-    path = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='operator-engine-dev-'))
-    try:
-        return asyncio.run(run_dev(path, data_port=data_port))
-    except (DataServerError, FileNotFoundError) as exc:
-        print(f'operator-engine dev: {exc}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return _entry('dev', run_dev, workdir, data_port)
