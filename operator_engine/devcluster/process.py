@@ -339,22 +339,17 @@ class ProcessRuntime(Runtime):
                 continue
             source = item['valueFrom']
             value: str | bytes | None = None
-            if 'secretKeyRef' in source:
-                ref = source['secretKeyRef']
-                secret = self._secret(namespace, ref['name'], ref.get('optional', False))
-                if secret is not None:
-                    value = secret.get(ref['key'])
+            key_ref = next(((kind, source[field], lookup) for field, kind, lookup in (
+                ('secretKeyRef', 'Secret', self._secret), ('configMapKeyRef', 'ConfigMap', self._configmap))
+                if field in source), None)
+            if key_ref is not None:
+                kind, ref, lookup = key_ref
+                values = lookup(namespace, ref['name'], ref.get('optional', False))
+                if values is not None:
+                    value = values.get(ref['key'])
                     if value is None and not ref.get('optional', False):
                         raise PodSetupError('CreateContainerConfigError',
-                                            f'couldn\'t find key {ref["key"]} in Secret {namespace}/{ref["name"]}')
-            elif 'configMapKeyRef' in source:
-                ref = source['configMapKeyRef']
-                configmap = self._configmap(namespace, ref['name'], ref.get('optional', False))
-                if configmap is not None:
-                    value = configmap.get(ref['key'])
-                    if value is None and not ref.get('optional', False):
-                        raise PodSetupError('CreateContainerConfigError',
-                                            f'couldn\'t find key {ref["key"]} in ConfigMap {namespace}/{ref["name"]}')
+                                            f'couldn\'t find key {ref["key"]} in {kind} {namespace}/{ref["name"]}')
             elif 'fieldRef' in source:
                 field = source['fieldRef'].get('fieldPath', '')
                 meta = pod['metadata']
