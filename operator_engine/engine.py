@@ -174,7 +174,7 @@ class Engine:
     async def _observe(self, namespace: str, name: str, current: str | None) -> dict[str, JobView]:
         """The workflow's Jobs; the termination message only of the current stage's (one pod list)."""
         views: dict[str, JobView] = {}
-        for job in await self.kube.list_jobs(namespace, name):
+        for job in await self.kube.list_children("Job", namespace, name):
             component = (job.metadata.labels or {}).get("component")
             if component is None:
                 continue
@@ -310,8 +310,8 @@ class Engine:
         """Delete every child of the workflow; the Workflow itself stays, it holds the status."""
         for kind in CLEANUP_KINDS:
             for child in await self.kube.list_children(kind, namespace, name):
-                if await self.kube.delete(kind, namespace, child):
-                    log.info(f"{kind} {child} deleted", workflow=name)
+                if await self.kube.delete(kind, namespace, child.metadata.name):
+                    log.info(f"{kind} {child.metadata.name} deleted", workflow=name)
 
     async def finalize(self, body: dict[str, Any]) -> None:
         """The Workflow is being deleted: stop what runs, clean up, tell operator-service once."""

@@ -60,6 +60,17 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        # (create, delete, list) for each kind of child the operator makes.
+        core, batch = self.core, self.batch
+        self.child_apis: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
+            "ConfigMap": (core.create_namespaced_config_map, core.delete_namespaced_config_map,
+                          core.list_namespaced_config_map),
+            "Secret": (core.create_namespaced_secret, core.delete_namespaced_secret, core.list_namespaced_secret),
+            "PersistentVolumeClaim": (core.create_namespaced_persistent_volume_claim,
+                                      core.delete_namespaced_persistent_volume_claim,
+                                      core.list_namespaced_persistent_volume_claim),
+            "Job": (batch.create_namespaced_job, batch.delete_namespaced_job, batch.list_namespaced_job),
+        }
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -140,46 +151,24 @@ class Kube:
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create a child; False when it already exists (a re-run after a crash)."""
         kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
-        creators = {
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Secret": self.core.create_namespaced_secret,
-            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
-            "Job": self.batch.create_namespaced_job,
-        }
-        result = await self.call(creators[kind], namespace, manifest, ok=(409,))
+        result = await self.call(self.child_apis[kind][0], namespace, manifest, ok=(409,))
         return result is not None
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        deleters = {
-            "ConfigMap": self.core.delete_namespaced_config_map,
-            "Secret": self.core.delete_namespaced_secret,
-            "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim,
-            "Job": self.batch.delete_namespaced_job,
-        }
         # Background propagation: the Job's pods go too (the default for Jobs would orphan them).
         body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")
-        result = await self.call(deleters[kind], name, namespace, body=body, ok=(404,))
+        result = await self.call(self.child_apis[kind][1], name, namespace, body=body, ok=(404,))
         return result is not None
 
-    async def list_jobs(self, namespace: str, workflow: str) -> list[Any]:
-        result = await self.call(self.batch.list_namespaced_job, namespace,
+    async def list_children(self, kind: str, namespace: str, workflow: str) -> list[Any]:
+        """The workflow's children of one kind, found by the labels every child carries."""
+        result = await self.call(self.child_apis[kind][2], namespace,
                                  label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
         return list(result.items) if result else []
 
     async def list_pods(self, namespace: str, job_name: str) -> list[Any]:
         result = await self.call(self.core.list_namespaced_pod, namespace, label_selector=f"job-name={job_name}")
         return list(result.items) if result else []
-
-    async def list_children(self, kind: str, namespace: str, workflow: str) -> list[str]:
-        listers = {
-            "ConfigMap": self.core.list_namespaced_config_map,
-            "Secret": self.core.list_namespaced_secret,
-            "PersistentVolumeClaim": self.core.list_namespaced_persistent_volume_claim,
-            "Job": self.batch.list_namespaced_job,
-        }
-        result = await self.call(listers[kind], namespace,
-                                 label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
-        return [item.metadata.name for item in (result.items if result else [])]
 
     async def apply_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
         """Create or replace a ConfigMap the operator owns (the environment ConfigMap)."""
