@@ -154,17 +154,23 @@ async def test_debug_no_cleanup_keeps_the_children(
 # ---------------------------------------------------------------- configure failures
 
 
+async def run_failing(operator: OperatorFactory, cluster: EmbeddedCluster, receiver: Receiver, name: str) -> dict:
+    """Run one workflow to its end, its stop notification and its clean-up; return its status."""
+    async with operator():
+        await cluster.create(make_workflow(name))
+        final = status(await wait_terminal(cluster, name))
+        await receiver.wait('/stop', name)
+        await wait_until_clean(cluster, name)
+    return final
+
+
 async def _configure_failure(operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime,
                              receiver: Receiver, code: int) -> None:
     name = f'wf-conf-{code}'
     runtime.script(f'{name}-configure-job',
                    Outcome(exit_code=1, message=json.dumps({'statusCode': code, 'message': f'provisioning {code}'})))
     script_success(runtime, name)
-    async with operator():
-        await cluster.create(make_workflow(name))
-        final = status(await wait_terminal(cluster, name))
-        await receiver.wait('/stop', name)
-        await wait_until_clean(cluster, name)
+    final = await run_failing(operator, cluster, receiver, name)
     assert final['statusCode'] == code, final
     assert final['phase'] == 'Failed', final
     assert final.get('message'), final
@@ -193,11 +199,7 @@ async def test_algorithm_failure_ends_failed_with_its_exit_code_and_publishes(
     name = 'wf-algo-fails'
     runtime.script(f'{name}-algorithm-job', Outcome(exit_code=3, logs='Traceback: boom'))
     script_success(runtime, name)
-    async with operator():
-        await cluster.create(make_workflow(name))
-        final = status(await wait_terminal(cluster, name))
-        await receiver.wait('/stop', name)
-        await wait_until_clean(cluster, name)
+    final = await run_failing(operator, cluster, receiver, name)
     assert final['statusCode'] == 70, final
     assert final['phase'] == 'Failed', final
     assert '3' in (final.get('message') or ''), final
