@@ -28,11 +28,9 @@ def _fail(message: str, code: int) -> int:
 
 
 def _load_config() -> Any:
-    from operator_engine import config, render
+    from operator_engine import config
 
-    cfg = config.load()
-    render.check_templates(Path(cfg.TEMPLATES_DIR))
-    return cfg
+    return config.load_checked()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import kopf
 
 from operator_engine import config as _config
 from operator_engine import logs
-from operator_engine import render as _render
 from operator_engine.engine import Engine
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
 
 try:
-    _CONFIG = _config.load()
-    _render.check_templates(Path(_CONFIG.TEMPLATES_DIR))
+    _config.load_checked()
 except _config.ConfigError as _exc:
     print(f"operator-engine: configuration error: {'; '.join(_exc.problems)}", file=sys.stderr)
     raise SystemExit(78) from None
