@@ -117,7 +117,7 @@ class Engine:
             self._ensure_notification(body, workflow, "start")
             await self._advance(body, workflow, backstop=backstop)
         except PermanentError as exc:
-            await self._fail_permanently(body, workflow, str(exc))
+            await self._fail_permanently(body, str(exc))
         return False
 
     async def _advance(self, body: dict[str, Any], workflow: Workflow, backstop: bool) -> None:
@@ -265,34 +265,34 @@ class Engine:
 
     # --- endings
 
+    async def _end_early(self, body: dict[str, Any], reason: str, message: str, **status_fields: Any) -> bool:
+        """End a workflow outside the pipeline (code 70): its status, condition and Event. False if gone."""
+        status = code_status(70, message=message, dateFinished=now_rfc3339(), **status_fields)
+        status["conditions"] = _with_condition(body, (reason, message), status)
+        if not await self.kube.patch_workflow_status(body["metadata"]["namespace"], body["metadata"]["name"],
+                                                     status):
+            return False
+        self.post_event(body, "Normal" if status["phase"] == "Stopped" else "Warning", reason, message[:1000])
+        body["status"] = {**(body.get("status") or {}), **status}
+        return True
+
     async def _reject(self, body: dict[str, Any], exc: InvalidWorkflow) -> None:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        message = f"invalid Workflow: {exc}"
-        now = now_rfc3339()
-        status = code_status(70, phase="Failed", stopreq=0, message=message, dateFinished=now,
-                             dateCreated=body["metadata"].get("creationTimestamp") or now)
-        status["conditions"] = _with_condition(body, ("Rejected", message), status)
-        if await self.kube.patch_workflow_status(namespace, name, status):
+        name = body["metadata"]["name"]
+        if await self._end_early(body, "Rejected", f"invalid Workflow: {exc}", phase="Failed", stopreq=0,
+                                 dateCreated=body["metadata"].get("creationTimestamp") or now_rfc3339()):
             log.warning(f"Workflow {name} rejected: {exc.first}", workflow=name)
-            self.post_event(body, "Warning", "Rejected", message[:1000])
 
     async def _finish_unstarted(self, body: dict[str, Any], message: str) -> None:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        status = code_status(70, phase="Stopped", stopreq=1, message=message, dateFinished=now_rfc3339())
-        status["conditions"] = _with_condition(body, ("Stopped", message), status)
-        if await self.kube.patch_workflow_status(namespace, name, status):
+        name = body["metadata"]["name"]
+        if await self._end_early(body, "Stopped", message, phase="Stopped", stopreq=1):
             log.info(f"Workflow {name} stopped before it started", workflow=name)
-            self.post_event(body, "Normal", "Stopped", message)
 
-    async def _fail_permanently(self, body: dict[str, Any], workflow: Workflow, reason: str) -> None:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    async def _fail_permanently(self, body: dict[str, Any], reason: str) -> None:
+        name = body["metadata"]["name"]
         message = f"the API server refused a request: {reason}"
-        status = code_status(70, phase="Failed", stopreq=0, message=message, dateFinished=now_rfc3339())
-        status["conditions"] = _with_condition(body, ("Failed", message), status)
         log.error(f"Workflow {name} failed: {message}", workflow=name)
-        if await self.kube.patch_workflow_status(namespace, name, status):
-            self.post_event(body, "Warning", "Failed", message[:1000])
-            await self._after_terminal({**body, "status": {**(body.get("status") or {}), **status}})
+        if await self._end_early(body, "Failed", message, phase="Failed", stopreq=0):
+            await self._after_terminal(body)
 
     async def _after_terminal(self, body: dict[str, Any]) -> None:
         """A terminal workflow: the stop notification (if it was started) and clean-up, each once."""
