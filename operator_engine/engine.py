@@ -131,8 +131,14 @@ class Engine:
             overdue = bool(started) and (
                 datetime.datetime.now(datetime.timezone.utc) - started
             ).total_seconds() > deadline + DEADLINE_GRACE_SECONDS
+        code = status.get("statusCode")
+        current = jobs.get(STAGE_OF_CODE.get(code, ""))
+        lingering: frozenset[str] = frozenset()
+        if code in STAGE_OF_CODE and (current is None or current.finished or workflow.stop_requested or overdue):
+            lingering = await self._lingering(namespace, name)  # the step may start the filter or publish
         step = decide(status, jobs, stop_requested=workflow.stop_requested,
-                      filtering=bool(self.config.FILTERING_CONTAINER), now=now_rfc3339(), overdue=overdue)
+                      filtering=bool(self.config.FILTERING_CONTAINER), now=now_rfc3339(), overdue=overdue,
+                      lingering=lingering)
         if step:
             await self._apply(body, workflow, step)
 
@@ -142,7 +148,8 @@ class Engine:
         children = self.renderer.render(workflow, withhold_outputs=bool(outcome.get("withholdOutputs")))
         names = child_names(name)
         for component in step.delete:
-            if await self.kube.delete("Job", namespace, names[component]):
+            # In the foreground: the Job goes only once its pods are gone (see pipeline.decide).
+            if await self.kube.delete("Job", namespace, names[component], foreground=True):
                 log.info(f"Job {names[component]} deleted", workflow=name)
         for item in step.create:
             for child in (c for c in children if c.step == item):
@@ -184,11 +191,25 @@ class Engine:
                                      and c.status == "True"), None) if job_status else None
             failed = bool(failed_condition) or bool(job_status and job_status.failed and not job_status.active)
             view = JobView(exists=True, succeeded=succeeded, failed=failed and not succeeded,
-                           reason=failed_condition.reason if failed_condition else None)
+                           reason=failed_condition.reason if failed_condition else None,
+                           deleting=job.metadata.deletion_timestamp is not None)
             if view.finished and component == current:
                 view = await self._with_termination(namespace, job.metadata.name, view)
             views[component] = view
         return views
+
+    async def _lingering(self, namespace: str, name: str) -> frozenset[str]:
+        """The stages with a pod that may still run: not yet Succeeded or Failed, being deleted or not.
+
+        A pod in a terminal phase has no running container (the kubelet reports
+        the phase only once they all stopped); any other pod, even one whose
+        Job failed or is being deleted, may still write to the volumes.
+        """
+        return frozenset(
+            (pod.metadata.labels or {}).get("component", "")
+            for pod in await self.kube.list_workflow_pods(namespace, name)
+            if not (pod.status and pod.status.phase in ("Succeeded", "Failed"))
+        )
 
     async def _with_termination(self, namespace: str, job_name: str, view: JobView) -> JobView:
         """The exit code and termination message of the Job's last pod (CONTRACT §2)."""
@@ -206,7 +227,7 @@ class Engine:
                     except ValueError:
                         pass
                 return JobView(exists=True, succeeded=view.succeeded, failed=view.failed, reason=view.reason,
-                               exit_code=terminated.exit_code, message=message)
+                               exit_code=terminated.exit_code, message=message, deleting=view.deleting)
         return view
 
     # --- admission

@@ -154,9 +154,12 @@ class Kube:
         result = await self.call(self.child_apis[kind][0], namespace, manifest, ok=(409,))
         return result is not None
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+    async def delete(self, kind: str, namespace: str, name: str, *, foreground: bool = False) -> bool:
         # Background propagation: the Job's pods go too (the default for Jobs would orphan them).
-        body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")
+        # Foreground: the Job stays (deletionTimestamp set) until its pods are gone, and its
+        # deletion event then says so; a stopped stage is deleted this way.
+        policy = "Foreground" if foreground else "Background"
+        body = kubernetes.client.V1DeleteOptions(propagation_policy=policy)
         result = await self.call(self.child_apis[kind][1], name, namespace, body=body, ok=(404,))
         return result is not None
 
@@ -168,6 +171,12 @@ class Kube:
 
     async def list_pods(self, namespace: str, job_name: str) -> list[Any]:
         result = await self.call(self.core.list_namespaced_pod, namespace, label_selector=f"job-name={job_name}")
+        return list(result.items) if result else []
+
+    async def list_workflow_pods(self, namespace: str, workflow: str) -> list[Any]:
+        """The pods of all the workflow's Jobs (their templates carry the children's labels)."""
+        result = await self.call(self.core.list_namespaced_pod, namespace,
+                                 label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
         return list(result.items) if result else []
 
     async def apply_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:

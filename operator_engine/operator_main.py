@@ -79,9 +79,17 @@ async def workflow_changed(event: dict[str, Any], name: str, namespace: str, mem
         await memo.engine.reconcile(namespace, name)
 
 
-def _job_finished(status: kopf.Status, type: str | None = None, **_: Any) -> bool:
-    """Only a Job's end moves its workflow on; its other changes would only cost API reads."""
-    return type != "DELETED" and bool(status.get("succeeded") or status.get("failed"))
+def _job_finished(status: kopf.Status, meta: kopf.Meta, type: str | None = None, **_: Any) -> bool:
+    """Only a Job's end moves its workflow on; its other changes would only cost API reads.
+
+    A Job's end is its success or failure, or the removal of a Job the operator
+    deleted in the foreground (a stopped stage): it is removed only once its
+    pods are gone, and that is when the next stage may start. (Clean-up deletes
+    in the background: no deletionTimestamp, no event to act on.)
+    """
+    if type == "DELETED":
+        return bool(meta.get("deletionTimestamp"))
+    return bool(status.get("succeeded") or status.get("failed"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)

@@ -13,7 +13,7 @@ The status codes and their order come from operator-service (CONTRACT §1).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 STATUS_TEXT = {
@@ -29,6 +29,10 @@ STATUS_TEXT = {
     70: "Job completed",
 }
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped", "TimedOut"})
+# The stages whose pods write to the volumes that the filter and publish read.
+OUTPUT_WRITERS = ("configure", "algorithm", "filter")
+# The stages that read what the writers left (and, for publish, send it out).
+OUTPUT_READERS = ("filter", "publish")
 RESULT_FIELDS = ("algologUrl", "configlogUrl", "publishlogUrl", "outputsUrl")
 
 
@@ -42,6 +46,7 @@ class JobView:
     reason: str | None = None  # the Failed condition's reason, e.g. DeadlineExceeded
     exit_code: int | None = None
     message: Any = None  # the pod's termination message, parsed as JSON when it is JSON
+    deleting: bool = False  # deletionTimestamp set: its deletion runs (foreground: until its pods are gone)
 
     @property
     def finished(self) -> bool:
@@ -80,20 +85,49 @@ def decide(
     filtering: bool,
     now: str,
     overdue: bool = False,
+    lingering: Collection[str] = frozenset(),
 ) -> Step:
-    """The next step of an admitted, non-terminal workflow (statusCode 10 and later)."""
+    """The next step of an admitted, non-terminal workflow (statusCode 10 and later).
+
+    `lingering` names the stages (components) that still have a pod that may
+    run: one not yet Succeeded or Failed, deleted or not. The engine observes
+    it whenever this step may start the filter or publish.
+    """
     code = status.get("statusCode")
     outcome: dict[str, Any] = dict(status.get("outcome") or {})
 
     def job(component: str) -> JobView:
         return jobs.get(component, MISSING)
 
-    def to_output_stages(outcome: dict[str, Any], algorithm_ran: bool, event: tuple[str, str]) -> Step:
+    def gated(step: Step, stopping: Sequence[str] = ()) -> Step:
+        """No stage reads the outputs while a pod that writes them may still run.
+
+        A stopped or timed-out pod keeps running through its grace period (or
+        longer, if it ignores SIGTERM): started now, the filter could pass
+        outputs the algorithm then rewrites, and publish could read a file the
+        algorithm swapped for a link to a secret between a check and a read.
+        So the step deletes the writer's Job in the foreground (the Job goes
+        only after its pods) and creates nothing; that Job's deletion event, or
+        the backstop, brings the workflow back here, and the reader starts once
+        no writer is left.
+        """
+        writers = [c for c in OUTPUT_WRITERS if c in lingering or c in stopping]
+        if not writers or not any(c in OUTPUT_READERS for c in step.create):
+            return step
+        delete = [*step.delete, *(c for c in writers if c not in step.delete
+                                  and job(c).exists and not job(c).deleting)]
+        return dataclasses.replace(step, create=[c for c in step.create if c not in OUTPUT_READERS],
+                                   delete=delete)
+
+    def to_output_stages(outcome: dict[str, Any], algorithm_ran: bool, event: tuple[str, str],
+                         stopping: Sequence[str] = ()) -> Step:
         # Outputs always pass the filter before they are published, whatever the algorithm's end.
         kept = {"outcome": outcome} if outcome else {}
         if filtering and algorithm_ran:
-            return Step(create=["filter"], status=code_status(50, **kept), event=event)
-        return Step(create=["publish"], status=code_status(60, **kept), event=event)
+            step = Step(create=["filter"], status=code_status(50, **kept), event=event)
+        else:
+            step = Step(create=["publish"], status=code_status(60, **kept), event=event)
+        return gated(dataclasses.replace(step, delete=list(stopping)), stopping)
 
     if code == 10:
         return Step(create=["setup", "configure"], status=code_status(20),
@@ -103,8 +137,7 @@ def decide(
         configure = job("configure")
         if stop_requested and not configure.finished:
             stopped = {"phase": "Stopped", "stopreq": 1, "message": "stop requested while provisioning"}
-            return dataclasses.replace(to_output_stages(stopped, False, ("Stopped", stopped["message"])),
-                                       delete=["configure"])
+            return to_output_stages(stopped, False, ("Stopped", stopped["message"]), stopping=["configure"])
         if not configure.exists:
             return Step(create=["configure"])  # lost (deleted by hand): make it again
         if configure.succeeded:
@@ -135,12 +168,10 @@ def decide(
         if overdue:  # the backstop for a Job whose activeDeadlineSeconds did not fire
             ended = {"phase": "TimedOut", "stopreq": 2,
                      "message": "the algorithm exceeded its maximum duration and was stopped"}
-            return dataclasses.replace(to_output_stages(ended, True, ("AlgorithmFinished", ended["message"])),
-                                       delete=["algorithm"])
+            return to_output_stages(ended, True, ("AlgorithmFinished", ended["message"]), stopping=["algorithm"])
         if stop_requested:
             stopped = {"phase": "Stopped", "stopreq": 1, "message": "stopped on request"}
-            return dataclasses.replace(to_output_stages(stopped, True, ("Stopped", stopped["message"])),
-                                       delete=["algorithm"])
+            return to_output_stages(stopped, True, ("Stopped", stopped["message"]), stopping=["algorithm"])
         if not algorithm.exists:
             lost = {"phase": "Failed", "message": "the algorithm Job was deleted before it finished"}
             return to_output_stages(lost, True, ("AlgorithmLost", lost["message"]))
@@ -149,21 +180,22 @@ def decide(
     if code == 50:
         filtered = job("filter")
         if not filtered.exists:
-            return Step(create=["filter"])
+            return gated(Step(create=["filter"]))
         if filtered.failed:
             # Outputs the filter could not vouch for are never published; the logs still are.
             outcome = {**outcome, "withholdOutputs": True}
             if outcome.get("phase") in (None, "Succeeded"):
                 outcome.update(phase="Failed", message=f"the filter stage failed{_exit(filtered)}; outputs withheld")
         if filtered.finished:
-            return Step(create=["publish"], status=code_status(60, **({"outcome": outcome} if outcome else {})),
-                        event=("Filtered", "outputs checked by the filter"))
+            kept = {"outcome": outcome} if outcome else {}
+            return gated(Step(create=["publish"], status=code_status(60, **kept),
+                              event=("Filtered", "outputs checked by the filter")))
         return Step()
 
     if code == 60:
         publish = job("publish")
         if not publish.exists:
-            return Step(create=["publish"])
+            return gated(Step(create=["publish"]))
         if not publish.finished:
             return Step()
         final = _final_status(outcome, publish, now)

@@ -44,7 +44,7 @@ from operator_engine.devcluster.resources import DEFAULT_RESOURCES, NAMESPACES, 
 from operator_engine.devcluster.selectors import FieldSelector, LabelSelector, SelectorError
 from operator_engine.devcluster.tables import to_table, wants_table
 
-__all__ = ['ApiServer', 'ApiError', 'RequestRecord', 'WatchEvent', 'FaultInjector', 'BYPASS_FAULTS_HEADER', 'now_rfc3339']
+__all__ = ['ApiServer', 'ApiError', 'FOREGROUND_FINALIZER', 'RequestRecord', 'WatchEvent', 'FaultInjector', 'BYPASS_FAULTS_HEADER', 'now_rfc3339']
 
 #: Requests carrying this header (any value) are never faulted: for a test's own HTTP client.
 BYPASS_FAULTS_HEADER = 'X-Devcluster-Bypass-Faults'
@@ -55,6 +55,11 @@ BYPASS_FAULTS_HEADER = 'X-Devcluster-Bypass-Faults'
 HISTORY_LIMIT = 50_000
 
 _NAME_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+#: The finalizer a foreground deletion puts on the owner until its dependents are gone.
+FOREGROUND_FINALIZER = 'foregroundDeletion'
+#: A pod's terminationGracePeriodSeconds when its spec gives none.
+DEFAULT_GRACE_PERIOD = 30
 
 ObjKey = tuple[tuple[str, str, str], str | None, str]
 
@@ -390,7 +395,8 @@ class ApiServer(kmock.KubernetesScaffold):
                     result.pop('status', None)
             meta = result['metadata']
             # Immutable or server-owned metadata keeps its stored value.
-            for owned in ('name', 'namespace', 'uid', 'creationTimestamp', 'deletionTimestamp', 'generation'):
+            for owned in ('name', 'namespace', 'uid', 'creationTimestamp', 'deletionTimestamp',
+                          'deletionGracePeriodSeconds', 'generation'):
                 if owned in old_meta:
                     meta[owned] = old_meta[owned]
                 else:
@@ -406,29 +412,77 @@ class ApiServer(kmock.KubernetesScaffold):
         if result == old:
             return copy.deepcopy(old)  # a no-op write: no new resourceVersion, no watch event
         committed = self._commit(spec, key, result, old, 'MODIFIED')
-        if committed['metadata'].get('deletionTimestamp') and not committed['metadata'].get('finalizers'):
+        if _deletion_complete(committed['metadata']):
             self._remove(spec, key)  # the last finalizer is gone: the deletion completes
         return copy.deepcopy(committed)
 
-    def delete(self, spec: ResourceSpec, namespace: str | None, name: str) -> dict[str, Any]:
+    def delete(self, spec: ResourceSpec, namespace: str | None, name: str, *, propagation: str | None = None,
+               grace_period: int | None = None) -> dict[str, Any]:
         """
-        Delete as DELETE does: with finalizers, only mark ``deletionTimestamp``; else remove.
+        Delete as DELETE does: remove the object, or mark it (``deletionTimestamp``) while something must happen first.
 
-        Dependents are removed afterwards by the garbage collector
-        (background propagation, the default of real Kubernetes).
+        What real Kubernetes does, and this does too:
+
+        * Finalizers: the object stays, marked, until its finalizers are removed.
+        * ``propagationPolicy: Foreground``: the object gets the ``foregroundDeletion``
+          finalizer; the garbage collector deletes its dependents and removes
+          the finalizer once no dependent with ``blockOwnerDeletion`` is left,
+          so the owner disappears only after them.
+        * ``Background`` (and no policy: real Kubernetes orphans the pods of a
+          batch/v1 Job deleted without a policy; every client here, kubectl
+          included, names one): the object goes now and the garbage collector
+          deletes its dependents afterwards. ``Orphan`` is not emulated.
+        * Pods are deleted gracefully: a pod bound to a node and not yet in a
+          terminal phase gets ``deletionTimestamp`` = now + its grace period
+          (``gracePeriodSeconds`` of the request, else the pod's
+          ``terminationGracePeriodSeconds``, default 30) and stays while the
+          kubelet stops its containers; the kubelet then deletes it with a
+          grace period of 0. An unbound or finished pod goes at once.
         """
         key = self._key(spec, namespace if spec.namespaced else None, name)
         old = self._store.get(key)
         if old is None:
             raise ApiError.not_found(spec, name)
-        if old['metadata'].get('finalizers'):
-            if old['metadata'].get('deletionTimestamp'):
+        meta = old['metadata']
+        grace = self._grace_period(old, grace_period) if spec.key == PODS.key else 0
+        if meta.get('deletionTimestamp'):
+            # Deleting already: a later request may only shorten the grace period.
+            if grace >= (meta.get('deletionGracePeriodSeconds') or 0):
                 return copy.deepcopy(old)
             marked = copy.deepcopy(old)
-            marked['metadata']['deletionTimestamp'] = now_rfc3339(self.clock)
-            marked['metadata']['deletionGracePeriodSeconds'] = 0
+            marked['metadata']['deletionGracePeriodSeconds'] = grace
+            if _deletion_complete(marked['metadata']):
+                return copy.deepcopy(self._remove(spec, key))
+            return copy.deepcopy(self._commit(spec, key, marked, old, 'MODIFIED'))
+        finalizers = list(meta.get('finalizers') or [])
+        if propagation == 'Foreground' and FOREGROUND_FINALIZER not in finalizers:
+            finalizers.append(FOREGROUND_FINALIZER)
+        if finalizers or grace > 0:
+            marked = copy.deepcopy(old)
+            marked['metadata']['deletionTimestamp'] = now_rfc3339(
+                lambda: self.clock() + datetime.timedelta(seconds=grace))
+            marked['metadata']['deletionGracePeriodSeconds'] = grace
+            if finalizers:
+                marked['metadata']['finalizers'] = finalizers
             return copy.deepcopy(self._commit(spec, key, marked, old, 'MODIFIED'))
         return copy.deepcopy(self._remove(spec, key))
+
+    @staticmethod
+    def _grace_period(pod: dict[str, Any], requested: int | None) -> int:
+        """The pod registry's rule (CheckGracefulDelete): unbound or finished pods have none."""
+        spec = pod.get('spec') or {}
+        if not spec.get('nodeName') or (pod.get('status') or {}).get('phase') in ('Succeeded', 'Failed'):
+            return 0
+        if requested is not None:
+            return max(0, int(requested))
+        return max(0, int(spec.get('terminationGracePeriodSeconds', DEFAULT_GRACE_PERIOD)))
+
+    def locate(self, uid: str) -> tuple[ResourceSpec, dict[str, Any]] | None:
+        """The resource and a copy of the object with this uid, or None (for the garbage collector)."""
+        key = self._uids.get(uid)
+        if key is None:
+            return None
+        return self.specs[key[0]], copy.deepcopy(self._store[key])
 
     def _remove(self, spec: ResourceSpec, key: ObjKey) -> dict[str, Any]:
         old = self._store[key]
@@ -541,7 +595,15 @@ class ApiServer(kmock.KubernetesScaffold):
         if method == 'GET':
             return aiohttp.web.json_response(self.get(spec, ns, name))
         if method == 'DELETE':
-            return aiohttp.web.json_response(self.delete(spec, ns, name))
+            # DeleteOptions come in the body (the kubernetes client, kubectl) or the query.
+            options = {**query, **(data if isinstance(data, dict) else {})}
+            grace = options.get('gracePeriodSeconds')
+            try:
+                grace_period = None if grace in (None, '') else int(grace)
+            except (TypeError, ValueError):
+                raise ApiError(400, 'BadRequest', f'gracePeriodSeconds: invalid value {grace!r}') from None
+            return aiohttp.web.json_response(self.delete(spec, ns, name, propagation=options.get('propagationPolicy'),
+                                                         grace_period=grace_period))
         if method == 'PUT':
             if not isinstance(data, dict):
                 raise ApiError(400, 'BadRequest', 'the body of the request must be a JSON object')
@@ -710,6 +772,12 @@ def _parse_path(path: str) -> _Target | None:
     plural, name = rest[0], rest[1] if len(rest) > 1 else None
     subresource = '/'.join(rest[2:]) or None
     return _Target((group, version, plural), namespace, name, subresource)
+
+
+def _deletion_complete(meta: dict[str, Any]) -> bool:
+    """A marked object goes once no finalizer is left and no grace period runs (real: the same rule on update)."""
+    return bool(meta.get('deletionTimestamp')) and not meta.get('finalizers') \
+        and not meta.get('deletionGracePeriodSeconds')
 
 
 def _sort_key(item: tuple[ObjKey, dict[str, Any]]) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from operator_engine.devcluster.apiserver import ApiError, ApiServer, now_rfc3339
+from operator_engine.devcluster.apiserver import FOREGROUND_FINALIZER, ApiError, ApiServer, now_rfc3339
 from operator_engine.devcluster.patches import merge_patch
 from operator_engine.devcluster.resources import JOBS, PODS
 from operator_engine.devcluster.runtime import Result, Runtime
@@ -28,15 +28,23 @@ __all__ = ['GarbageCollector', 'JobController']
 
 logger = logging.getLogger(__name__)
 
+#: The embedded cluster's one node: every pod is bound to it, its kubelet is the JobController.
+NODE_NAME = 'localhost'
+
 
 class GarbageCollector:
     """
-    Background cascading deletion, as the real garbage collector does.
+    Cascading deletion, as the real garbage collector does.
 
-    When an owner is removed, each dependent whose owners are now all gone is
-    deleted (recursively, through its own removal); a dependent that still has
-    a live owner only loses the dangling reference. An object created with
-    references only to absent owners is deleted too.
+    Background: when an owner is removed, each dependent whose owners are now
+    all gone is deleted (recursively, through its own removal); a dependent
+    that still has a live owner only loses the dangling reference. An object
+    created with references only to absent owners is deleted too.
+
+    Foreground: an owner marked with the ``foregroundDeletion`` finalizer has
+    its dependents deleted (pods gracefully: they stay until the kubelet has
+    stopped their containers); once no dependent with ``blockOwnerDeletion``
+    is left, the finalizer is removed and the owner goes.
     """
 
     def __init__(self, api: ApiServer) -> None:
@@ -48,12 +56,20 @@ class GarbageCollector:
             for obj in self.api.list(spec):
                 if obj['metadata'].get('ownerReferences'):
                     self._collect(spec, obj)
+                if _waiting_for_dependents(obj):
+                    self._delete_dependents(obj)
         async for event in self.api.follow(since):
+            meta = event.object['metadata']
             if event.type == 'DELETED':
-                for spec, dependent in self.api.dependents(event.object['metadata']['uid']):
+                for spec, dependent in self.api.dependents(meta['uid']):
                     self._collect(spec, dependent)
-            elif event.type == 'ADDED' and event.object['metadata'].get('ownerReferences'):
+                for ref in meta.get('ownerReferences') or []:
+                    self._release(ref.get('uid', ''))  # an owner may have waited for this one
+                continue
+            if event.type == 'ADDED' and meta.get('ownerReferences'):
                 self._collect(event.spec, event.object)
+            if _waiting_for_dependents(event.object):
+                self._delete_dependents(event.object)
 
     def _collect(self, spec: Any, obj: dict[str, Any]) -> None:
         meta = obj['metadata']
@@ -65,6 +81,39 @@ class GarbageCollector:
             elif len(alive) != len(refs):
                 self.api.update(spec, meta.get('namespace'), meta['name'],
                                 lambda o: merge_patch(o, {'metadata': {'ownerReferences': alive}}))
+
+    def _delete_dependents(self, owner: dict[str, Any]) -> None:
+        uid = owner['metadata']['uid']
+        for spec, dependent in self.api.dependents(uid):
+            meta = dependent['metadata']
+            if meta.get('deletionTimestamp'):
+                continue
+            # A dependent that owns others is deleted in the foreground too, so the chain unwinds bottom-up.
+            policy = 'Foreground' if self.api.dependents(meta['uid']) else 'Background'
+            with contextlib.suppress(ApiError):
+                self.api.delete(spec, meta.get('namespace'), meta['name'], propagation=policy)
+        self._release(uid)
+
+    def _release(self, owner_uid: str) -> None:
+        """Remove the owner's foregroundDeletion finalizer once no dependent blocks it."""
+        found = self.api.locate(owner_uid)
+        if found is None or not _waiting_for_dependents(found[1]):
+            return
+        spec, owner = found
+        blocking = [d for _, d in self.api.dependents(owner_uid)
+                    if any(ref.get('uid') == owner_uid and ref.get('blockOwnerDeletion')
+                           for ref in d['metadata'].get('ownerReferences') or [])]
+        if blocking:
+            return
+        remaining = [f for f in owner['metadata'].get('finalizers') or [] if f != FOREGROUND_FINALIZER]
+        with contextlib.suppress(ApiError):
+            self.api.update(spec, owner['metadata'].get('namespace'), owner['metadata']['name'],
+                            lambda o: {**o, 'metadata': {**o['metadata'], 'finalizers': remaining}})
+
+
+def _waiting_for_dependents(obj: dict[str, Any]) -> bool:
+    meta = obj['metadata']
+    return bool(meta.get('deletionTimestamp')) and FOREGROUND_FINALIZER in (meta.get('finalizers') or [])
 
 
 class JobController:
@@ -91,14 +140,31 @@ class JobController:
                 uid = event.object['metadata']['uid']
                 if event.spec.key == JOBS.key and event.type == 'ADDED':
                     self._start(event.object)
-                elif event.spec.key == JOBS.key and event.type == 'DELETED' and uid in self._jobs:
-                    self._jobs.pop(uid).cancel()  # its pods go through the garbage collector
                 elif event.spec.key == PODS.key and event.type == 'DELETED' and uid in self._pods:
-                    self._pods[uid].cancel()  # the kubelet kills the containers of a deleted pod
+                    self._pods[uid].cancel()  # force-deleted: the kubelet kills the containers all the same
+                elif event.spec.key == PODS.key and event.type == 'MODIFIED' \
+                        and event.object['metadata'].get('deletionTimestamp'):
+                    self._pod_deleting(event.object)
+                # A deleted Job's driver is not cancelled: its pods are deleted (gracefully) by
+                # the garbage collector, and the driver ends once its pod has ended.
         finally:
             for task in self._jobs.values():
                 task.cancel()
             await asyncio.gather(*self._jobs.values(), return_exceptions=True)
+
+    def _pod_deleting(self, pod: dict[str, Any]) -> None:
+        """The kubelet's part of a graceful deletion: stop the containers, then remove the pod."""
+        uid = pod['metadata']['uid']
+        if uid in self._pods:
+            self._pods[uid].cancel()  # _run_pod stops it (within the grace period) and removes the pod
+        elif (pod.get('spec') or {}).get('nodeName') == NODE_NAME:
+            self._remove_pod(pod)  # nothing runs (any more): the deletion completes now
+
+    def _remove_pod(self, pod: dict[str, Any]) -> None:
+        # The kubelet's final DELETE with a grace period of 0, once the containers are stopped.
+        meta = pod['metadata']
+        with contextlib.suppress(ApiError):
+            self.api.delete(PODS, meta['namespace'], meta['name'], grace_period=0)
 
     def _start(self, job: dict[str, Any]) -> None:
         status = job.get('status') or {}
@@ -129,10 +195,16 @@ class JobController:
         start_time = (job.get('status') or {}).get('startTime') or self._now()
         failed = 0
         while True:
+            current = self.api.get(JOBS, namespace, name)  # ApiError 404 when gone: the driver ends
+            if current['metadata'].get('deletionTimestamp'):
+                return  # a Job being deleted starts no pod
             pod = self._create_pod(job)
             self._job_status(namespace, name, {'startTime': start_time, 'active': 1, 'failed': failed or None})
             remaining = None if deadline is None else max(0.0, deadline - (time.monotonic() - started_at))
             result = await self._run_pod(pod, job, remaining)
+            current = self.api.get(JOBS, namespace, name)
+            if current['metadata'].get('deletionTimestamp'):
+                return  # deleted meanwhile: the Job's status no longer matters
             if result == 'deadline':
                 self._job_status(namespace, name, {
                     'active': None, 'failed': failed + 1,
@@ -172,7 +244,8 @@ class JobController:
                 'ownerReferences': [{'apiVersion': 'batch/v1', 'kind': 'Job', 'name': meta['name'],
                                      'uid': meta['uid'], 'controller': True, 'blockOwnerDeletion': True}],
             },
-            'spec': template.get('spec') or {},
+            # Bound at once to the one node, whose kubelet is this controller (the scheduler's part).
+            'spec': {**(template.get('spec') or {}), 'nodeName': NODE_NAME},
         })
 
     async def _run_pod(self, pod: dict[str, Any], job: dict[str, Any],
@@ -189,6 +262,13 @@ class JobController:
         self._pods[meta['uid']] = task
         try:
             done, _ = await asyncio.wait({task}, timeout=deadline)
+            if task.done() and task.cancelled():
+                # The pod is being deleted and its containers were stopped (within its
+                # grace period): as the kubelet, report how they ended, then remove the pod.
+                self._pod_status(pod, 'Failed', started, containers, {'terminated': {
+                    'exitCode': 137, 'reason': 'Error', 'startedAt': started, 'finishedAt': self._now()}})
+                self._remove_pod(pod)
+                return None
         finally:
             self._pods.pop(meta['uid'], None)
             if not task.done():
@@ -203,8 +283,6 @@ class JobController:
                 'message': 'Pod was active on the node longer than the specified deadline'}},
                 reason='DeadlineExceeded')
             return 'deadline'
-        if task.cancelled():
-            return None
         result = task.result()
         terminated: dict[str, Any] = {
             'exitCode': result.exit_code, 'reason': 'Completed' if result.exit_code == 0 else 'Error',
@@ -215,6 +293,9 @@ class JobController:
         self.api.pod_logs[(meta['namespace'], meta['name'])] = result.logs
         self._pod_status(pod, 'Succeeded' if result.exit_code == 0 else 'Failed', started, containers,
                          {'terminated': terminated})
+        with contextlib.suppress(ApiError):
+            if self.api.get(PODS, meta['namespace'], meta['name'])['metadata'].get('deletionTimestamp'):
+                self._remove_pod(pod)  # its deletion began as it ended: complete it
         return result
 
     def _pod_status(self, pod: dict[str, Any], phase: str, started: str, containers: list[dict[str, Any]],

@@ -174,11 +174,8 @@ class ProcessRuntime(Runtime):
         self.root = Path(root).absolute()
         self.max_grace = max_grace
         self.keep_pod_dirs = keep_pod_dirs
-        self.api: ApiServer | None = None
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def attach(self, api: ApiServer) -> None:
-        self.api = api
 
     # ------------------------------------------------------------------ paths
 
@@ -414,7 +411,6 @@ class ProcessRuntime(Runtime):
                 self.api.pod_logs[log_key] = message + '\n'
             return Result(exit_code=128, message=message, logs=message + '\n')
         container = pod['spec']['containers'][0]
-        grace = min(float((pod.get('spec') or {}).get('terminationGracePeriodSeconds', 30)), self.max_grace)
         output = bytearray()
         log_file = (pod_dir / 'output.log').open('wb')
         process = await asyncio.create_subprocess_exec(
@@ -438,7 +434,7 @@ class ProcessRuntime(Runtime):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader), timeout=2.0)
         except asyncio.CancelledError:
-            await self._kill(process, grace)
+            await self._kill(process, min(self.grace_period(pod), self.max_grace))
             raise
         finally:
             self._killpg(process.pid, signal.SIGKILL)  # whatever it left behind in its group

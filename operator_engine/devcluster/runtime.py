@@ -36,6 +36,9 @@ class Outcome:
     message: str | None = None
     hang: bool = False
     logs: str = ''
+    #: Seconds the pod goes on after it is told to stop (a process that ignores SIGTERM);
+    #: the kubelet's SIGKILL ends it at the pod's grace period at the latest.
+    stop_delay: float = 0.0
 
 
 class Runtime(abc.ABC):
@@ -52,9 +55,24 @@ class Runtime(abc.ABC):
         self.started: dict[str, dict[str, Any]] = {}  # job name -> its latest pod
         self.finished: dict[str, Result | None] = {}  # job name -> result (None: killed)
         self._changed = asyncio.Event()
+        self.api: Any = None
 
     def attach(self, api: Any) -> None:
         """Called by the cluster with its :class:`ApiServer` (for runtimes that read ConfigMaps, Secrets...)."""
+        self.api = api
+
+    def grace_period(self, pod: dict[str, Any]) -> float:
+        """
+        How long the pod's containers may take to stop once told to, as the kubelet computes it.
+
+        While the pod is being deleted: its ``deletionGracePeriodSeconds``; else
+        (a deadline) its ``terminationGracePeriodSeconds``, 30 when unset.
+        """
+        current = self.api.find_uid(pod['metadata'].get('uid', '')) if self.api is not None else None
+        meta = (current or pod)['metadata']
+        if meta.get('deletionTimestamp') and meta.get('deletionGracePeriodSeconds') is not None:
+            return float(meta['deletionGracePeriodSeconds'])
+        return float((pod.get('spec') or {}).get('terminationGracePeriodSeconds', 30))
 
     @abc.abstractmethod
     async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
@@ -139,8 +157,13 @@ class ScriptedRuntime(Runtime):
 
     async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
         outcome = self.outcome_for(job)
-        if outcome.hang:
-            await asyncio.Future()  # until cancelled: deleted, or the deadline expired
-        if outcome.duration > 0:
-            await asyncio.sleep(outcome.duration)
+        try:
+            if outcome.hang:
+                await asyncio.Future()  # until cancelled: deleted, or the deadline expired
+            if outcome.duration > 0:
+                await asyncio.sleep(outcome.duration)
+        except asyncio.CancelledError:
+            if outcome.stop_delay > 0:
+                await asyncio.sleep(min(outcome.stop_delay, self.grace_period(pod)))
+            raise
         return Result(exit_code=outcome.exit_code, message=outcome.message, logs=outcome.logs)

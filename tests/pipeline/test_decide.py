@@ -18,11 +18,13 @@ def failed(exit_code: int | None = 1, reason: str | None = "BackoffLimitExceeded
 
 
 def step(code: int, jobs: dict[str, JobView] | None = None, *, stop: bool = False, filtering: bool = False,
-         outcome: dict[str, Any] | None = None, overdue: bool = False) -> Step:
+         outcome: dict[str, Any] | None = None, overdue: bool = False, lingering: frozenset[str] = frozenset(),
+         ) -> Step:
     status: dict[str, Any] = {"statusCode": code}
     if outcome is not None:
         status["outcome"] = outcome
-    return decide(status, jobs or {}, stop_requested=stop, filtering=filtering, now=NOW, overdue=overdue)
+    return decide(status, jobs or {}, stop_requested=stop, filtering=filtering, now=NOW, overdue=overdue,
+                  lingering=lingering)
 
 
 def test_admitted_workflow_gets_its_volumes_and_configure_job():
@@ -85,16 +87,61 @@ def test_overdue_algorithm_is_deleted_by_the_backstop():
     assert result.delete == ["algorithm"] and result.status["outcome"]["phase"] == "TimedOut"
 
 
-def test_stop_request_deletes_the_running_algorithm_and_publishes():
-    result = step(40, {"algorithm": RUNNING}, stop=True)
-    assert result.delete == ["algorithm"] and result.create == ["publish"]
+def test_stop_request_deletes_the_running_algorithm_and_waits_before_publishing():
+    result = step(40, {"algorithm": RUNNING}, stop=True, lingering=frozenset({"algorithm"}))
+    assert result.delete == ["algorithm"] and result.create == [], "publish waits for the algorithm's pods"
+    assert result.status["statusCode"] == 60
     assert result.status["outcome"] == {"phase": "Stopped", "stopreq": 1, "message": "stopped on request"}
 
 
-def test_stop_request_during_configure_deletes_it_and_publishes_logs():
+def test_stop_request_never_starts_a_reader_in_the_same_step_even_before_pods_are_seen():
+    # The pods observed before the deletion are about to be killed: never trust the old observation.
+    for filtering in (False, True):
+        result = step(40, {"algorithm": RUNNING}, stop=True, filtering=filtering)
+        assert result.delete == ["algorithm"] and result.create == [], filtering
+
+
+def test_overdue_algorithm_waits_for_its_pods_before_the_filter():
+    result = step(40, {"algorithm": RUNNING}, overdue=True, filtering=True)
+    assert result.delete == ["algorithm"] and result.create == [] and result.status["statusCode"] == 50
+
+
+def test_stop_request_during_configure_deletes_it_and_waits_before_publishing_logs():
     result = step(20, {"configure": RUNNING}, stop=True)
-    assert result.delete == ["configure"] and result.create == ["publish"]
-    assert result.status["outcome"]["phase"] == "Stopped"
+    assert result.delete == ["configure"] and result.create == []
+    assert result.status["outcome"]["phase"] == "Stopped" and result.status["statusCode"] == 60
+
+
+@pytest.mark.parametrize("code, reader, jobs, writer", [
+    (50, "filter", {}, "algorithm"),
+    (60, "publish", {}, "algorithm"),
+    (60, "publish", {"filter": DONE}, "filter"),
+    (60, "publish", {}, "configure"),
+])
+def test_no_reader_starts_while_a_writer_pod_may_run(code, reader, jobs, writer):
+    deleting = JobView(exists=True, failed=True, deleting=True)
+    waiting = step(code, {**jobs, writer: deleting}, outcome={}, lingering=frozenset({writer}))
+    assert waiting.create == [] and waiting.delete == [], "its Job is being deleted already: just wait"
+    assert step(code, {**jobs, writer: deleting}, outcome={}).create == [reader], "pods gone: the reader starts"
+
+
+def test_a_writer_whose_job_ended_but_whose_pod_runs_is_deleted_in_the_foreground():
+    # Job controllers before Kubernetes 1.31 mark a Job past its deadline Failed while its pod still stops.
+    timed_out = failed(exit_code=None, reason="DeadlineExceeded")
+    result = step(40, {"algorithm": timed_out}, lingering=frozenset({"algorithm"}))
+    assert result.create == [] and result.delete == ["algorithm"]
+    assert result.status["outcome"]["phase"] == "TimedOut"
+    assert step(40, {"algorithm": timed_out}).create == ["publish"]
+
+
+def test_filter_end_waits_for_its_own_pod_before_publishing():
+    result = step(50, {"filter": DONE}, outcome={}, lingering=frozenset({"filter"}))
+    assert result.status["statusCode"] == 60 and result.create == [] and result.delete == ["filter"]
+
+
+def test_the_running_stage_itself_is_not_held_back():
+    assert step(60, {"publish": RUNNING}, outcome={}, lingering=frozenset({"publish"})) == Step()
+    assert step(30, {}, lingering=frozenset({"configure"})).create == ["algorithm"]
 
 
 def test_finished_algorithm_wins_over_a_late_stop_request():
