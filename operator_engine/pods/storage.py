@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Mapping
@@ -36,13 +37,38 @@ DEFAULT_PUBLISH_TIMEOUT = 600.0
 CONNECT_TIMEOUT = 30.0
 
 
+#: The characters an uploaded file's name keeps; every other one becomes "_".
+_UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+#: S3 keys, IPFS names and file names all stay well within their limits at this length.
+MAX_NAME_LENGTH = 200
+
+
+def object_name(name: str) -> str:
+    """The name a file is stored under: ``name`` made safe for a key, a header and a folder.
+
+    Output names come from the algorithm, which is untrusted: a name with
+    ``/``, ``..``, quotes, CR/LF or other control characters, non-UTF-8 bytes
+    (``os`` hands them over as surrogates) or thousands of characters could
+    leave the job's prefix or folder, or break a multipart header. Only
+    letters, digits, ``.``, ``-`` and ``_`` are kept, no leading dot, at most
+    MAX_NAME_LENGTH characters; nothing left gives ``output``.
+    """
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    safe = _UNSAFE_NAME_CHARACTERS.sub("_", text).lstrip(".")[:MAX_NAME_LENGTH]
+    return safe or "output"
+
+
 class Target(Protocol):
     """A place results can be uploaded to."""
 
     description: str
 
-    def upload(self, path: Path, area: Area, name: str) -> str:
-        """Store the file at ``path``; return the URL to hand to the consumer."""
+    def upload(self, source: BinaryIO, area: Area, name: str) -> str:
+        """Store what the open file ``source`` holds as ``object_name(name)``; return the consumer's URL.
+
+        The caller opened ``source`` (see publish.py: never through a link); a
+        target reads from it and never opens a path of the volume itself.
+        """
         ...
 
 
@@ -72,12 +98,12 @@ class IpfsEndpoint:
     def add_url(self) -> str:
         return f"{self.base_url}/add" if self.cluster else f"{self.base_url}/api/v0/add"
 
-    def add(self, path: Path, name: str) -> str:
+    def add(self, source: BinaryIO, name: str) -> str:
         """Upload one file; return its content identifier."""
         params = {"expire-in": self.expiry} if self.cluster and self.expiry else {}
         shown = redact_url(self.add_url)
         try:
-            with MultipartFile(path, "file", name) as body:
+            with MultipartFile(source, "file", name) as body:
                 response = requests.post(
                     self.add_url,
                     params=params,
@@ -114,9 +140,12 @@ class MultipartFile:
     ``requests`` send a Content-Length instead of a chunked body.
     """
 
-    def __init__(self, path: Path, field_name: str, filename: str) -> None:
+    def __init__(self, source: BinaryIO, field_name: str, filename: str) -> None:
         boundary = secrets.token_hex(16)
-        quoted = filename.replace("\\", "\\\\").replace('"', '\\"')
+        # As browsers encode a multipart filename (WHATWG HTML, "multipart/form-data
+        # encoding algorithm"): '"', CR and LF percent-encoded, so no name can end
+        # the parameter or the header line, whatever the caller passed.
+        quoted = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
         self.content_type = f"multipart/form-data; boundary={boundary}"
         self._head = (
             f"--{boundary}\r\n"
@@ -124,8 +153,8 @@ class MultipartFile:
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
         self._tail = f"\r\n--{boundary}--\r\n".encode()
-        self._file: BinaryIO | None = open(path, "rb")  # noqa: SIM115 - closed by __exit__
-        self._size = os.fstat(self._file.fileno()).st_size
+        self._file: BinaryIO | None = source
+        self._size = os.fstat(source.fileno()).st_size - source.tell()
         self._pending = self._head
 
     def __len__(self) -> int:
@@ -144,7 +173,6 @@ class MultipartFile:
             elif self._file is not None:
                 data = self._file.read(size - len(out))
                 if not data:  # the file is done: the closing boundary comes next
-                    self._file.close()
                     self._file = None
                     self._pending = self._tail
                 out += data
@@ -156,9 +184,7 @@ class MultipartFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._file = None  # the caller owns (and closes) the file
 
 
 def _json_objects(body: str) -> list[dict[str, Any]]:
@@ -182,9 +208,9 @@ class IpfsTarget:
     adminlogs: IpfsEndpoint
     description: str = "IPFS"
 
-    def upload(self, path: Path, area: Area, name: str) -> str:
+    def upload(self, source: BinaryIO, area: Area, name: str) -> str:
         endpoint = self.adminlogs if area == "adminlogs" else self.output
-        return endpoint.prefix + endpoint.add(path, name)
+        return endpoint.prefix + endpoint.add(source, object_name(name))
 
 
 def ipfs_target(env: Mapping[str, str]) -> IpfsTarget:
@@ -237,14 +263,15 @@ class S3Target:
     expiry_seconds: int
     description: str = "S3"
 
-    def upload(self, path: Path, area: Area, name: str) -> str:
+    def upload(self, source: BinaryIO, area: Area, name: str) -> str:
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         bucket = self.adminlogs_bucket if area == "adminlogs" else self.output_bucket
+        name = object_name(name)
         key = f"{self.job_id}/{area}/{name}"
         try:
-            self.client.upload_file(str(path), bucket, key)
+            self.client.upload_fileobj(source, bucket, key)
             if self.expiry_seconds <= 0:
                 return f"s3://{bucket}/{key}"
             return str(self.client.generate_presigned_url(
@@ -303,11 +330,15 @@ class LocalTarget:
     job_id: str
     description: str = field(default="local folder")
 
-    def upload(self, path: Path, area: Area, name: str) -> str:
+    def upload(self, source: BinaryIO, area: Area, name: str) -> str:
+        name = object_name(name)
         destination = self.root / self.job_id / area / name
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, destination)
+            # O_NOFOLLOW: a link left at the destination is refused, never written through.
+            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "wb") as copy:
+                shutil.copyfileobj(source, copy)
         except OSError as exc:
             raise PodError(f"copy of {name} to {destination} failed: {exc.strerror or exc}") from None
         return destination.resolve().as_uri()
