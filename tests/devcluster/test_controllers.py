@@ -157,3 +157,50 @@ async def test_pod_logs_are_served(cluster: EmbeddedCluster) -> None:
     async with aiohttp.ClientSession(base_url=cluster.url) as http:
         response = await http.get(f'/api/v1/namespaces/ocean-compute/pods/{pod["metadata"]["name"]}/log')
         assert await response.text() == 'hello\n'
+
+
+# ---------------------------------------------------------------- graceful and foreground deletion
+
+
+async def test_a_deleted_running_pod_stays_until_its_containers_stopped(cluster: EmbeddedCluster) -> None:
+    # Real Kubernetes: deletionTimestamp + grace period; the kubelet stops the containers,
+    # then deletes the pod with a grace period of 0. A pod that ignores SIGTERM delays it.
+    cluster.runtime.script('slow', Outcome(hang=True, stop_delay=1.0))  # type: ignore[attr-defined]
+    await cluster.create(job_manifest('slow'))
+    pod = await cluster.runtime.wait_started('slow')
+    name = pod['metadata']['name']
+    marked = await cluster.delete('pod', name)
+    assert marked['metadata']['deletionTimestamp'] and marked['metadata']['deletionGracePeriodSeconds'] == 30
+    assert await cluster.get('pod', name) is not None, 'the pod stays while its containers stop'
+    assert 'slow' not in cluster.runtime.finished
+    await cluster.wait_for('pod', name, lambda p: p is None)
+    assert 'slow' in cluster.runtime.finished, 'the pod went only after its containers ended'
+
+
+async def test_a_finished_pod_is_deleted_at_once(cluster: EmbeddedCluster) -> None:
+    _, pod = await _run(cluster, 'quick')
+    await cluster.delete('pod', pod['metadata']['name'])
+    assert await cluster.get('pod', pod['metadata']['name']) is None
+
+
+async def test_foreground_deletion_removes_the_job_only_after_its_pods(cluster: EmbeddedCluster) -> None:
+    cluster.runtime.script('fg', Outcome(hang=True, stop_delay=1.0))  # type: ignore[attr-defined]
+    await cluster.create(job_manifest('fg'))
+    pod = await cluster.runtime.wait_started('fg')
+    since = cluster.api.resource_version
+    async with aiohttp.ClientSession() as http:  # over HTTP, as the kubernetes client sends it
+        async with http.delete(f'{cluster.url}/apis/batch/v1/namespaces/{cluster.namespace}/jobs/fg',
+                               json={'kind': 'DeleteOptions', 'apiVersion': 'v1',
+                                     'propagationPolicy': 'Foreground'}) as response:
+            assert response.status == 200
+            answer = await response.json()
+    assert answer['metadata']['finalizers'] == ['foregroundDeletion'] and answer['metadata']['deletionTimestamp']
+    await cluster.wait_for('job', 'fg', lambda j: j is None)
+    removed: dict[str, int] = {}
+    async for event in cluster.api.follow(since):
+        if event.type == 'DELETED':
+            removed[event.object['metadata']['name']] = event.rv
+        if 'fg' in removed:
+            break
+    assert removed[pod['metadata']['name']] < removed['fg'], removed
+    assert 'fg' in cluster.runtime.finished
