@@ -46,8 +46,10 @@ What a pod becomes:
   while the process runs and after) and to ``<pod folder>/output.log``.
 * Cancelling :meth:`ProcessRuntime.run` (Job or Pod deleted,
   ``activeDeadlineSeconds`` expired, cluster stopped) sends SIGTERM to the
-  process group, then SIGKILL after the grace period
-  (``terminationGracePeriodSeconds``, at most ``max_grace``).
+  first process, which ignores it unless it handles it (as a container's
+  PID 1: see ``AS_CONTAINER_INIT``), then SIGKILL to the process group after
+  the grace period (the deleted pod's ``deletionGracePeriodSeconds``, else
+  ``terminationGracePeriodSeconds``; at most ``max_grace``).
 * Exit codes are reported as a kubelet would: the process's code, or 128 + N
   when killed by signal N.
 
@@ -83,6 +85,14 @@ FALLBACK_BYTES = 2048
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 #: Keep at most this much of a pod's output in the API server's memory.
 LOG_LIMIT = 4 * 1024 * 1024
+
+#: The container's command runs as its PID 1 would: a container's init gets only the signals
+#: it installed a handler for (the kernel drops the others), so SIGTERM does nothing to a PID 1
+#: without a handler: an algorithm under the /bin/sh wrapper keeps running through the whole
+#: grace period until SIGKILL, as it does on a real node. Here the first process starts with
+#: SIGTERM ignored (exec keeps the disposition; a program that installs a handler gets the signal).
+#: Unlike in a container, its children inherit the ignored SIGTERM; only the first process is signalled.
+AS_CONTAINER_INIT = ('/bin/sh', '-c', 'trap "" TERM; unset PWD; exec "$0" "$@"')  # (PWD: sh's, not the pod's)
 
 _VAR_REF = re.compile(r'\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)')
 
@@ -414,8 +424,8 @@ class ProcessRuntime(Runtime):
         output = bytearray()
         log_file = (pod_dir / 'output.log').open('wb')
         process = await asyncio.create_subprocess_exec(
-            *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            *AS_CONTAINER_INIT, *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
 
         async def pump() -> None:
             assert process.stdout is not None
@@ -454,10 +464,15 @@ class ProcessRuntime(Runtime):
         return Result(exit_code=exit_code, message=message or None, logs=logs)
 
     async def _kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
-        """As the kubelet: SIGTERM to the container, SIGKILL once the grace period is over."""
+        """As the kubelet: SIGTERM to the container's first process, SIGKILL to all once the grace period is over.
+
+        The container runtime signals PID 1 alone; when it ends, the kernel kills
+        the rest of the container (here: the SIGKILL to the process group).
+        """
         if process.returncode is not None:
             return
-        self._killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), timeout=max(grace, 0.0))
         except TimeoutError:
