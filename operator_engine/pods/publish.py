@@ -82,7 +82,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_folder(name: str, parent: int | None, relative: str) -> int:
+def open_folder(name: str, parent: int | None) -> int:
     """A descriptor of the folder ``name`` in ``parent`` (a descriptor, or None for a trusted absolute path).
 
     Raises OSError (ELOOP for a link, ENOTDIR for anything but a folder).
@@ -132,10 +132,10 @@ def open_in(root: Path, relative: str, logger: logging.Logger) -> BinaryIO | Non
     *folders, name = relative.split("/")
     opened: list[int] = []
     try:
-        current = open_folder(str(root), None, str(root))
+        current = open_folder(str(root), None)
         opened.append(current)
-        for index, folder in enumerate(folders):
-            current = open_folder(folder, current, "/".join(folders[: index + 1]))
+        for folder in folders:
+            current = open_folder(folder, current)
             opened.append(current)
         return open_regular(name, current, relative, logger)
     except FileNotFoundError:
@@ -157,13 +157,13 @@ def _entries(folder: int) -> list[str]:
 def collect_outputs(paths: PodPaths, workdir: Path, logger: logging.Logger) -> tuple[BinaryIO, str] | None:
     """The open file to upload as the job's output and its name, or ``None`` when there is none."""
     try:
-        volume = open_folder(str(paths.volume), None, str(paths.volume))
+        volume = open_folder(str(paths.volume), None)
     except FileNotFoundError:
         logger.info("no outputs folder %s", paths.outputs)
         return None
     try:
         try:
-            outputs = open_folder("outputs", volume, "outputs")
+            outputs = open_folder("outputs", volume)
         except FileNotFoundError:
             logger.info("no outputs folder %s", paths.outputs)
             return None
@@ -193,10 +193,13 @@ def archive(folder: int, destination: Path, logger: logging.Logger) -> Path:
         nonlocal count
         for name in _entries(parent):
             relative = f"{prefix}{name}"
-            info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            try:
+                info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
             if stat.S_ISDIR(info.st_mode):
                 try:
-                    child = open_folder(name, parent, relative)
+                    child = open_folder(name, parent)
                 except OSError:
                     logger.warning("skipped %s: it changed while being read", shown(relative))
                     continue
