@@ -44,7 +44,8 @@ from operator_engine.devcluster.resources import DEFAULT_RESOURCES, NAMESPACES, 
 from operator_engine.devcluster.selectors import FieldSelector, LabelSelector, SelectorError
 from operator_engine.devcluster.tables import to_table, wants_table
 
-__all__ = ['ApiServer', 'ApiError', 'FOREGROUND_FINALIZER', 'RequestRecord', 'WatchEvent', 'FaultInjector', 'BYPASS_FAULTS_HEADER', 'now_rfc3339']
+__all__ = ['ApiServer', 'ApiError', 'FOREGROUND_FINALIZER', 'RequestRecord', 'WatchEvent', 'FaultInjector',
+           'BYPASS_FAULTS_HEADER', 'now_rfc3339']
 
 #: Requests carrying this header (any value) are never faulted: for a test's own HTTP client.
 BYPASS_FAULTS_HEADER = 'X-Devcluster-Bypass-Faults'

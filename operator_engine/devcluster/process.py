@@ -71,7 +71,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from operator_engine.devcluster.apiserver import ApiError, ApiServer
+from operator_engine.devcluster.apiserver import ApiError
 from operator_engine.devcluster.runtime import Result, Runtime
 
 __all__ = ['ProcessRuntime', 'PodSetupError', 'PathMapper']
