@@ -9,9 +9,10 @@ stream and a file), and gives ``kubernetes.client.rest`` (which logs response
 bodies at DEBUG) DEBUG and handlers of its own, not propagating.
 
 The Workflow carries a distinctive ``spec.secret`` and input/algorithm URLs
-with distinctive tokens in their paths and query strings; the operator has a
-distinctive private key, IPFS API key and client id, and AWS keys (all of
-which go into the publish pod's Secret). Afterwards every place a person can
+with distinctive tokens in their paths and query strings; a second one is
+rejected for an ftp:// URL carrying credentials. The operator has a
+distinctive private key, IPFS API key and client id, AWS keys (all of which
+go into the publish pod's Secret) and a bearer token for the API server. Afterwards every place a person can
 read is searched for each of them, and for their base64 form (how a Secret's
 data travels in API bodies):
 
@@ -43,6 +44,7 @@ import yaml
 
 from operator_engine import config as config_module
 from operator_engine.devcluster import EmbeddedCluster, ProcessRuntime
+from operator_engine.devcluster.cluster import kubeconfig
 from pods.harness import FakeIpfs, FileServer, file_handler, ipfs_handler, serve
 
 pytestmark = pytest.mark.slow
@@ -50,6 +52,7 @@ pytestmark = pytest.mark.slow
 NS = 'ocean-compute'
 ROOT = Path(__file__).resolve().parents[2]
 NAME = 'wf-secrets'
+REJECTED = 'wf-rejected'
 
 # Distinctive values: each must never be readable where it should not be.
 WORKFLOW_SECRET = 'wfsecret-7d3f9a1c-never-log'
@@ -62,6 +65,8 @@ INPUT_PATH_TOKEN = 'inpath-0c7e2a9b'
 INPUT_QUERY_TOKEN = 'inquery-6f1d3b8e'
 ALGO_PATH_TOKEN = 'algpath-2a9c4e7f'
 ALGO_QUERY_TOKEN = 'algquery-8d5b0f3a'
+REJECTED_URL_TOKEN = 'rejurl-4c1a7e9d'
+API_TOKEN = 'apitoken-0f6b2d8c-never-log'  # the operator's bearer token for the API server
 
 SECRETS = {
     'spec.secret': WORKFLOW_SECRET,
@@ -70,12 +75,14 @@ SECRETS = {
     'IPFS_API_CLIENT': IPFS_API_CLIENT,
     'AWS_ACCESS_KEY_ID': AWS_ACCESS_KEY_ID,
     'AWS_SECRET_ACCESS_KEY': AWS_SECRET_ACCESS_KEY,
+    'API bearer token': API_TOKEN,
 }
 TOKENS = {
     'input URL path token': INPUT_PATH_TOKEN,
     'input URL query token': INPUT_QUERY_TOKEN,
     'algorithm URL path token': ALGO_PATH_TOKEN,
     'algorithm URL query token': ALGO_QUERY_TOKEN,
+    'rejected URL token': REJECTED_URL_TOKEN,
 }
 
 ALGORITHM = b'''import os, pathlib
@@ -170,10 +177,10 @@ def ipfs_server() -> Iterator[FakeIpfs]:
 # ---------------------------------------------------------------- the run
 
 
-def workflow(input_url: str, algorithm_url: str) -> dict[str, Any]:
+def workflow(input_url: str, algorithm_url: str, name: str = NAME) -> dict[str, Any]:
     return {
         'apiVersion': 'oceanprotocol.com/v1alpha', 'kind': 'WorkFlow',
-        'metadata': {'name': NAME, 'namespace': NS, 'labels': {'workflow': NAME}},
+        'metadata': {'name': name, 'namespace': NS, 'labels': {'workflow': name}},
         'spec': {
             'secret': WORKFLOW_SECRET,
             'metadata': {'stages': [{
@@ -236,12 +243,15 @@ async def test_no_secret_reaches_a_log_an_event_or_the_status(
     runtime = ProcessRuntime(tmp_path / 'runtime')
     output_log = tmp_path / 'operator.out'
     async with EmbeddedCluster(namespace=NS, runtime=runtime) as cluster:
-        kubeconfig = cluster.write_kubeconfig(tmp_path / 'kubeconfig')
+        config = kubeconfig(cluster.url, NS)
+        config['users'][0]['user'] = {'token': API_TOKEN}  # sent on every request; the cluster ignores it
+        kubeconfig_path = tmp_path / 'kubeconfig'
+        kubeconfig_path.write_text(yaml.safe_dump(config))
         with output_log.open('wb') as out:
             proc = subprocess.Popen(
                 [sys.executable, '-m', 'kopf', 'run', '--standalone', '--debug', f'--namespace={NS}',
                  '-m', 'operator_engine.operator_main'],
-                env=operator_env(kubeconfig, receiver, ipfs_server, log_cfg_path), cwd=ROOT,
+                env=operator_env(kubeconfig_path, receiver, ipfs_server, log_cfg_path), cwd=ROOT,
                 stdout=out, stderr=subprocess.STDOUT)
         try:
             def tail() -> str:
@@ -253,6 +263,9 @@ async def test_no_secret_reaches_a_log_an_event_or_the_status(
 
             await wait_for(ready, 'the operator to watch workflows', 60, tail)
             await cluster.create(workflow(input_url, algorithm_url))
+            # Rejected (not http/https): its URL, which carries credentials, must not be quoted.
+            rejected_url = f'ftp://user:{REJECTED_URL_TOKEN}@127.0.0.1/data.csv?sig={REJECTED_URL_TOKEN}'
+            await cluster.create(workflow(rejected_url, algorithm_url, name=REJECTED))
 
             async def finished() -> dict[str, Any] | None:
                 body = await cluster.get('wf', NAME)
@@ -260,6 +273,12 @@ async def test_no_secret_reaches_a_log_an_event_or_the_status(
                 return st if st.get('dateFinished') and st.get('cleanedUp') else None
 
             final = await wait_for(finished, 'the workflow to end and be cleaned up', 120, tail)
+
+            async def rejected() -> dict[str, Any] | None:
+                st = ((await cluster.get('wf', REJECTED)) or {}).get('status') or {}
+                return st if st.get('dateFinished') else None
+
+            rejected_status = await wait_for(rejected, 'the invalid workflow to be rejected', 60, tail)
 
             async def notified() -> bool:
                 return len(receiver.bodies) >= 2
@@ -275,6 +294,7 @@ async def test_no_secret_reaches_a_log_an_event_or_the_status(
                 proc.wait(30)
 
     assert final['phase'] == 'Succeeded', json.dumps(final)[:2000]
+    assert rejected_status['phase'] == 'Failed' and 'url' in rejected_status['message'], rejected_status
     operator_log = output_log.read_text(errors='replace')
     if with_log_cfg:
         operator_log += config_log.read_text(errors='replace')
@@ -291,6 +311,7 @@ async def test_no_secret_reaches_a_log_an_event_or_the_status(
         'operator log': find_leaks(operator_log, everything),
         'Events': find_leaks(json.dumps(events, indent=1), everything),
         'Workflow status': find_leaks(json.dumps(final, indent=1), everything),
+        'rejected Workflow status': find_leaks(json.dumps(rejected_status, indent=1), everything),
     }
 
     # The pods: their output (kubectl logs), termination messages, and the logs they published.
