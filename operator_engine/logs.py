@@ -82,7 +82,11 @@ def setup(level: str = "INFO", config_file: str | None = None) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.dev.ConsoleRenderer(colors=False)],
+                        # Plain tracebacks, whatever is installed: with `rich` or
+                        # `better-exceptions` present, structlog would print each frame's
+                        # local variables (a Workflow body, the configuration's keys).
+                        structlog.dev.ConsoleRenderer(colors=False,
+                                                      exception_formatter=structlog.dev.plain_traceback)],
             foreign_pre_chain=shared,
         ))
         root = logging.getLogger()
