@@ -94,7 +94,7 @@ def operator_stays_within_its_role(request: pytest.FixtureRequest, rbac_usage: r
         return
     cluster: EmbeddedCluster = request.getfixturevalue('cluster')
     yield
-    used = rbac.requested(list(cluster.request_log))
+    used = rbac.requested(list(cluster.request_log), lambda kind: cluster.spec(kind).plural)
     rbac_usage.add(request.node.nodeid, used)
     missing = rbac.refused(used, rbac.granted())
     assert not missing, f'the operator used what its Role does not grant: {rbac.describe(missing)}'

@@ -12,13 +12,15 @@ authorizer sees it:
     DELETE item -> delete · DELETE collection -> deletecollection
 
 with a subresource as ``resource/sub`` (``workflows/status``, ``pods/log``).
+A write that sets ``blockOwnerDeletion`` on an ownerReference also needs
+``update`` on the owner's ``finalizers`` subresource (``owner_finalizer_uses``).
 Discovery paths (``/api``, ``/apis/GROUP/VERSION``, ``/version``) are no
-resources: every authenticated user may read them on a real cluster
-(the ``system:discovery`` ClusterRole), so a Role neither can nor needs to.
+resources: every authenticated user may read them on a real cluster (the
+``system:discovery`` ClusterRole), so a Role neither can nor needs to.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,36 @@ def use_of(record: RequestRecord) -> Use | None:
     return group, resource, verb, name
 
 
-def requested(records: Iterable[RequestRecord]) -> set[Use]:
-    """Every use the requests made, faulted ones included (they were asked for)."""
-    return {use for record in records if (use := use_of(record)) is not None}
+def owner_finalizer_uses(record: RequestRecord, plural_of: Callable[[str], str]) -> set[Use]:
+    """What setting ``blockOwnerDeletion`` on an ownerReference needs besides the write itself.
+
+    A real API server with the OwnerReferencesPermissionEnforcement admission
+    plugin (OpenShift, and clusters that follow the hardening guides) refuses a
+    write that sets ``blockOwnerDeletion: true`` unless its author may
+    ``update`` the owner's ``finalizers`` subresource. The embedded server
+    does not check it, so it is read from the request body here.
+    """
+    if record.method not in ('POST', 'PUT', 'PATCH') or not isinstance(record.body, dict):
+        return set()
+    uses: set[Use] = set()
+    for ref in (record.body.get('metadata') or {}).get('ownerReferences') or []:
+        if isinstance(ref, dict) and ref.get('blockOwnerDeletion'):
+            group = str(ref.get('apiVersion', '')).rpartition('/')[0]
+            uses.add((group, f'{plural_of(str(ref["kind"]))}/finalizers', 'update', ref.get('name')))
+    return uses
+
+
+def requested(records: Iterable[RequestRecord], plural_of: Callable[[str], str]) -> set[Use]:
+    """Every use the requests made, faulted ones included (they were asked for).
+
+    ``plural_of(kind)`` names an owner's resource (``cluster.spec(kind).plural``).
+    """
+    uses: set[Use] = set()
+    for record in records:
+        if (use := use_of(record)) is not None:
+            uses.add(use)
+            uses |= owner_finalizer_uses(record, plural_of)
+    return uses
 
 
 def role() -> dict[str, Any]:

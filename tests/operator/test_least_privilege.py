@@ -79,7 +79,7 @@ async def run_scenarios(operator: OperatorFactory, cluster: EmbeddedCluster, run
 async def test_the_role_grants_exactly_what_the_operator_uses(
         operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime) -> None:
     await run_scenarios(operator, cluster, runtime)
-    used = rbac.requested(list(cluster.request_log))
+    used = rbac.requested(list(cluster.request_log), lambda kind: cluster.spec(kind).plural)
     # Its own Secrets are created and deleted by name: any read (get, list, watch)
     # would need a grant that reads every Secret in the namespace.
     secret_verbs = {verb for _, resource, verb, _ in used if resource == 'secrets'}
