@@ -32,7 +32,15 @@ from operator_engine.render import Child, Renderer, child_names
 
 ENVIRONMENT_CONFIGMAP = "operator-engine-environment"
 DEADLINE_GRACE_SECONDS = 30  # the backstop waits this long past activeDeadlineSeconds before acting
-CLEANUP_KINDS = ("Job", "PersistentVolumeClaim", "ConfigMap", "Secret")
+# What cleanup deletes, by kind, as keys of render.child_names, in this order
+# (Jobs first, so nothing runs on a volume that goes). By name, not by a label
+# list: the Role then needs no `list` on Secrets, ConfigMaps or PVCs.
+CLEANUP_CHILDREN = (
+    ("Job", ("configure", "algorithm", "filter", "publish")),
+    ("PersistentVolumeClaim", ("data", "adminlogs")),
+    ("ConfigMap", ("configmap",)),
+    ("Secret", ("algorithm_secret", "publish_secret")),
+)
 # The stage whose Job's outcome decides the next step, by status code.
 STAGE_OF_CODE = {20: "configure", 40: "algorithm", 50: "filter", 60: "publish"}
 # Held on every valid Workflow so that deleting one waits until the operator has
@@ -328,11 +336,17 @@ class Engine:
             await self.kube.patch_workflow_status(namespace, name, {"cleanedUp": True})
 
     async def cleanup(self, namespace: str, name: str) -> None:
-        """Delete every child of the workflow; the Workflow itself stays, it holds the status."""
-        for kind in CLEANUP_KINDS:
-            for child in await self.kube.list_children(kind, namespace, name):
-                if await self.kube.delete(kind, namespace, child.metadata.name):
-                    log.info(f"{kind} {child.metadata.name} deleted", workflow=name)
+        """Delete every child of the workflow; the Workflow itself stays, it holds the status.
+
+        Each child the operator may have made is deleted by its fixed name
+        (render.child_names); one that was never made, or is gone, answers 404,
+        which counts as done. No list: see docs/SECURITY.md (least privilege).
+        """
+        names = child_names(name)
+        for kind, keys in CLEANUP_CHILDREN:
+            for key in keys:
+                if await self.kube.delete(kind, namespace, names[key]):
+                    log.info(f"{kind} {names[key]} deleted", workflow=name)
 
     async def finalize(self, body: dict[str, Any]) -> None:
         """The Workflow is being deleted: stop what runs, clean up, tell operator-service once."""

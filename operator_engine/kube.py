@@ -60,15 +60,16 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
-        # (create, delete, list) for each kind of child the operator makes.
+        # (create, delete, list) for each kind of child the operator makes. Only Jobs
+        # are listed (to follow the stages); the others are deleted by their known
+        # names, so the Role grants no `list` on them: `list` on Secrets would read
+        # every Secret in the namespace (docs/SECURITY.md).
         core, batch = self.core, self.batch
-        self.child_apis: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
-            "ConfigMap": (core.create_namespaced_config_map, core.delete_namespaced_config_map,
-                          core.list_namespaced_config_map),
-            "Secret": (core.create_namespaced_secret, core.delete_namespaced_secret, core.list_namespaced_secret),
+        self.child_apis: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any] | None]] = {
+            "ConfigMap": (core.create_namespaced_config_map, core.delete_namespaced_config_map, None),
+            "Secret": (core.create_namespaced_secret, core.delete_namespaced_secret, None),
             "PersistentVolumeClaim": (core.create_namespaced_persistent_volume_claim,
-                                      core.delete_namespaced_persistent_volume_claim,
-                                      core.list_namespaced_persistent_volume_claim),
+                                      core.delete_namespaced_persistent_volume_claim, None),
             "Job": (batch.create_namespaced_job, batch.delete_namespaced_job, batch.list_namespaced_job),
         }
         self.attempts = attempts
@@ -165,7 +166,10 @@ class Kube:
 
     async def list_children(self, kind: str, namespace: str, workflow: str) -> list[Any]:
         """The workflow's children of one kind, found by the labels every child carries."""
-        result = await self.call(self.child_apis[kind][2], namespace,
+        lister = self.child_apis[kind][2]
+        if lister is None:
+            raise ValueError(f"{kind} children are never listed; delete them by name")
+        result = await self.call(lister, namespace,
                                  label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
         return list(result.items) if result else []
 

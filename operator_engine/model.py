@@ -96,7 +96,10 @@ def _check_tag(value: str) -> str:
 def _check_http_url(value: str) -> str:
     parts = urlsplit(value) if not any(c.isspace() for c in value) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{_show(value)} is not an http:// or https:// URL")
+        # The value is not quoted: a URL may carry credentials or a signed token, and this
+        # message reaches the status, an Event and the log (docs/SECURITY.md).
+        scheme = f"a {parts.scheme!r} URL" if parts is not None and parts.scheme else "the value"
+        raise ValueError(f"{scheme} is not an http:// or https:// URL (the URL itself is not shown)")
     return value
 
 

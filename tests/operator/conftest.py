@@ -39,6 +39,7 @@ from operator_engine import config as config_module
 from operator_engine.devcluster import EmbeddedCluster, ScriptedRuntime
 
 from helpers import NS, ROOT, TEST_KEY, is_terminal, status, watch_started_since
+import rbac
 
 EXTRA_VARIABLES = ('OPERATOR_BACKSTOP_SECONDS',)
 READY_TIMEOUT = 60.0
@@ -71,6 +72,32 @@ class TimedRuntime(ScriptedRuntime):
 async def cluster() -> AsyncIterator[EmbeddedCluster]:
     async with EmbeddedCluster(namespace=NS, runtime=TimedRuntime()) as running:
         yield running
+
+
+@pytest.fixture(scope='session')
+def rbac_usage() -> rbac.Usage:
+    """What the operator requested from the API server over every test of the session."""
+    return rbac.Usage()
+
+
+@pytest.fixture(autouse=True)
+def operator_stays_within_its_role(request: pytest.FixtureRequest, rbac_usage: rbac.Usage) -> Iterator[None]:
+    """After each test that ran a cluster: every request the operator made is granted by its Role.
+
+    The operator is the only HTTP client of the cluster here (the tests use the
+    store directly), so the request log is what the operator would need on a
+    real cluster; a verb missing from kubernetes/binding.yml fails the test
+    that used it. tests/operator/test_least_privilege.py checks the converse.
+    """
+    if 'cluster' not in request.fixturenames:
+        yield
+        return
+    cluster: EmbeddedCluster = request.getfixturevalue('cluster')
+    yield
+    used = rbac.requested(list(cluster.request_log), lambda kind: cluster.spec(kind).plural)
+    rbac_usage.add(request.node.nodeid, used)
+    missing = rbac.refused(used, rbac.granted())
+    assert not missing, f'the operator used what its Role does not grant: {rbac.describe(missing)}'
 
 
 @pytest.fixture
