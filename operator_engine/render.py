@@ -39,6 +39,19 @@ TEMPLATE_FILES = (
     "job-publish.yaml.j2",
 )
 
+# The ConfigMap W holds two copies of the stage document (CONTRACT §2 keeps
+# `workflow.json`/`workflow.yaml`, the whole document, for operator-service and
+# the configure pod). Only configure fetches, so only configure gets the whole
+# one; every other pod gets the redacted one (`redacted_document`) at the same
+# paths, /workflow.json and /workflow.yaml. See docs/SECURITY.md, item 1.
+FULL_DOCUMENT_KEYS = {"workflow.json": "workflow.json", "workflow.yaml": "workflow.yaml"}
+REDACTED_DOCUMENT_KEYS = {"workflow.json": "redacted-workflow.json", "workflow.yaml": "redacted-workflow.yaml"}
+FULL_DOCUMENT_COMPONENTS = ("configure",)
+
+# The provider's own images may be pulled with PULL_SECRET; the algorithm's
+# image is the consumer's choice, so it gets ALGORITHM_PULL_SECRET or nothing.
+CONSUMER_IMAGE_COMPONENTS = ("algorithm",)
+
 # The algorithm container runs its entrypoint ($1) through this fixed script so
 # that stdout and stderr also land in /data/logs/algorithm.log while the exit
 # code stays the entrypoint's. The entrypoint is an argument, never spliced
@@ -86,6 +99,33 @@ def _scalar(value: Any) -> str:
         return f"{match[1]}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
 
     return _ESCAPED_PAIR.sub(join_pair, text).replace("\x7f", "\\u007f")
+
+
+def redacted_document(workflow: Workflow) -> dict[str, Any]:
+    """The stage document without anything that says where the data or the algorithm come from.
+
+    The algorithm, filter and publish pods read this one. It is built from an
+    allow-list (DIDs, the container, the compute limits), never by deleting
+    known URL fields, so an unknown field that carries a URL, a pre-signed
+    token or credentials (in `url`, `remote`, `ddo`, `output`, or anything
+    operator-service adds) stays with the configure pod.
+    """
+    stage = workflow.stage
+    algorithm = stage["algorithm"]
+    container = {key: algorithm["container"][key] for key in ("image", "tag", "entrypoint", "checksum")
+                 if algorithm["container"].get(key) is not None}
+    compute = {key: stage.get("compute", {})[key] for key in ("Instances", "maxtime")
+               if isinstance(stage.get("compute", {}).get(key), int)}
+    redacted_stage: dict[str, Any] = {}
+    if isinstance(stage.get("index"), int):
+        redacted_stage["index"] = stage["index"]
+    redacted_stage["input"] = [
+        {**({"index": item["index"]} if isinstance(item.get("index"), int) else {}), "id": item["id"]}
+        for item in stage.get("input", [])
+    ]
+    redacted_stage["algorithm"] = {**({"id": algorithm["id"]} if algorithm.get("id") else {}), "container": container}
+    redacted_stage["compute"] = compute
+    return {"jobId": workflow.job_id, "stages": [redacted_stage]}
 
 
 def check_templates(directory: Path) -> None:
@@ -165,12 +205,12 @@ class Renderer:
         limits = limits_for(workflow, self.config)
         namespace = workflow.namespace or self.config.OPERATOR_NAMESPACE
         base = {"names": names, "namespace": namespace, "labels": self._labels(workflow, None)}
-        document = workflow.document()
-        children = [
-            self._child("configmap.yaml.j2", "setup", base,
-                        workflow_json=json.dumps(document, indent=2, ensure_ascii=False),
-                        workflow_yaml=yaml.safe_dump(document, sort_keys=False, allow_unicode=True)),
-        ]
+        document, redacted = workflow.document(), redacted_document(workflow)
+        data = {}
+        for keys, doc in ((FULL_DOCUMENT_KEYS, document), (REDACTED_DOCUMENT_KEYS, redacted)):
+            data[keys["workflow.json"]] = json.dumps(doc, indent=2, ensure_ascii=False)
+            data[keys["workflow.yaml"]] = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+        children = [self._child("configmap.yaml.j2", "setup", base, data=data)]
         for volume in ("data", "adminlogs"):
             children.append(self._child("pvc.yaml.j2", "setup", base, volume=volume,
                                         storage_class=self.config.STORAGE_CLASS, disk=limits.disk))
@@ -226,13 +266,17 @@ class Renderer:
             if component == "publish" and withhold_outputs:
                 env.append({"name": "PUBLISH_OUTPUTS", "value": "false"})
             resources, deadline = SYSTEM_POD_RESOURCES, limits.stage_deadline
+        document_keys = FULL_DOCUMENT_KEYS if component in FULL_DOCUMENT_COMPONENTS else REDACTED_DOCUMENT_KEYS
+        pull_secret = config.ALGORITHM_PULL_SECRET if component in CONSUMER_IMAGE_COMPONENTS else config.PULL_SECRET
         child = self._child(
             f"job-{component}.yaml.j2", component, base,
             labels=self._labels(workflow, component), job_name=names[component], component=component,
-            image=image, command=command, env=env, resources=resources, deadline=deadline,
-            admin_logs=component in ("configure", "publish"),
+            image=image, command=command, env=env, resources=with_ephemeral_storage(resources, config),
+            deadline=deadline, admin_logs=component in ("configure", "publish"),
+            document_items=[{"key": key, "path": path} for path, key in document_keys.items()],
+            tmp_size=config.EPHEMERAL_STORAGE,
             service_account=config.SERVICE_ACCOUNT, node_selector=config.NODE_SELECTOR,
-            pull_secret=config.PULL_SECRET, pull_policy=config.PULL_POLICY,
+            pull_secret=pull_secret, pull_policy=config.PULL_POLICY,
         )
         container = child.manifest["spec"]["template"]["spec"]["containers"][0]
         if container.get("command") is None:  # the filter image runs its own entrypoint
@@ -274,6 +318,17 @@ class Renderer:
                 if getattr(self.config, key):
                     env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": names["publish_secret"], "key": key}}})
         return env
+
+
+def with_ephemeral_storage(resources: dict[str, Any], config: Config) -> dict[str, Any]:
+    """`resources` plus an ephemeral-storage request and limit (EPHEMERAL_STORAGE).
+
+    The root filesystem is read-only, so what a pod writes outside its volumes
+    (its /tmp emptyDir, its container log) is bounded by this: a pod cannot
+    fill the node's disk and get its neighbours evicted.
+    """
+    quantity = {"ephemeral-storage": config.EPHEMERAL_STORAGE}
+    return {part: {**resources.get(part, {}), **quantity} for part in ("requests", "limits")}
 
 
 def owner_reference(workflow: Workflow) -> dict[str, Any]:
