@@ -267,7 +267,11 @@ class Renderer:
                 env.append({"name": "PUBLISH_OUTPUTS", "value": "false"})
             resources, deadline = SYSTEM_POD_RESOURCES, limits.stage_deadline
         document_keys = FULL_DOCUMENT_KEYS if component in FULL_DOCUMENT_COMPONENTS else REDACTED_DOCUMENT_KEYS
-        pull_secret = config.ALGORITHM_PULL_SECRET if component in CONSUMER_IMAGE_COMPONENTS else config.PULL_SECRET
+        pull_secret, pull_policy = config.PULL_SECRET, config.PULL_POLICY
+        if component in CONSUMER_IMAGE_COMPONENTS:
+            # Always: the kubelet then checks the registry for every pod, so a consumer cannot run a
+            # private image that the provider's own pods left on the node without being allowed to pull it.
+            pull_secret, pull_policy = config.ALGORITHM_PULL_SECRET, config.PULL_POLICY or "Always"
         child = self._child(
             f"job-{component}.yaml.j2", component, base,
             labels=self._labels(workflow, component), job_name=names[component], component=component,
@@ -276,7 +280,7 @@ class Renderer:
             document_items=[{"key": key, "path": path} for path, key in document_keys.items()],
             tmp_size=config.EPHEMERAL_STORAGE,
             service_account=config.SERVICE_ACCOUNT, node_selector=config.NODE_SELECTOR,
-            pull_secret=pull_secret, pull_policy=config.PULL_POLICY,
+            pull_secret=pull_secret, pull_policy=pull_policy,
         )
         container = child.manifest["spec"]["template"]["spec"]["containers"][0]
         if container.get("command") is None:  # the filter image runs its own entrypoint

@@ -383,7 +383,9 @@ class ProcessRuntime(Runtime):
         mapping = self._path_mapping(mounts, pod_dir)
         message_path = container.get('terminationMessagePath') or '/dev/termination-log'
         mapping[message_path] = termination_log
-        env_mapper = PathMapper(mapping)
+        # Env values keep host paths under /tmp (a work directory such as LOCAL_STORAGE_DIR often is one),
+        # even when the pod mounts its own /tmp: TMPDIR points there instead.
+        env_mapper = PathMapper({k: v for k, v in mapping.items() if k != '/tmp'})
         arg_mapper = PathMapper({**mapping, '/tmp': tmp})
 
         pod_env = self._env(pod, container)
