@@ -218,6 +218,9 @@ def test_the_operator_may_receive_only_its_probes_and_reach_only_dns_api_and_not
     assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": port}]}]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 80)}
+    (wide,) = [rule for rule in policy["spec"]["egress"] if ("TCP", 443) in {(p["protocol"], p["port"]) for p in rule["ports"]}]
+    blocks = {peer["ipBlock"]["cidr"]: peer["ipBlock"].get("except", []) for peer in wide["to"] if "ipBlock" in peer}
+    assert "169.254.0.0/16" in blocks["0.0.0.0/0"] and "fe80::/10" in blocks["::/0"], "the metadata service is refused"
     dns = [rule for rule in policy["spec"]["egress"] if ("UDP", 53) in {(p["protocol"], p["port"]) for p in rule["ports"]}]
     assert dns[0]["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
 
