@@ -84,6 +84,8 @@ def yaml_safe_json(value: Any) -> str:
     written as explicit keys (`? "key": value`): YAML 1.1 refuses a plain
     "simple key" longer than 1024 characters.
     """
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError, naming the missing value
     if isinstance(value, dict):
         return "{" + ", ".join(f"? {_scalar(str(k))}: {yaml_safe_json(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
@@ -146,6 +148,74 @@ def check_templates(directory: Path) -> None:
                 )
     if problems:
         raise ConfigError(problems)
+    problems = [f"TEMPLATES_DIR={str(directory)!r}: {problem}" for problem in _document_exposure(directory)]
+    if problems:
+        raise ConfigError(problems)
+
+
+# A Workflow rendered once at start with the templates in TEMPLATES_DIR, to see
+# what each pod would be given (see `_document_exposure`).
+_PROBE_WORKFLOW = {
+    "apiVersion": "oceanprotocol.com/v1alpha", "kind": "WorkFlow",
+    "metadata": {"name": "probe", "namespace": "probe"},
+    "spec": {"secret": "probe", "metadata": {"stages": [{
+        "input": [{"id": "did:op:probe", "url": ["https://probe.invalid/data"]}],
+        "algorithm": {"id": "did:op:probe", "url": "https://probe.invalid/algorithm",
+                      "container": {"image": "probe", "tag": "1"}}}]}},
+}
+
+
+def _document_exposure(directory: Path) -> list[str]:
+    """Which templates give a pod other than configure the whole stage document (with its URLs).
+
+    A folder of templates copied from an older release, or edited, could mount
+    the ConfigMap's every key into the algorithm pod; that is refused at start,
+    like an unfiltered value (docs/SECURITY.md, item 1).
+    """
+    from operator_engine.config import load
+    from operator_engine.model import parse_workflow
+
+    config = load({"TEMPLATES_DIR": str(directory), "FILTERING_CONTAINER": "probe/filter:1"})
+    renderer = Renderer(config, _checked=True)
+    try:
+        children = renderer.render(parse_workflow(_PROBE_WORKFLOW))
+    except jinja2.TemplateError as exc:
+        where = f"{exc.name}:{exc.lineno}: " if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        return [f"the templates do not render: {where}{exc.message or type(exc).__name__}"]
+    problems = []
+    for child in children:
+        if child.kind != "Job" or child.step in FULL_DOCUMENT_COMPONENTS:
+            continue
+        pod = child.manifest.get("spec", {}).get("template", {}).get("spec", {})
+        if _reads_full_document(pod, child_names("probe")["configmap"]):
+            problems.append(
+                f"job-{child.step}.yaml.j2 lets the {child.step} pod read the whole workflow document (input and "
+                f"algorithm URLs); project only the keys {', '.join(REDACTED_DOCUMENT_KEYS.values())} of the "
+                "workflow ConfigMap into it (volume items)"
+            )
+    return problems
+
+
+def _reads_full_document(pod: dict[str, Any], configmap: str) -> bool:
+    allowed = set(REDACTED_DOCUMENT_KEYS.values())
+    sources = []
+    for volume in pod.get("volumes") or []:
+        sources.append(volume)
+        sources += (volume.get("projected") or {}).get("sources") or []
+    for source in sources:
+        ref = source.get("configMap")
+        if ref and ref.get("name") == configmap:
+            if not ref.get("items") or {item.get("key") for item in ref["items"]} - allowed:
+                return True
+    for container in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+        for env_from in container.get("envFrom") or []:
+            if (env_from.get("configMapRef") or {}).get("name") == configmap:
+                return True
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("configMapKeyRef") or {}
+            if ref.get("name") == configmap and ref.get("key") not in allowed:
+                return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,10 +248,11 @@ def job_components(config: Config) -> list[str]:
 
 
 class Renderer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, _checked: bool = False) -> None:
         self.config = config
         directory = Path(config.TEMPLATES_DIR)
-        check_templates(directory)
+        if not _checked:
+            check_templates(directory)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(directory),
             undefined=jinja2.StrictUndefined,

@@ -75,3 +75,41 @@ def test_every_needle_encoding_is_found_when_present():
     """The search bites: each encoding of a URL, put where a pod reads, is reported."""
     for form, needle in NEEDLES.items():
         assert needle in leaks([f"prefix {form} suffix"])
+
+
+@pytest.mark.parametrize("edit", [
+    ("_job.yaml.j2", "            items: {{ document_items | j }}\n", ""),
+    ("job-algorithm.yaml.j2", "{% block mounts %}\n",
+     "{% block mounts %}\n            - {name: whole, mountPath: /doc}\n"),
+], ids=["no-items", "extra-volume"])
+def test_templates_that_give_the_algorithm_the_whole_document_are_refused_at_start(tmp_path, edit):
+    import shutil
+
+    folder = tmp_path / "templates"
+    shutil.copytree(config_module.PACKAGED_TEMPLATES_DIR, folder)
+    name, old, new = edit
+    text = (folder / name).read_text()
+    assert old in text
+    if name == "job-algorithm.yaml.j2":  # a second volume on the whole ConfigMap
+        skeleton = (folder / "_job.yaml.j2").read_text().replace(
+            "      volumes:\n", "      volumes:\n        - name: whole\n          configMap:\n"
+            "            name: {{ names.configmap | j }}\n", 1)
+        (folder / "_job.yaml.j2").write_text(skeleton)
+    (folder / name).write_text(text.replace(old, new, 1))
+    with pytest.raises(config_module.ConfigError) as raised:
+        config_module.load_checked({"TEMPLATES_DIR": str(folder)})
+    message = str(raised.value)
+    assert "TEMPLATES_DIR" in message and "job-algorithm.yaml.j2" in message and "whole workflow document" in message
+
+
+def test_templates_that_do_not_render_stop_the_operator_with_one_line(tmp_path):
+    import shutil
+
+    folder = tmp_path / "templates"
+    shutil.copytree(config_module.PACKAGED_TEMPLATES_DIR, folder)
+    text = (folder / "job-filter.yaml.j2").read_text()
+    assert "{% endblock %}" in text
+    (folder / "job-filter.yaml.j2").write_text(text.replace(
+        "{% endblock %}", "            - {name: x, mountPath: {{ no_such_value | j }}}\n{% endblock %}"))
+    with pytest.raises(config_module.ConfigError, match="TEMPLATES_DIR=.*the templates do not render: 'no_such_value'"):
+        config_module.load_checked({"TEMPLATES_DIR": str(folder)})
