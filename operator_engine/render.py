@@ -39,7 +39,7 @@ TEMPLATE_FILES = (
     "job-publish.yaml.j2",
 )
 
-# The ConfigMap W holds two copies of the stage document (CONTRACT §2 keeps
+# The ConfigMap W holds two copies of the stage document (the contract keeps
 # `workflow.json`/`workflow.yaml`, the whole document, for operator-service and
 # the configure pod). Only configure fetches, so only configure gets the whole
 # one; every other pod gets the redacted one (`redacted_document`) at the same
