@@ -2,7 +2,10 @@
 # Bump the project version: ./bumpversion.sh {major|minor|patch}
 #
 # The version lives in one place, `__version__ = "X.Y.Z"` in
-# operator_engine/__init__.py (pyproject.toml reads it from there).
+# operator_engine/__init__.py (pyproject.toml reads it from there). The
+# operator's Deployment pins its image to the same tag
+# (oceanprotocol/operator-engine:X.Y.Z in kubernetes/operator.yml, which
+# k8s_install/operator.yml links to): that tag is bumped with it.
 # The file is looked up relative to the current directory, or to
 # $PROJECT_ROOT when that is set. Prints "old -> new".
 set -euo pipefail
@@ -49,4 +52,10 @@ tmp="$(mktemp)"
 trap 'rm -f "$tmp"' EXIT
 sed -E "s/^__version__ = \"$old\"$/__version__ = \"$new\"/" "$file" > "$tmp"
 cat "$tmp" > "$file"   # keeps the file's mode and owner
+
+manifest="$root/kubernetes/operator.yml"
+if [[ -f "$manifest" ]]; then
+    sed -E "s#(oceanprotocol/operator-engine:)${old//./\\.}([^0-9.]|\$)#\1$new\2#g" "$manifest" > "$tmp"
+    cat "$tmp" > "$manifest"
+fi
 echo "$old -> $new"

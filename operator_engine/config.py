@@ -28,6 +28,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _GO_DURATION = re.compile(r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
@@ -146,6 +147,13 @@ def _image(text: str) -> str:
     return check_image_reference(text.strip())
 
 
+def _quantity(text: str) -> str:
+    value = text.strip()
+    if not _QUANTITY.match(value) or not any(c in "123456789" for c in value):  # positive
+        raise ValueError("must be a positive Kubernetes quantity such as 512Mi, 1Gi or 2G")
+    return value
+
+
 def _go_duration(text: str) -> str:
     value = text.strip()
     if not _GO_DURATION.match(value):
@@ -218,8 +226,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("NOTIFY_STOP_URL", _http_url, None, "URL that receives the stop notification (POST JSON)"),
     Variable("SERVICE_ACCOUNT", _k8s_name, "default", "Service account of the workflow pods"),
     Variable("NODE_SELECTOR", _label_value, None, "Pods get the required node affinity scope In [value]"),
-    Variable("PULL_SECRET", _k8s_name, None, "imagePullSecrets name for every pod"),
+    Variable("PULL_SECRET", _k8s_name, None,
+             "imagePullSecrets name for the provider's own pods (configure, filter, publish), never the algorithm's"),
+    Variable("ALGORITHM_PULL_SECRET", _k8s_name, None,
+             "imagePullSecrets name for the algorithm pods (the consumer's image); unset: none"),
     Variable("PULL_POLICY", _choice("Always", "IfNotPresent", "Never"), None, "imagePullPolicy for every container"),
+    Variable("EPHEMERAL_STORAGE", _quantity, "1Gi",
+             "ephemeral-storage request and limit of every workflow pod, also the size limit of its /tmp"),
     Variable("FILTERING_CONTAINER", _image, None, "Image of the optional filter stage, run after the algorithm"),
     Variable("POD_CONFIGURATION_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the configure pod"),
     Variable("POD_PUBLISH_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the publish pod"),

@@ -39,6 +39,19 @@ TEMPLATE_FILES = (
     "job-publish.yaml.j2",
 )
 
+# The ConfigMap W holds two copies of the stage document (the contract keeps
+# `workflow.json`/`workflow.yaml`, the whole document, for operator-service and
+# the configure pod). Only configure fetches, so only configure gets the whole
+# one; every other pod gets the redacted one (`redacted_document`) at the same
+# paths, /workflow.json and /workflow.yaml. See docs/SECURITY.md, item 1.
+FULL_DOCUMENT_KEYS = {"workflow.json": "workflow.json", "workflow.yaml": "workflow.yaml"}
+REDACTED_DOCUMENT_KEYS = {"workflow.json": "redacted-workflow.json", "workflow.yaml": "redacted-workflow.yaml"}
+FULL_DOCUMENT_COMPONENTS = ("configure",)
+
+# The provider's own images may be pulled with PULL_SECRET; the algorithm's
+# image is the consumer's choice, so it gets ALGORITHM_PULL_SECRET or nothing.
+CONSUMER_IMAGE_COMPONENTS = ("algorithm",)
+
 # The algorithm container runs its entrypoint ($1) through this fixed script so
 # that stdout and stderr also land in /data/logs/algorithm.log while the exit
 # code stays the entrypoint's. The entrypoint is an argument, never spliced
@@ -71,6 +84,8 @@ def yaml_safe_json(value: Any) -> str:
     written as explicit keys (`? "key": value`): YAML 1.1 refuses a plain
     "simple key" longer than 1024 characters.
     """
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError, naming the missing value
     if isinstance(value, dict):
         return "{" + ", ".join(f"? {_scalar(str(k))}: {yaml_safe_json(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
@@ -86,6 +101,33 @@ def _scalar(value: Any) -> str:
         return f"{match[1]}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
 
     return _ESCAPED_PAIR.sub(join_pair, text).replace("\x7f", "\\u007f")
+
+
+def redacted_document(workflow: Workflow) -> dict[str, Any]:
+    """The stage document without anything that says where the data or the algorithm come from.
+
+    The algorithm, filter and publish pods read this one. It is built from an
+    allow-list (DIDs, the container, the compute limits), never by deleting
+    known URL fields, so an unknown field that carries a URL, a pre-signed
+    token or credentials (in `url`, `remote`, `ddo`, `output`, or anything
+    operator-service adds) stays with the configure pod.
+    """
+    stage = workflow.stage
+    algorithm = stage["algorithm"]
+    container = {key: algorithm["container"][key] for key in ("image", "tag", "entrypoint", "checksum")
+                 if algorithm["container"].get(key) is not None}
+    compute = {key: stage.get("compute", {})[key] for key in ("Instances", "maxtime")
+               if isinstance(stage.get("compute", {}).get(key), int)}
+    redacted_stage: dict[str, Any] = {}
+    if isinstance(stage.get("index"), int):
+        redacted_stage["index"] = stage["index"]
+    redacted_stage["input"] = [
+        {**({"index": item["index"]} if isinstance(item.get("index"), int) else {}), "id": item["id"]}
+        for item in stage.get("input", [])
+    ]
+    redacted_stage["algorithm"] = {**({"id": algorithm["id"]} if algorithm.get("id") else {}), "container": container}
+    redacted_stage["compute"] = compute
+    return {"jobId": workflow.job_id, "stages": [redacted_stage]}
 
 
 def check_templates(directory: Path) -> None:
@@ -106,6 +148,74 @@ def check_templates(directory: Path) -> None:
                 )
     if problems:
         raise ConfigError(problems)
+    problems = [f"TEMPLATES_DIR={str(directory)!r}: {problem}" for problem in _document_exposure(directory)]
+    if problems:
+        raise ConfigError(problems)
+
+
+# A Workflow rendered once at start with the templates in TEMPLATES_DIR, to see
+# what each pod would be given (see `_document_exposure`).
+_PROBE_WORKFLOW = {
+    "apiVersion": "oceanprotocol.com/v1alpha", "kind": "WorkFlow",
+    "metadata": {"name": "probe", "namespace": "probe"},
+    "spec": {"secret": "probe", "metadata": {"stages": [{
+        "input": [{"id": "did:op:probe", "url": ["https://probe.invalid/data"]}],
+        "algorithm": {"id": "did:op:probe", "url": "https://probe.invalid/algorithm",
+                      "container": {"image": "probe", "tag": "1"}}}]}},
+}
+
+
+def _document_exposure(directory: Path) -> list[str]:
+    """Which templates give a pod other than configure the whole stage document (with its URLs).
+
+    A folder of templates copied from an older release, or edited, could mount
+    the ConfigMap's every key into the algorithm pod; that is refused at start,
+    like an unfiltered value (docs/SECURITY.md, item 1).
+    """
+    from operator_engine.config import load
+    from operator_engine.model import parse_workflow
+
+    config = load({"TEMPLATES_DIR": str(directory), "FILTERING_CONTAINER": "probe/filter:1"})
+    renderer = Renderer(config, _checked=True)
+    try:
+        children = renderer.render(parse_workflow(_PROBE_WORKFLOW))
+    except jinja2.TemplateError as exc:
+        where = f"{exc.name}:{exc.lineno}: " if isinstance(exc, jinja2.TemplateSyntaxError) else ""
+        return [f"the templates do not render: {where}{exc.message or type(exc).__name__}"]
+    problems = []
+    for child in children:
+        if child.kind != "Job" or child.step in FULL_DOCUMENT_COMPONENTS:
+            continue
+        pod = child.manifest.get("spec", {}).get("template", {}).get("spec", {})
+        if _reads_full_document(pod, child_names("probe")["configmap"]):
+            problems.append(
+                f"job-{child.step}.yaml.j2 lets the {child.step} pod read the whole workflow document (input and "
+                f"algorithm URLs); project only the keys {', '.join(REDACTED_DOCUMENT_KEYS.values())} of the "
+                "workflow ConfigMap into it (volume items)"
+            )
+    return problems
+
+
+def _reads_full_document(pod: dict[str, Any], configmap: str) -> bool:
+    allowed = set(REDACTED_DOCUMENT_KEYS.values())
+    sources = []
+    for volume in pod.get("volumes") or []:
+        sources.append(volume)
+        sources += (volume.get("projected") or {}).get("sources") or []
+    for source in sources:
+        ref = source.get("configMap")
+        if ref and ref.get("name") == configmap:
+            if not ref.get("items") or {item.get("key") for item in ref["items"]} - allowed:
+                return True
+    for container in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+        for env_from in container.get("envFrom") or []:
+            if (env_from.get("configMapRef") or {}).get("name") == configmap:
+                return True
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("configMapKeyRef") or {}
+            if ref.get("name") == configmap and ref.get("key") not in allowed:
+                return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +248,11 @@ def job_components(config: Config) -> list[str]:
 
 
 class Renderer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, _checked: bool = False) -> None:
         self.config = config
         directory = Path(config.TEMPLATES_DIR)
-        check_templates(directory)
+        if not _checked:
+            check_templates(directory)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(directory),
             undefined=jinja2.StrictUndefined,
@@ -165,12 +276,12 @@ class Renderer:
         limits = limits_for(workflow, self.config)
         namespace = workflow.namespace or self.config.OPERATOR_NAMESPACE
         base = {"names": names, "namespace": namespace, "labels": self._labels(workflow, None)}
-        document = workflow.document()
-        children = [
-            self._child("configmap.yaml.j2", "setup", base,
-                        workflow_json=json.dumps(document, indent=2, ensure_ascii=False),
-                        workflow_yaml=yaml.safe_dump(document, sort_keys=False, allow_unicode=True)),
-        ]
+        document, redacted = workflow.document(), redacted_document(workflow)
+        data = {}
+        for keys, doc in ((FULL_DOCUMENT_KEYS, document), (REDACTED_DOCUMENT_KEYS, redacted)):
+            data[keys["workflow.json"]] = json.dumps(doc, indent=2, ensure_ascii=False)
+            data[keys["workflow.yaml"]] = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+        children = [self._child("configmap.yaml.j2", "setup", base, data=data)]
         for volume in ("data", "adminlogs"):
             children.append(self._child("pvc.yaml.j2", "setup", base, volume=volume,
                                         storage_class=self.config.STORAGE_CLASS, disk=limits.disk))
@@ -226,13 +337,21 @@ class Renderer:
             if component == "publish" and withhold_outputs:
                 env.append({"name": "PUBLISH_OUTPUTS", "value": "false"})
             resources, deadline = SYSTEM_POD_RESOURCES, limits.stage_deadline
+        document_keys = FULL_DOCUMENT_KEYS if component in FULL_DOCUMENT_COMPONENTS else REDACTED_DOCUMENT_KEYS
+        pull_secret, pull_policy = config.PULL_SECRET, config.PULL_POLICY
+        if component in CONSUMER_IMAGE_COMPONENTS:
+            # Always: the kubelet then checks the registry for every pod, so a consumer cannot run a
+            # private image that the provider's own pods left on the node without being allowed to pull it.
+            pull_secret, pull_policy = config.ALGORITHM_PULL_SECRET, config.PULL_POLICY or "Always"
         child = self._child(
             f"job-{component}.yaml.j2", component, base,
             labels=self._labels(workflow, component), job_name=names[component], component=component,
-            image=image, command=command, env=env, resources=resources, deadline=deadline,
-            admin_logs=component in ("configure", "publish"),
+            image=image, command=command, env=env, resources=with_ephemeral_storage(resources, config),
+            deadline=deadline, admin_logs=component in ("configure", "publish"),
+            document_items=[{"key": key, "path": path} for path, key in document_keys.items()],
+            tmp_size=config.EPHEMERAL_STORAGE,
             service_account=config.SERVICE_ACCOUNT, node_selector=config.NODE_SELECTOR,
-            pull_secret=config.PULL_SECRET, pull_policy=config.PULL_POLICY,
+            pull_secret=pull_secret, pull_policy=pull_policy,
         )
         container = child.manifest["spec"]["template"]["spec"]["containers"][0]
         if container.get("command") is None:  # the filter image runs its own entrypoint
@@ -274,6 +393,17 @@ class Renderer:
                 if getattr(self.config, key):
                     env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": names["publish_secret"], "key": key}}})
         return env
+
+
+def with_ephemeral_storage(resources: dict[str, Any], config: Config) -> dict[str, Any]:
+    """`resources` plus an ephemeral-storage request and limit (EPHEMERAL_STORAGE).
+
+    The root filesystem is read-only, so what a pod writes outside its volumes
+    (its /tmp emptyDir, its container log) is bounded by this: a pod cannot
+    fill the node's disk and get its neighbours evicted.
+    """
+    quantity = {"ephemeral-storage": config.EPHEMERAL_STORAGE}
+    return {part: {**resources.get(part, {}), **quantity} for part in ("requests", "limits")}
 
 
 def owner_reference(workflow: Workflow) -> dict[str, Any]:

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh requirements_dev.txt
+bash scripts/setup-checkov.sh   # checkov, for tests/security/test_checkov.py (a venv of its own)
 exec .venv/bin/python -m pytest "$@"

@@ -28,8 +28,10 @@ What a pod becomes:
   arguments, ``workingDir`` and the env values. A directory that is not a
   mount but holds mounts (``/data`` when only ``/data/inputs`` ... are
   mounted) maps to a per-pod folder of symlinks. ``/tmp`` maps to a per-pod
-  temporary folder (in command and arguments; in the env ``TMPDIR`` and
-  ``HOME`` point there). A host path given in an env value (such as
+  temporary folder, or to the pod's own ``/tmp`` volume when it mounts one
+  (in command and arguments; in the env ``TMPDIR`` and ``HOME`` point there).
+  ``readOnlyRootFilesystem`` cannot be enforced: there is no root filesystem
+  of the pod's own. A host path given in an env value (such as
   ``LOCAL_STORAGE_DIR``) is left alone unless it starts with a mount path.
 * Env: only the pod's own env (plain values, ``valueFrom.secretKeyRef``,
   ``configMapKeyRef``, ``fieldRef`` to the pod's name/namespace/uid,
@@ -382,10 +384,15 @@ class ProcessRuntime(Runtime):
         tmp.mkdir(parents=True, exist_ok=True)
         termination_log = pod_dir / 'termination-log'
         termination_log.write_bytes(b'')
-        mapping = self._path_mapping(self._mounts(pod, container, pod_dir), pod_dir)
+        mounts = self._mounts(pod, container, pod_dir)
+        if '/tmp' in mounts:  # a pod with a read-only root filesystem brings its own /tmp (an emptyDir)
+            tmp = mounts['/tmp']
+        mapping = self._path_mapping(mounts, pod_dir)
         message_path = container.get('terminationMessagePath') or '/dev/termination-log'
         mapping[message_path] = termination_log
-        env_mapper = PathMapper(mapping)
+        # Env values keep host paths under /tmp (a work directory such as LOCAL_STORAGE_DIR often is one),
+        # even when the pod mounts its own /tmp: TMPDIR points there instead.
+        env_mapper = PathMapper({k: v for k, v in mapping.items() if k != '/tmp'})
         arg_mapper = PathMapper({**mapping, '/tmp': tmp})
 
         pod_env = self._env(pod, container)

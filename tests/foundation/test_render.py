@@ -122,7 +122,7 @@ def test_algorithm_resources_and_deadline_follow_the_environment(sample_body, ma
     sample_body["spec"]["metadata"]["stages"][0]["compute"]["maxtime"] = 600
     children = render(sample_body, make_config, nCPU="4", ramGB="16", nGPU="2", maxJobDuration="1800")
     algorithm = container(children, "algorithm")
-    expected = {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    expected = {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2", "ephemeral-storage": "1Gi"}
     assert algorithm["resources"] == {"requests": expected, "limits": expected}
     assert job(children, "algorithm")["spec"]["activeDeadlineSeconds"] == 600
 
@@ -151,7 +151,8 @@ def test_every_pod_gets_node_affinity_pull_secret_policy_and_service_account(sam
         pod = child.manifest["spec"]["template"]["spec"]
         terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
         assert terms == [{"matchExpressions": [{"key": "scope", "operator": "In", "values": ["c2d-nodes"]}]}]
-        assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+        # The consumer's image never gets the provider's pull secret (tests/security).
+        assert pod.get("imagePullSecrets") == (None if child.step == "algorithm" else [{"name": "registry-creds"}])
         assert pod["serviceAccountName"] == "ocean-compute-pods"
         assert pod["containers"][0]["imagePullPolicy"] == "Always"
 

@@ -66,3 +66,19 @@ def test_bumpversion_honours_project_root(project, tmp_path_factory):
 def test_bumpversion_script_is_strict_bash():
     text = SCRIPT.read_text()
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+
+
+def test_bumpversion_bumps_the_operator_image_tag_with_the_version(project):
+    """kubernetes/operator.yml pins the operator's image to the package version (docs/SECURITY.md, item 6)."""
+    (project / "kubernetes").mkdir()
+    manifest = (ROOT / "kubernetes" / "operator.yml").read_text()
+    from operator_engine import __version__
+
+    assert f"oceanprotocol/operator-engine:{__version__}" in manifest
+    (project / "kubernetes" / "operator.yml").write_text(manifest.replace(__version__, "1.4.7"))
+    result = bump(project, "minor")
+    assert result.returncode == 0, result.stderr
+    bumped = (project / "kubernetes" / "operator.yml").read_text()
+    tags = re.findall(r"oceanprotocol/operator-engine:([^\s\"]+)", bumped)
+    assert tags and set(tags) == {"1.5.0"}
+    assert bumped == manifest.replace(__version__, "1.5.0")
