@@ -12,6 +12,7 @@ import pytest
 from .harness import (
     FAKE_ACCESS_KEY,
     FAKE_SECRET_KEY,
+    LOOPBACK_ALLOWED,
     POD_VARIABLES,
     S3,
     FakeIpfs,
@@ -40,6 +41,8 @@ def pod_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PodEnv:
         AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
         NO_PROXY="127.0.0.1,localhost",
+        # The test servers listen on loopback, which configure refuses unless allowed.
+        CONFIGURE_ALLOWED_NETWORKS=LOOPBACK_ALLOWED,
     )
     return env
 
