@@ -42,6 +42,7 @@ import errno
 import http
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import certifi
+import requests
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
@@ -65,6 +67,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.timeout import Timeout
 
 from .addresses import AllowList, forbidden_reason, parse_address
+from .common import redact_url
 
 ALLOWED_SCHEMES = ("http", "https")
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -560,6 +563,42 @@ def _status_text(status: int) -> str:
         return f"HTTP {status} {http.HTTPStatus(status).phrase}"
     except ValueError:
         return f"HTTP {status}"
+
+
+# --------------------------------------------------------------------------
+# requests errors, for the publish pod's IPFS uploads (storage.py)
+# --------------------------------------------------------------------------
+
+
+def describe_request_error(exc: requests.RequestException, url: str, timeout: float) -> str:
+    """A short reason for ``exc`` that names no credential or query string of ``url``."""
+    # After the retries, requests reports a read timeout as a ConnectionError
+    # wrapping urllib3's MaxRetryError; its ``reason`` says what really happened.
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return f"connection timed out after {timeout:g}s"
+    if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(reason, ReadTimeoutError):
+        return f"read timed out after {timeout:g}s"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error"
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        return "transfer interrupted"
+    text = str(exc)
+    errno_reason = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno_reason:
+        return f"connection failed: {errno_reason.group(1).strip()}"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection failed: " + scrub(text, url)
+    return f"{type(exc).__name__}: {scrub(text, url)}"
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove ``url``'s query, fragment and userinfo from ``text``, wherever quoted."""
+    parts = urllib.parse.urlsplit(url)
+    for secret in (parts.query, parts.fragment, parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, "***")
+    return re.sub(r"url: \S+", "url: " + urllib.parse.urlsplit(redact_url(url)).path, text)
 
 
 def _content_length(response: BaseHTTPResponse) -> int | None:
