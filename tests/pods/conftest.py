@@ -17,6 +17,7 @@ from .harness import (
     S3,
     FakeIpfs,
     FileServer,
+    NetworkStub,
     PodEnv,
     file_handler,
     ipfs_handler,
@@ -106,3 +107,11 @@ def s3(moto_endpoint: str, pod_env: PodEnv, request: pytest.FixtureRequest) -> S
         AWS_BUCKET_ADMINLOGS=admin_bucket,
     )
     return S3(moto_endpoint, client, output_bucket, admin_bucket)
+
+
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkStub]:
+    """The configure pod's resolver and connect step, stubbed; fails any test that connects off loopback."""
+    stub = NetworkStub().install(monkeypatch)
+    yield stub
+    assert not stub.violations, f"connections attempted beyond loopback: {stub.violations}"
