@@ -22,9 +22,7 @@ def without_allowance(pod_env: PodEnv) -> None:
     pod_env.monkeypatch.delenv("CONFIGURE_ALLOWED_NETWORKS", raising=False)
 
 
-def test_a_loopback_input_is_refused_by_default_with_31(
-    pod_env: PodEnv, file_server: FileServer, network: NetworkStub
-) -> None:
+def test_a_loopback_input_is_refused_by_default_with_31(pod_env: PodEnv, file_server: FileServer) -> None:
     without_allowance(pod_env)
     url = file_server.serve("/data.csv", "rows")
 
@@ -34,7 +32,6 @@ def test_a_loopback_input_is_refused_by_default_with_31(
     assert report == {"statusCode": 31,
                       "message": f"input {DID_A} (input[0].url[0]): refused: address not allowed"}
     assert file_server.hits["/data.csv"] == 0
-    assert network.connects == []
 
 
 def test_an_algorithm_url_at_the_metadata_address_is_refused_with_32(
@@ -94,7 +91,7 @@ def test_a_bad_allow_list_fails_naming_the_variable(pod_env: PodEnv) -> None:
 
 def test_a_slow_drip_input_ends_31_at_the_total_limit(pod_env: PodEnv, file_server: FileServer) -> None:
     pod_env.set(CONFIGURE_TOTAL_TIMEOUT="0.5")
-    url = file_server.serve_sequence("/drip", [Reply(200, b"x" * 10_000, drip=0.05)])
+    url = file_server.serve_sequence("/drip", [Reply(200, b"x" * 200, drip=0.05)])  # 10 s to send
 
     assert run_configure(pod_env, stage([data_input(DID_A, url)])) == 1
 
@@ -108,12 +105,9 @@ def test_a_slow_drip_input_ends_31_at_the_total_limit(pod_env: PodEnv, file_serv
 
 
 def test_no_url_nor_token_reaches_the_log_stdout_stderr_or_the_message(
-    pod_env: PodEnv, file_server: FileServer, network: NetworkStub, capsys: pytest.CaptureFixture[str]
+    pod_env: PodEnv, file_server: FileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    network.answer("files.example", [PUBLIC])
-    network.route(PUBLIC, file_server.base_url)
-    port = file_server.base_url.rsplit(":", 1)[1]
-    host = f"files.example:{port}"
+    host = file_server.base_url.removeprefix("http://")
     file_server.serve("/private/a.csv", "aaaa")
     file_server.serve_sequence("/private/moved.csv", [redirect(f"http://{host}/private/b.csv?X-Amz-Signature=TOKEN-REDIR-2")])
     file_server.serve_sequence("/private/b.csv", [Reply(503, b"upstream vault-7 said no", reason="vault-7 busy"),
@@ -136,9 +130,9 @@ def test_no_url_nor_token_reaches_the_log_stdout_stderr_or_the_message(
     assert f"input[0] ({DID_A}) url 2 of 2: attempt 1 of 4 failed (HTTP 503 Service Unavailable)" in log
     assert f"input[0] ({DID_A}) url 2 of 2: downloaded 6 bytes" in log
     assert pod_env.termination()["message"] == f"input {DID_B} (input[1].url[0]): HTTP 404 Not Found"
-    for leak in (*urls, "files.example", host, "/private", "a.csv", "moved.csv", "gone.csv", "reader",
-                 "PASSWORD-1", "TOKEN-QUERY-1", "TOKEN-QUERY-2", "TOKEN-FRAGMENT-2", "TOKEN-REDIR-2", "TOKEN-QUERY-3",
-                 "vault-7", PUBLIC, "http://"):
+    for leak in (*urls, host, "/private", "a.csv", "moved.csv", "gone.csv", "reader", "PASSWORD-1",
+                 "TOKEN-QUERY-1", "TOKEN-QUERY-2", "TOKEN-FRAGMENT-2", "TOKEN-REDIR-2", "TOKEN-QUERY-3",
+                 "vault-7", "http://"):
         assert leak not in everything, leak
     assert file_server.seen_headers[0]["Authorization"] == "Basic cmVhZGVyOlBBU1NXT1JELTE="  # reader:PASSWORD-1
 

@@ -285,7 +285,7 @@ def test_the_allow_list_and_time_limits_reach_the_configure_pod_only() -> None:
 
 
 def test_a_slow_drip_body_ends_at_the_total_limit(network: NetworkStub, file_server: FileServer, tmp_path: Path) -> None:
-    url = file_server.serve_sequence("/drip", [Reply(200, b"x" * 10_000, drip=0.05)])  # 500 s to send
+    url = file_server.serve_sequence("/drip", [Reply(200, b"x" * 200, drip=0.05)])  # 10 s to send
 
     with pytest.raises(DownloadError) as failed:
         downloader(allow=LOOPBACK, total_timeout=0.5).fetch(url, tmp_path / "out")
@@ -297,7 +297,7 @@ def test_a_slow_drip_body_ends_at_the_total_limit(network: NetworkStub, file_ser
 def test_a_slow_drip_without_content_length_ends_at_the_total_limit(
     network: NetworkStub, file_server: FileServer, tmp_path: Path
 ) -> None:
-    url = file_server.serve_sequence("/drip", [Reply(200, b"x" * 10_000, content_length=False, drip=0.05)])
+    url = file_server.serve_sequence("/drip", [Reply(200, b"x" * 200, content_length=False, drip=0.05)])
 
     with pytest.raises(DownloadError, match="total limit"):
         downloader(allow=LOOPBACK, total_timeout=0.5).fetch(url, tmp_path / "out")
@@ -309,7 +309,7 @@ def test_the_overall_limit_counts_every_download_together(
     network: NetworkStub, file_server: FileServer, tmp_path: Path
 ) -> None:
     fast = file_server.serve("/fast", "quick")
-    slow = file_server.serve_sequence("/slow", [Reply(200, b"x" * 10_000, drip=0.05)])
+    slow = file_server.serve_sequence("/slow", [Reply(200, b"x" * 200, drip=0.05)])
     fetcher = downloader(allow=LOOPBACK, total_timeout=600, overall_timeout=0.5)
 
     fetcher.fetch(fast, tmp_path / "one")
