@@ -214,7 +214,9 @@ class Pin:
         self.deadline.check()
         failure: OSError | None = None
         for address in self.addresses:
-            wait = self.deadline.bound(timeout if timeout is not None else self.deadline.remaining())
+            wait: float | None = timeout
+            if self.deadline.at != float("inf"):
+                wait = self.deadline.bound(timeout if timeout is not None else self.deadline.remaining())
             try:
                 sock = open_connection((address, port), wait)
             except OSError as exc:
