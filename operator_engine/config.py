@@ -168,6 +168,13 @@ def _private_key(text: str) -> str:
     return value if value.startswith("0x") else "0x" + value
 
 
+def _allow_list(text: str) -> str:
+    from operator_engine.pods.addresses import parse_allow_list  # the one definition, shared with the pod
+
+    parsed = parse_allow_list(text)
+    return ",".join([str(n) for n in parsed.networks] + list(parsed.hosts))
+
+
 def _existing_dir(text: str) -> str:
     value = text.strip()
     if not Path(value).is_dir():
@@ -241,6 +248,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DEBUG_NO_CLEANUP", _boolean, False, "Keep Jobs, volumes, ConfigMap and Secrets after the end"),
     Variable("TEMPLATES_DIR", _existing_dir, str(PACKAGED_TEMPLATES_DIR), "Folder of the manifest templates"),
     Variable("LOCAL_STORAGE_DIR", _single_line, None, "Publish into this folder (embedded cluster only)"),
+    Variable("CONFIGURE_ALLOWED_NETWORKS", _allow_list, None,
+             "Networks (CIDRs) and host names the configure pod may fetch from although they are "
+             "loopback, link-local, private, CGNAT or reserved (refused by default)"),
+    Variable("CONFIGURE_TOTAL_TIMEOUT", _integer(0), None,
+             "Seconds one download of the configure pod may take in all (unset: 1800; 0: no limit)"),
+    Variable("CONFIGURE_OVERALL_TIMEOUT", _integer(0), None,
+             "Seconds all downloads of a workflow may take together (unset: 3000; 0: no limit)"),
     Variable("OPERATOR_BACKSTOP_SECONDS", _integer(1), 30, "Interval of the timer that catches missed events and deadlines"),
 )
 

@@ -46,6 +46,9 @@ __all__ = [
     'serve_demo_data',
 ]
 
+#: The demo data is served on loopback, which the configure pod refuses unless the operator
+#: allows it (CONFIGURE_ALLOWED_NETWORKS): demo and dev allow loopback, and say so.
+LOOPBACK_NETWORKS = '127.0.0.0/8,::1'
 #: The port the sample Workflow's URLs name.
 DATA_PORT = 8765
 NAMESPACE = 'ocean-compute'
@@ -161,7 +164,8 @@ async def running_stack(workdir: str | Path, *, data_port: int | None = DATA_POR
     Start the cluster (ProcessRuntime under ``<workdir>/cluster``), the data server and the operator.
 
     ``operator_env`` is added to the operator's environment (os.environ, for
-    the duration); ``LOCAL_STORAGE_DIR`` defaults to ``<workdir>/results``.
+    the duration); ``LOCAL_STORAGE_DIR`` defaults to ``<workdir>/results`` and
+    ``CONFIGURE_ALLOWED_NETWORKS`` to loopback (where the demo data is served).
     ``data_port=None`` skips the data server. With ``logs_to_file``, the
     process's stderr (where the operator logs) goes to ``<workdir>/operator.log``.
     """
@@ -185,7 +189,8 @@ async def running_stack(workdir: str | Path, *, data_port: int | None = DATA_POR
         cluster.write_kubeconfig(partial)
         partial.replace(kubeconfig)  # atomically: whoever waits for the file reads it whole
         env: dict[str, str | None] = {'KUBECONFIG': str(kubeconfig), 'LOCAL_STORAGE_DIR': str(results),
-                                      'OPERATOR_NAMESPACE': NAMESPACE}
+                                      'OPERATOR_NAMESPACE': NAMESPACE,
+                                      'CONFIGURE_ALLOWED_NETWORKS': LOOPBACK_NETWORKS}
         env.update(operator_env or {})
         stack.enter_context(_environ(env))
         stack.enter_context(_kubernetes_client_default(kubeconfig))
@@ -270,6 +275,8 @@ async def run_demo(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port:
 
     say(f'operator-engine demo: working in {workdir}')
     say('  pods run as LOCAL PROCESSES on this machine (no containers): for trying, not for production')
+    say(f'  the configure pod may fetch from loopback ({LOOPBACK_NETWORKS}), where the demo data is served;')
+    say('  a real deployment refuses loopback and private addresses unless CONFIGURE_ALLOWED_NETWORKS lists them')
     body = load_sample_workflow(data_port)
     name = body['metadata']['name']
     async with running_stack(workdir, data_port=data_port) as stack:
@@ -362,6 +369,9 @@ async def run_dev(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port: 
         say(f'kubeconfig:   {k}')
         say(f'API server:   {stack.cluster.url} (namespace {NAMESPACE})')
         say(f'demo data:    {stack.data_url or "(not served)"}')
+        say(f'fetching:     the configure pod may fetch from loopback '
+            f'(CONFIGURE_ALLOWED_NETWORKS={stack.env.get("CONFIGURE_ALLOWED_NETWORKS", "")}); '
+            f'a real deployment refuses loopback and private addresses unless listed there')
         say(f'results:      {stack.results}')
         say(f'volumes/pods: {workdir / "cluster"}')
         say(f'operator log: {stack.operator_log}')

@@ -67,6 +67,8 @@ PUBLISH_SETTINGS = (
     "IPFS_ADMINLOGS_PREFIX", "IPFS_EXPIRY_TIME", "AWS_REGION", "AWS_BUCKET_OUTPUT",
     "AWS_BUCKET_ADMINLOGS", "LOCAL_STORAGE_DIR",
 )
+#: The operator settings the configure pod reads (where it may fetch from, and for how long).
+CONFIGURE_SETTINGS = ("CONFIGURE_ALLOWED_NETWORKS", "CONFIGURE_TOTAL_TIMEOUT", "CONFIGURE_OVERALL_TIMEOUT")
 PUBLISH_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IPFS_API_KEY", "IPFS_API_CLIENT")
 
 _ESCAPED_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
@@ -383,6 +385,9 @@ class Renderer:
         ]
         if component == "configure":
             env.append({"name": "diskGB", "value": str(self.config.diskGB)})
+            for key in CONFIGURE_SETTINGS:
+                if getattr(self.config, key) is not None:
+                    env.append({"name": key, "value": str(getattr(self.config, key))})
             return env
         for key in PUBLISH_SETTINGS:
             value = getattr(self.config, key)

@@ -5,7 +5,7 @@ the algorithm runs; ``publish`` uploads the results and logs afterwards.
 Both report back to the operator through the container's termination message
 (CONTRACT §2, "How the pods report back") and their exit code, and log to
 stdout and to an admin log file, with credential values and URL query strings
-masked.
+masked; configure's log (published to the consumer) names no URL at all.
 
 Environment (defaults in brackets)
 
@@ -18,8 +18,13 @@ Both programs:
 configure:
     diskGB [unset: no limit]                ceiling, in GiB, on the total bytes downloaded
     CONFIGURE_TIMEOUT [30]                  connect and read timeout, seconds
-    CONFIGURE_BACKOFF [0.5]                 urllib3 backoff factor (3 retries on
-                                            connection errors, read errors and 500/502/503/504)
+    CONFIGURE_BACKOFF [0.5]                 backoff factor (3 retries on connection
+                                            errors, read errors and 500/502/503/504)
+    CONFIGURE_TOTAL_TIMEOUT [1800]          seconds one download may take in all; 0 = no limit
+    CONFIGURE_OVERALL_TIMEOUT [3000]        seconds all downloads may take together; 0 = no limit
+    CONFIGURE_ALLOWED_NETWORKS [unset]      CIDRs and host names fetched from although loopback,
+                                            link-local, private, CGNAT or reserved (refused by
+                                            default; see operator_engine/pods/addresses.py)
     -> failure: {"statusCode": 31 (data/workflow) or 32 (algorithm), "message": ...}, exit 1;
        success: nothing written, exit 0.
 

@@ -150,6 +150,11 @@ def redact_urls_in_text(text: str) -> str:
     return _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
 
 
+def hide_urls_in_text(text: str) -> str:
+    """Replace every ``scheme://...`` in free text by ``<url>`` (a log whose reader must not learn URLs)."""
+    return _URL_IN_TEXT_RE.sub("<url>", text)
+
+
 class SecretMasker(logging.Filter):
     """Masks known secret values and URL credentials in every log record.
 
@@ -157,14 +162,17 @@ class SecretMasker(logging.Filter):
     but a library's exception text may quote a URL or a header.
     """
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Iterable[str], *, hide_urls: bool = False) -> None:
         super().__init__()
         # Very short values would mask half of every line; they are no secret anyway.
         self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._hide_urls = hide_urls
 
     def mask(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
+        if self._hide_urls:
+            text = hide_urls_in_text(text)
         return _QUERY_IN_TEXT_RE.sub("?***", redact_urls_in_text(text))
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -191,8 +199,11 @@ class _UTCFormatter(logging.Formatter):
         return f"{stamp}.{int(record.msecs):03d}Z"
 
 
-def open_pod_logger(name: str, log_file: Path, env: Mapping[str, str]) -> logging.Logger:
+def open_pod_logger(name: str, log_file: Path, env: Mapping[str, str], *, hide_urls: bool = False) -> logging.Logger:
     """A logger writing to stdout and appending to ``log_file``.
+
+    ``hide_urls``: replace any URL a line may still quote (a library's
+    exception text) by ``<url>``, for a log that reaches the consumer.
 
     The logger is private to one run (not registered with ``logging``), so
     repeated runs in one process (tests) never share handlers; call
@@ -201,7 +212,7 @@ def open_pod_logger(name: str, log_file: Path, env: Mapping[str, str]) -> loggin
     """
     logger = logging.Logger(name, level=logging.INFO)
     formatter = _UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    masker = SecretMasker(secret_values(env))
+    masker = SecretMasker(secret_values(env), hide_urls=hide_urls)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     file_error: OSError | None = None
     try:
@@ -233,6 +244,29 @@ def library_logs_to(logger: logging.Logger, *names: str) -> Iterator[None]:
         library.propagate = False
         library.handlers = list(logger.handlers)
         library.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for library, propagate, handlers, level in saved:
+            library.propagate = propagate
+            library.handlers = handlers
+            library.setLevel(level)
+
+
+@contextmanager
+def library_logs_silenced(*names: str) -> Iterator[None]:
+    """Drop the log lines of libraries whose lines may quote a URL (urllib3 names the URL it failed on).
+
+    For a program whose own lines already say what happened, field by field;
+    the lines also stop reaching whatever the host process configured.
+    """
+    saved = []
+    for name in names:
+        library = logging.getLogger(name)
+        saved.append((library, library.propagate, list(library.handlers), library.level))
+        library.propagate = False
+        library.handlers = [logging.NullHandler()]
+        library.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:

@@ -30,14 +30,14 @@ from .common import (
     env_float,
     environ,
     first_stage,
-    library_logs_to,
+    library_logs_silenced,
     load_workflow,
     open_pod_logger,
-    redact_url,
     secret_values,
     truncate,
     write_termination_message,
 )
+from .addresses import ALLOWED_NETWORKS_VARIABLE, parse_allow_list
 from .downloads import ByteBudget, Downloader, DownloadError
 
 DATA_FAILED = 31
@@ -45,6 +45,10 @@ ALGORITHM_FAILED = 32
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_BACKOFF = 0.5
+#: Each download, every hop, retry and byte of it; within the default maxJobDuration (3600 s).
+DEFAULT_TOTAL_TIMEOUT = 1800.0
+#: All downloads of the job together; a clear 31/32 before the Job's own deadline kills the pod.
+DEFAULT_OVERALL_TIMEOUT = 3000.0
 RETRIES = 3
 
 
@@ -77,7 +81,17 @@ class Provisioner:
         timeout = env_float(self.env, "CONFIGURE_TIMEOUT", DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT
         backoff = env_float(self.env, "CONFIGURE_BACKOFF", DEFAULT_BACKOFF)
         assert backoff is not None
-        return Downloader(ByteBudget.from_disk_gb(disk_gb), timeout, self.logger, RETRIES, backoff)
+        # 0 turns a total limit off (the Job's activeDeadlineSeconds still bounds the pod).
+        total = env_float(self.env, "CONFIGURE_TOTAL_TIMEOUT", DEFAULT_TOTAL_TIMEOUT) or None
+        overall = env_float(self.env, "CONFIGURE_OVERALL_TIMEOUT", DEFAULT_OVERALL_TIMEOUT) or None
+        try:
+            allow = parse_allow_list(self.env.get(ALLOWED_NETWORKS_VARIABLE))
+        except ValueError as exc:
+            raise PodError(f"environment variable {ALLOWED_NETWORKS_VARIABLE}: {exc}", DATA_FAILED) from None
+        if allow.networks or allow.hosts:
+            self.logger.info("fetching is also allowed from %s (%s)", allow.describe(), ALLOWED_NETWORKS_VARIABLE)
+        return Downloader(ByteBudget.from_disk_gb(disk_gb), timeout, self.logger, RETRIES, backoff,
+                          allow=allow, total_timeout=total, overall_timeout=overall)
 
     # -- inputs -------------------------------------------------------------
 
@@ -110,12 +124,13 @@ class Provisioner:
         for url_index, url in enumerate(urls):
             file_index = self._files_per_did.get(did, 0)
             self._files_per_did[did] = file_index + 1
+            # The field and the DID, never the URL: this log and message reach the consumer,
+            # and a URL may carry a pre-signed token or name a host of the provider's.
+            label = f"{field} ({did}) url {url_index + 1} of {len(urls)}"
             try:
-                downloader.fetch(url, folder / str(file_index))
+                downloader.fetch(url, folder / str(file_index), label)
             except DownloadError as exc:
-                raise PodError(
-                    f"input {did} ({field}) url[{url_index}] {redact_url(url)}: {exc}", DATA_FAILED
-                ) from None
+                raise PodError(f"input {did} ({field}.url[{url_index}]): {exc}", DATA_FAILED) from None
 
     # -- algorithm ----------------------------------------------------------
 
@@ -158,10 +173,11 @@ class Provisioner:
     def _download_algorithm(self, name: str, urls: list[str], downloader: Downloader) -> None:
         for index, url in enumerate(urls):
             target = self.paths.transformations / ("algorithm" if index == 0 else str(index))
+            label = f"{name} url {index + 1} of {len(urls)}"
             try:
-                downloader.fetch(url, target)
+                downloader.fetch(url, target, label)
             except DownloadError as exc:
-                raise PodError(f"{name} url[{index}] {redact_url(url)}: {exc}", ALGORITHM_FAILED) from None
+                raise PodError(f"{name} (algorithm.url[{index}]): {exc}", ALGORITHM_FAILED) from None
 
     # -- DDOs ---------------------------------------------------------------
 
@@ -226,7 +242,7 @@ def report_failure(paths: PodPaths, code: int, message: str, masker: SecretMaske
 
 def run(paths: PodPaths, env: Mapping[str, str], logger: logging.Logger) -> int:
     """Provision the volume; return the exit code (0 success, 1 failure reported)."""
-    masker = SecretMasker(secret_values(env))
+    masker = SecretMasker(secret_values(env), hide_urls=True)
     provisioner = Provisioner(paths, env, logger)
     try:
         provisioner.run()
@@ -245,14 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="operator-engine configure",
         description="Provision a Compute-to-Data job's volume (inputs, algorithm, DDOs). "
-        "Reads VOLUME, ADMINLOGS, WORKFLOW, TERMINATION_LOG, diskGB, CONFIGURE_TIMEOUT, CONFIGURE_BACKOFF.",
+        "Reads VOLUME, ADMINLOGS, WORKFLOW, TERMINATION_LOG, diskGB, CONFIGURE_TIMEOUT, CONFIGURE_BACKOFF, "
+        "CONFIGURE_TOTAL_TIMEOUT, CONFIGURE_OVERALL_TIMEOUT, CONFIGURE_ALLOWED_NETWORKS.",
     )
     parser.parse_args(argv)
     env = environ()
     paths = PodPaths.from_env(env)
-    logger = open_pod_logger("configure", paths.adminlogs / "configure.log", env)
+    # configure.log is published with the results: it names fields and DIDs, never a URL.
+    logger = open_pod_logger("configure", paths.adminlogs / "configure.log", env, hide_urls=True)
     try:
-        with library_logs_to(logger, "urllib3"):
+        with library_logs_silenced("urllib3"):
             return run(paths, env, logger)
     finally:
         close_pod_logger(logger)

@@ -59,6 +59,8 @@ def test_demo_runs_the_sample_to_success_with_real_numbers(tmp_path: Path) -> No
         for key, value in numbers.items():
             assert got[key] == pytest.approx(value, abs=0.011), (name, key)
     assert 'Stop-flag' not in out and '[info' not in out  # the operator's log is not on the console
+    # The demo data is on loopback, which configure refuses by default: the demo allows it, and says so.
+    assert 'may fetch from loopback (127.0.0.0/8,::1)' in out and 'CONFIGURE_ALLOWED_NETWORKS' in out
     assert (tmp_path / 'operator.log').stat().st_size > 0
 
 
@@ -80,6 +82,7 @@ def test_dev_serves_kubectl_until_stopped(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, 'dev did not start'
             time.sleep(0.2)
         assert str(kubeconfig) in (tmp_path / 'dev.out').read_text()
+        assert 'CONFIGURE_ALLOWED_NETWORKS=127.0.0.0/8,::1' in (tmp_path / 'dev.out').read_text()
         applied = kubectl('apply', '-f', str(sample_workflow_path()))
         assert applied.returncode == 0, applied.stderr
         code = ''

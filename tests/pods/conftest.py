@@ -12,10 +12,12 @@ import pytest
 from .harness import (
     FAKE_ACCESS_KEY,
     FAKE_SECRET_KEY,
+    LOOPBACK_ALLOWED,
     POD_VARIABLES,
     S3,
     FakeIpfs,
     FileServer,
+    NetworkStub,
     PodEnv,
     file_handler,
     ipfs_handler,
@@ -40,6 +42,8 @@ def pod_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PodEnv:
         AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
         NO_PROXY="127.0.0.1,localhost",
+        # The test servers listen on loopback, which configure refuses unless allowed.
+        CONFIGURE_ALLOWED_NETWORKS=LOOPBACK_ALLOWED,
     )
     return env
 
@@ -103,3 +107,11 @@ def s3(moto_endpoint: str, pod_env: PodEnv, request: pytest.FixtureRequest) -> S
         AWS_BUCKET_ADMINLOGS=admin_bucket,
     )
     return S3(moto_endpoint, client, output_bucket, admin_bucket)
+
+
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkStub]:
+    """The configure pod's resolver and connect step, stubbed; fails any test that connects off loopback."""
+    stub = NetworkStub().install(monkeypatch)
+    yield stub
+    assert not stub.violations, f"connections attempted beyond loopback: {stub.violations}"

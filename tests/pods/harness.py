@@ -10,7 +10,9 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import hashlib
+import ipaddress
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -26,13 +28,17 @@ import pytest
 #: Variables of the real environment that would change what the pods do.
 POD_VARIABLES = (
     "VOLUME", "ADMINLOGS", "WORKFLOW", "TERMINATION_LOG", "diskGB", "CONFIGURE_TIMEOUT",
-    "CONFIGURE_BACKOFF", "STORAGE_EXPIRY", "PUBLISH_TIMEOUT", "LOCAL_STORAGE_DIR",
+    "CONFIGURE_BACKOFF", "CONFIGURE_TOTAL_TIMEOUT", "CONFIGURE_OVERALL_TIMEOUT", "CONFIGURE_ALLOWED_NETWORKS",
+    "STORAGE_EXPIRY", "PUBLISH_TIMEOUT", "LOCAL_STORAGE_DIR",
     "IPFS_TYPE", "IPFS_OUTPUT", "IPFS_ADMINLOGS", "IPFS_OUTPUT_PREFIX", "IPFS_ADMINLOGS_PREFIX",
     "IPFS_EXPIRY_TIME", "IPFS_API_KEY", "IPFS_API_CLIENT",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
     "AWS_DEFAULT_REGION", "AWS_BUCKET_OUTPUT", "AWS_BUCKET_ADMINLOGS", "AWS_ENDPOINT_URL",
     "AWS_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
 )
+
+#: What the pod tests allow configure to fetch from: their own servers, on loopback.
+LOOPBACK_ALLOWED = "127.0.0.0/8,::1"
 
 FAKE_ACCESS_KEY = "AKIAFAKEACCESSKEY123"
 FAKE_SECRET_KEY = "fake-secret-key-DO-NOT-LEAK-4f1c9b"
@@ -132,6 +138,14 @@ class Reply:
     body: bytes = b""
     content_length: bool = True
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None  # the server's own reason phrase (None: the standard one)
+    drip: float = 0.0  # seconds between body bytes, for a server that sends slowly
+
+
+def redirect(location: str, status: int = 302) -> Reply:
+    """A reply that sends the client on to ``location``."""
+    return Reply(status, b"", headers={"Location": location})
 
 
 @dataclass
@@ -141,6 +155,7 @@ class FileServer:
     base_url: str = ""
     replies: dict[str, list[Reply]] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def serve(self, path: str, body: bytes | str, status: int = 200, **options: Any) -> str:
@@ -155,9 +170,10 @@ class FileServer:
     def url(self, path: str) -> str:
         return self.base_url + path
 
-    def next_reply(self, path: str) -> Reply:
+    def next_reply(self, path: str, headers: dict[str, str] | None = None) -> Reply:
         with self.lock:
             self.hits[path] += 1
+            self.seen_headers.append(dict(headers or {}))
             queue = self.replies.get(path)
             if not queue:
                 return Reply(404, b"not found")
@@ -171,16 +187,28 @@ def _bytes(body: bytes | str) -> bytes:
 def file_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 - stdlib name
-            reply = state.next_reply(urllib.parse.urlsplit(self.path).path)
+            reply = state.next_reply(urllib.parse.urlsplit(self.path).path, dict(self.headers.items()))
             time.sleep(reply.delay)
+            self.send_response(reply.status, reply.reason)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             if reply.content_length:
-                return self.send_body(reply.status, reply.body)
-            # No length: the body ends when the connection closes (like a chunked stream).
-            self.send_response(reply.status)
-            self.send_header("Connection", "close")
+                self.send_header("Content-Length", str(len(reply.body)))
+            else:
+                # No length: the body ends when the connection closes (like a chunked stream).
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
-            self.close_connection = True
-            self.wfile.write(reply.body)
+            if not reply.drip:
+                self.wfile.write(reply.body)
+                return
+            for index in range(len(reply.body)):
+                try:
+                    self.wfile.write(reply.body[index:index + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return  # the client gave up
+                time.sleep(reply.drip)
 
     return Handler
 
@@ -282,3 +310,63 @@ class S3:
 
     def keys(self, bucket: str) -> list[str]:
         return sorted(item["Key"] for item in self.client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+# --------------------------------------------------------------------------
+# DNS and connections, stubbed: no test sends traffic beyond loopback
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class NetworkStub:
+    """Replaces the configure pod's resolver and connect step (``downloads.resolve_host``/``open_connection``).
+
+    ``answers[host]`` is the list of DNS answers the host gets, one per
+    lookup (the last repeats); a host without answers that is no IP literal
+    fails to resolve, so no real DNS query leaves the machine. ``routes``
+    maps a made-up public address to the loopback server that plays it: the
+    code under test connects to "93.184.216.34", the bytes go to 127.0.0.1.
+    Any other non-loopback connection attempt is recorded in ``violations``
+    and fails, so a refused address can never be reached by mistake.
+    """
+
+    answers: dict[str, list[list[str]]] = field(default_factory=dict)
+    routes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    lookups: list[str] = field(default_factory=list)
+    connects: list[tuple[str, int]] = field(default_factory=list)
+    violations: list[tuple[str, int]] = field(default_factory=list)
+
+    def answer(self, host: str, *answers: list[str]) -> None:
+        self.answers[host] = [list(a) for a in answers]
+
+    def route(self, address: str, server_url: str) -> None:
+        """Connections to ``address`` (any port) reach the loopback server at ``server_url``."""
+        parts = urllib.parse.urlsplit(server_url)
+        assert parts.hostname in ("127.0.0.1", "::1"), server_url
+        self.routes[address] = (parts.hostname, int(parts.port or 80))
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        queue = self.answers.get(host)
+        if queue:
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+        # IP literals in any spelling (127.1, 2852039166, 0xa9fea9fe): parsed, never looked up.
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        return [str(info[4][0]) for info in infos]
+
+    def connect(self, address: tuple[str, int], timeout: float | None) -> socket.socket:
+        self.connects.append(address)
+        host, port = address
+        if host in self.routes:
+            return socket.create_connection(self.routes[host], timeout)
+        if ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            return socket.create_connection(address, timeout)
+        self.violations.append(address)
+        raise AssertionError(f"a test tried to connect to {address}, which is not loopback")
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> NetworkStub:
+        from operator_engine.pods import downloads
+
+        monkeypatch.setattr(downloads, "resolve_host", self.resolve)
+        monkeypatch.setattr(downloads, "open_connection", self.connect)
+        return self
