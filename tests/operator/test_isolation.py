@@ -1,0 +1,92 @@
+"""One bad Workflow never stops the others (issue 8, item 4).
+
+Workflows the operator cannot understand, or whose handling raises, are
+created first, then a valid one; with maxJobs=1 and the backstop timer far
+away, the valid one must still run to Succeeded while each bad one ends
+Failed with a one-line message. Before the fix, the deep Workflow never got a
+status, and admission (which never overtakes an older unchecked workflow)
+kept every later one Queued.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from operator_engine.config import PACKAGED_TEMPLATES_DIR
+from operator_engine.devcluster import EmbeddedCluster, Outcome
+
+from conftest import OperatorFactory, Receiver, TimedRuntime
+from helpers import PUBLISH_RESULT, created, make_workflow, stage_of, status, wait_terminal
+
+# Names sort in creation order (the API server's timestamps have one-second resolution).
+DEEP, DDO, CRASH, VALID = 'wf-a-deep', 'wf-b-ddo', 'wf-c-crash', 'wf-z-valid'
+DEPTH = 300  # deeper than the serializers' own limits (pydantic stops at 255 levels)
+
+
+def nested(depth: int) -> Any:
+    value: Any = 'leaf'
+    for _ in range(depth):
+        value = {'a': value}
+    return value
+
+
+def ddo_with_attributes(name: str, attributes: Any) -> dict[str, Any]:
+    """A 2019-shape Workflow whose Metadata service's `attributes` is `attributes`."""
+    body = make_workflow(name)
+    body['spec']['metadata'] = {'service': [{'index': 0, 'type': 'Metadata', 'attributes': attributes}]}
+    return body
+
+
+def templates_with_a_bug(tmp_path: Path) -> Path:
+    """The packaged templates plus a provider's annotation that assumes job ids of the form `<team>.<id>`.
+
+    It passes the start-up check (every value goes through `| j`) and renders
+    for `acme.valid`; for a job id without a dot the index is undefined and
+    rendering raises, as a real template bug would, for that workflow only.
+    """
+    folder = tmp_path / 'templates'
+    shutil.copytree(PACKAGED_TEMPLATES_DIR, folder)
+    configmap = folder / 'configmap.yaml.j2'
+    text = configmap.read_text()
+    configmap.write_text(text.replace(
+        '  labels: {{ labels | j }}\n',
+        '  labels: {{ labels | j }}\n  annotations: {example.com/team: {{ labels.workflow.split(".")[1] | j }}}\n'))
+    return folder
+
+
+async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_queue(
+        operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, receiver: Receiver,
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    runtime.script(f'{VALID}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
+    deep = make_workflow(DEEP, mutate=lambda b: stage_of(b)['output'].__setitem__('deep', nested(DEPTH)))
+    ddo = ddo_with_attributes(DDO, ['workflow', {'stages': []}])
+    crash = make_workflow(CRASH)  # its job id, "wf-c-crash", has no dot
+    valid = make_workflow(VALID, mutate=lambda b: b['metadata']['labels'].__setitem__('workflow', 'acme.valid'))
+    async with operator(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600',
+                        TEMPLATES_DIR=str(templates_with_a_bug(tmp_path))):
+        for body in (deep, ddo, crash, valid):
+            await cluster.create(body)
+        good = status(await wait_terminal(cluster, VALID, timeout=90))
+        bad = {name: status(await wait_terminal(cluster, name, timeout=30)) for name in (DEEP, DDO, CRASH)}
+        await receiver.wait('/stop', 'acme.valid')
+    assert good['phase'] == 'Succeeded', good
+    for name, field in ((DEEP, 'spec.metadata.stages[0].output.deep.a.a'),
+                        (DDO, 'spec.metadata.service[0].attributes: must be an object')):
+        message = bad[name].get('message') or ''
+        assert bad[name]['phase'] == 'Failed' and bad[name]['statusCode'] == 70, bad[name]
+        assert field in message and '\n' not in message, f'{name}: {message!r}'
+        assert created(cluster, 'jobs', name) == [], f'{name} must create no Job'
+    assert 'nested deeper than' in bad[DEEP]['message']
+    crashed = bad[CRASH]
+    assert crashed['phase'] == 'Failed' and crashed['statusCode'] == 70, crashed
+    assert crashed['message'].startswith('internal error (TypeError)'), crashed['message']
+    assert '\n' not in crashed['message']
+    assert any(c['type'] == 'InternalError' for c in crashed.get('conditions') or []), crashed
+    assert await cluster.list('jobs', {'app': CRASH}) == [], 'the crashed workflow must be cleaned up'
+    log = capfd.readouterr().err
+    assert log.count(f'Workflow {CRASH}: unexpected error') == 1, 'the traceback is logged once'
+    assert 'Traceback (most recent call last)' in log
