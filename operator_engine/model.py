@@ -57,6 +57,10 @@ MAX_SECRET_LENGTH = 64 * 1024
 # limit and error; a bound checked here, well below all of them, turns a deep
 # document into a validation error that names the field instead.
 MAX_NESTING = 64
+# What a real API server stores: Go's encoding/json refuses deeper than 10000
+# levels, so a Workflow up to that depth can exist, and the operator must be able
+# to read it (to reject it) without its JSON decoder giving up.
+KUBERNETES_MAX_JSON_DEPTH = 10_000
 # Kubernetes carries JSON integers as int64; a larger one could not be stored and
 # Python cannot even print one above 4300 digits.
 MAX_INTEGER = 2**63 - 1

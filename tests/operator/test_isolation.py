@@ -9,6 +9,7 @@ kept every later one Queued.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from operator_engine.config import PACKAGED_TEMPLATES_DIR
 from operator_engine.devcluster import EmbeddedCluster, Outcome
 
-from conftest import OperatorFactory, Receiver, TimedRuntime
+from conftest import OperatorFactory, ProcessFactory, Receiver, TimedRuntime
 from helpers import PUBLISH_RESULT, created, make_workflow, stage_of, status, wait_terminal
 
 # Names sort in creation order (the API server's timestamps have one-second resolution).
@@ -90,3 +91,40 @@ async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_q
     log = capfd.readouterr().err
     assert log.count(f'Workflow {CRASH}: unexpected error') == 1, 'the traceback is logged once'
     assert 'Traceback (most recent call last)' in log
+
+
+def post_workflow(cluster: EmbeddedCluster, body: dict[str, Any], kubeconfig: Path) -> int:
+    """Create a Workflow over HTTP with the kubernetes client, as operator-service does; the HTTP status."""
+    import kubernetes
+
+    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
+            'oceanprotocol.com', 'v1alpha', cluster.namespace, 'workflows', body)
+        return 201
+    except kubernetes.client.ApiException as exc:
+        return int(exc.status)
+    finally:
+        client.close()
+
+
+async def test_a_workflow_as_deep_as_a_real_api_server_stores_is_rejected_and_others_run(
+        operator_process: ProcessFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, tmp_path: Path) -> None:
+    """Go's JSON limit (10000 levels) is far beyond Python's default (about 1000): reading must not fail.
+
+    The operator runs as its own process: in this one the embedded API server
+    has raised the recursion limit already.
+    """
+    runtime.script(f'{VALID}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
+    kubeconfig = cluster.write_kubeconfig(tmp_path / 'client-kubeconfig')
+    deepest = make_workflow(DEEP, mutate=lambda b: stage_of(b)['output'].__setitem__('deep', nested(9_990)))
+    too_deep = make_workflow('wf-b-too-deep', mutate=lambda b: stage_of(b).__setitem__('x', nested(10_001)))
+    proc = await operator_process(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600')
+    assert await asyncio.to_thread(post_workflow, cluster, too_deep, kubeconfig) == 400
+    assert await asyncio.to_thread(post_workflow, cluster, deepest, kubeconfig) == 201
+    await cluster.create(make_workflow(VALID))
+    good = status(await wait_terminal(cluster, VALID, timeout=90, context=lambda: proc.log()[-3000:]))
+    bad = status(await wait_terminal(cluster, DEEP, timeout=30))
+    assert good['phase'] == 'Succeeded', good
+    assert bad['phase'] == 'Failed' and 'nested deeper than' in bad['message'], bad
+    assert 'spec.metadata.stages[0].output.deep.a' in bad['message'] and '\n' not in bad['message']
