@@ -15,13 +15,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 
+from operator_engine import config as config_module
 from operator_engine.config import PACKAGED_TEMPLATES_DIR
 from operator_engine.devcluster import EmbeddedCluster, Outcome
+from operator_engine.engine import Engine
+from operator_engine.kube import Kube, new_api_client
 
 from conftest import OperatorFactory, ProcessFactory, Receiver, TimedRuntime
-from helpers import PUBLISH_RESULT, created, make_workflow, stage_of, status, wait_terminal
+from helpers import PUBLISH_RESULT, created, make_workflow, stage_of, status, wait_terminal, wait_workflow
 
 # Names sort in creation order (the API server's timestamps have one-second resolution).
 DEEP, DDO, CRASH, VALID = 'wf-a-deep', 'wf-b-ddo', 'wf-c-crash', 'wf-z-valid'
@@ -95,8 +99,6 @@ async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_q
 
 def post_workflow(cluster: EmbeddedCluster, body: dict[str, Any], kubeconfig: Path) -> int:
     """Create a Workflow over HTTP with the kubernetes client, as operator-service does; the HTTP status."""
-    import kubernetes
-
     client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
     try:
         kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
@@ -128,3 +130,28 @@ async def test_a_workflow_as_deep_as_a_real_api_server_stores_is_rejected_and_ot
     assert good['phase'] == 'Succeeded', good
     assert bad['phase'] == 'Failed' and 'nested deeper than' in bad['message'], bad
     assert 'spec.metadata.stages[0].output.deep.a' in bad['message'] and '\n' not in bad['message']
+
+
+async def test_the_backstop_pass_goes_on_past_a_workflow_whose_handling_fails(
+        cluster: EmbeddedCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine alone, without kopf's watches, so that only the backstop moves workflows.
+
+    The API server fails every read of one Workflow (the embedded server's own
+    fault injection, as a real one would under an etcd problem with one key);
+    the backstop pass must still reach the Workflow after it.
+    """
+    monkeypatch.setenv('KUBECONFIG', str(cluster.write_kubeconfig(tmp_path / 'kubeconfig')))
+    config = config_module.load({'OPERATOR_NAMESPACE': cluster.namespace, 'maxJobs': '1'})
+    engine = Engine(config, Kube(new_api_client(), attempts=2, base_delay=0.01, max_delay=0.01))
+    await cluster.create(make_workflow('wf-a-unreadable'))
+    await cluster.create(make_workflow('wf-b-fine'))
+    cluster.faults.inject(rate=1.0, statuses=(500,), methods=('GET',), path_contains='/workflows/wf-a-unreadable')
+    engine.start_backstop(cluster.namespace, 0.2)
+    try:
+        fine = await wait_workflow(cluster, 'wf-b-fine', lambda o: status(o).get('statusCode') is not None,
+                                   timeout=30, what='a status from the backstop')
+    finally:
+        cluster.faults.clear()
+        await engine.close()
+    assert status(fine)['phase'] in ('Queued', 'Running'), status(fine)
+    assert status(await cluster.get('wf', 'wf-a-unreadable')).get('statusCode') is None
