@@ -113,6 +113,21 @@ def test_values_json_cannot_carry_are_refused(value: Any, words: str) -> None:
     assert words in message, message
 
 
+LONG = "did:op:" + "a" * 100_000
+
+
+@pytest.mark.parametrize("path", [
+    STAGE + ("output", "long"), STAGE + ("input", 0, "id"), STAGE + ("algorithm", "container", "image"),
+    STAGE + ("algorithm", "container", "tag"), STAGE + ("algorithm", "url"), STAGE + ("compute", "namespace"),
+    ("spec", "secret"), ("metadata", "name"), ("metadata", "labels", "workflow"), DDO_STAGE + ("transformation", "id"),
+], ids=lambda p: ".".join(map(str, p[-2:])))
+def test_a_very_long_string_anywhere_renders_or_is_refused(path: tuple[Any, ...]) -> None:
+    outcome(with_value(DDO_SAMPLE if path[:4] == DDO_STAGE[:4] else SAMPLE, path, LONG))
+    key_path = path[:-1] + (LONG,)
+    if isinstance(path[-2], str):  # the same string as a key
+        outcome(with_value(DDO_SAMPLE if path[:4] == DDO_STAGE[:4] else SAMPLE, key_path, "x"))
+
+
 def test_a_workflow_at_the_nesting_limit_still_renders() -> None:
     # The stage's output sits at level 6 (workflow, spec, metadata, stages, [0], output).
     assert outcome(with_value(SAMPLE, STAGE + ("output", "v"), nested(MAX_NESTING - 7))) == "rendered"
