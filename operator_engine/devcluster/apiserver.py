@@ -58,14 +58,6 @@ HISTORY_LIMIT = 50_000
 
 _NAME_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
-#: Real Kubernetes decodes request bodies with Go's encoding/json, which refuses
-#: nesting deeper than 10000 levels ("exceeded max depth", a 400); anything
-#: shallower is stored, however deep. Python's json recurses once per level and
-#: stops near sys.getrecursionlimit() (1000 by default), so this server raises
-#: that limit (as the operator does) to store and serve what a real one would.
-MAX_JSON_DEPTH = KUBERNETES_MAX_JSON_DEPTH
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_JSON_DEPTH))
-
 ObjKey = tuple[tuple[str, str, str], str | None, str]
 
 
@@ -127,6 +119,15 @@ class _FaultRule:
     rng: random.Random
 
 
+#: Real Kubernetes decodes request bodies with Go's encoding/json, which refuses
+#: nesting deeper than 10000 levels ("exceeded max depth", a 400); anything
+#: shallower is stored, however deep. Python's json recurses once per level and
+#: stops near sys.getrecursionlimit() (1000 by default), so this server raises
+#: that limit (as the operator does) to store and serve what a real one would.
+MAX_JSON_DEPTH = KUBERNETES_MAX_JSON_DEPTH
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_JSON_DEPTH))
+
+
 class FaultInjector:
     """
     Answers a seeded fraction of HTTP requests with an error before they reach the store.
@@ -165,6 +166,30 @@ class FaultInjector:
             return None
         self.injected += 1
         return rule.statuses[choice]
+
+
+def _json_depth(raw: bytes) -> int:
+    """How deeply a JSON text nests (brackets inside strings do not count), scanned without recursion."""
+    if raw.count(b'[') + raw.count(b'{') <= MAX_JSON_DEPTH:
+        return 0  # cannot be too deep: the common case, answered without a scan
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def now_rfc3339(clock: Callable[[], datetime.datetime]) -> str:
@@ -729,27 +754,3 @@ def _parse_path(path: str) -> _Target | None:
 def _sort_key(item: tuple[ObjKey, dict[str, Any]]) -> tuple[str, str]:
     (_, namespace, name), _ = item
     return (namespace or '', name)
-
-
-def _json_depth(raw: bytes) -> int:
-    """How deeply a JSON text nests (brackets inside strings do not count), scanned without recursion."""
-    if raw.count(b'[') + raw.count(b'{') <= MAX_JSON_DEPTH:
-        return 0  # cannot be too deep: the common case, answered without a scan
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
