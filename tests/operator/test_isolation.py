@@ -9,13 +9,11 @@ kept every later one Queued.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
 
 from operator_engine import config as config_module
@@ -97,33 +95,18 @@ async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_q
     assert 'Traceback (most recent call last)' in log
 
 
-def post_workflow(cluster: EmbeddedCluster, body: dict[str, Any], kubeconfig: Path) -> int:
-    """Create a Workflow over HTTP with the kubernetes client, as operator-service does; the HTTP status."""
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-    try:
-        kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
-            'oceanprotocol.com', 'v1alpha', cluster.namespace, 'workflows', body)
-        return 201
-    except kubernetes.client.ApiException as exc:
-        return int(exc.status)
-    finally:
-        client.close()
-
-
 async def test_a_workflow_as_deep_as_a_real_api_server_stores_is_rejected_and_others_run(
-        operator_process: ProcessFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, tmp_path: Path) -> None:
+        operator_process: ProcessFactory, cluster: EmbeddedCluster, runtime: TimedRuntime) -> None:
     """Go's JSON limit (10000 levels) is far beyond Python's default (about 1000): reading must not fail.
 
     The operator runs as its own process: in this one the embedded API server
-    has raised the recursion limit already.
+    has raised the recursion limit already. (The API server's own limit is
+    tested in tests/devcluster/test_json_depth.py.)
     """
     runtime.script(f'{VALID}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
-    kubeconfig = cluster.write_kubeconfig(tmp_path / 'client-kubeconfig')
-    deepest = make_workflow(DEEP, mutate=lambda b: stage_of(b)['output'].__setitem__('deep', nested(9_990)))
-    too_deep = make_workflow('wf-b-too-deep', mutate=lambda b: stage_of(b).__setitem__('x', nested(10_001)))
     proc = await operator_process(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600')
-    assert await asyncio.to_thread(post_workflow, cluster, too_deep, kubeconfig) == 400
-    assert await asyncio.to_thread(post_workflow, cluster, deepest, kubeconfig) == 201
+    await cluster.create(make_workflow(DEEP, mutate=lambda b: stage_of(b)['output'].__setitem__(
+        'deep', nested(9_990))))
     await cluster.create(make_workflow(VALID))
     good = status(await wait_terminal(cluster, VALID, timeout=90, context=lambda: proc.log()[-3000:]))
     bad = status(await wait_terminal(cluster, DEEP, timeout=30))
