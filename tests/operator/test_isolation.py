@@ -45,11 +45,12 @@ def ddo_with_attributes(name: str, attributes: Any) -> dict[str, Any]:
 
 
 def templates_with_a_bug(tmp_path: Path) -> Path:
-    """The packaged templates plus a provider's annotation that assumes job ids of the form `<team>.<id>`.
+    """The packaged templates plus a provider's annotation that assumes job ids of the form `<org>-<team>-<id>`.
 
-    It passes the start-up check (every value goes through `| j`) and renders
-    for `acme.valid`; for a job id without a dot the index is undefined and
-    rendering raises, as a real template bug would, for that workflow only.
+    It passes the start-up checks (every value goes through `| j`; a job id
+    without '-' skips it) and renders for `wf-z-valid`; for a job id with one
+    '-' the index is undefined and rendering raises, as a real template bug
+    would, for that workflow only.
     """
     folder = tmp_path / 'templates'
     shutil.copytree(PACKAGED_TEMPLATES_DIR, folder)
@@ -57,7 +58,10 @@ def templates_with_a_bug(tmp_path: Path) -> Path:
     text = configmap.read_text()
     configmap.write_text(text.replace(
         '  labels: {{ labels | j }}\n',
-        '  labels: {{ labels | j }}\n  annotations: {example.com/team: {{ labels.workflow.split(".")[1] | j }}}\n'))
+        '  labels: {{ labels | j }}\n'
+        '{% if "-" in labels.workflow %}\n'
+        '  annotations: {example.com/team: {{ labels.workflow.split("-")[2] | j }}}\n'
+        '{% endif %}\n'))
     return folder
 
 
@@ -67,15 +71,15 @@ async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_q
     runtime.script(f'{VALID}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
     deep = make_workflow(DEEP, mutate=lambda b: stage_of(b)['output'].__setitem__('deep', nested(DEPTH)))
     ddo = ddo_with_attributes(DDO, ['workflow', {'stages': []}])
-    crash = make_workflow(CRASH)  # its job id, "wf-c-crash", has no dot
-    valid = make_workflow(VALID, mutate=lambda b: b['metadata']['labels'].__setitem__('workflow', 'acme.valid'))
+    crash = make_workflow(CRASH, mutate=lambda b: b['metadata']['labels'].__setitem__('workflow', 'wf-crash'))
+    valid = make_workflow(VALID)
     async with operator(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600',
                         TEMPLATES_DIR=str(templates_with_a_bug(tmp_path))):
         for body in (deep, ddo, crash, valid):
             await cluster.create(body)
         good = status(await wait_terminal(cluster, VALID, timeout=90))
         bad = {name: status(await wait_terminal(cluster, name, timeout=30)) for name in (DEEP, DDO, CRASH)}
-        await receiver.wait('/stop', 'acme.valid')
+        await receiver.wait('/stop', VALID)
     assert good['phase'] == 'Succeeded', good
     for name, field in ((DEEP, 'spec.metadata.stages[0].output.deep.a.a'),
                         (DDO, 'spec.metadata.service[0].attributes: must be an object')):
