@@ -95,6 +95,8 @@ class Engine:
             else:
                 try:
                     queue_changed = await self._step(body, backstop)
+                    # Handled normally (the API server accepts its writes again): it queues as usual.
+                    self._unadmittable.discard(body["metadata"].get("uid") or name)
                 except TransientError:
                     raise  # the API server is unwell for every workflow; the backstop tries again
                 except Exception as exc:

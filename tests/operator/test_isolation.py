@@ -142,3 +142,26 @@ async def test_the_backstop_pass_goes_on_past_a_workflow_whose_handling_fails(
         await engine.close()
     assert status(fine)['phase'] in ('Queued', 'Running'), status(fine)
     assert status(await cluster.get('wf', 'wf-a-unreadable')).get('statusCode') is None
+
+
+async def test_a_workflow_that_cannot_even_be_ended_failed_does_not_hold_the_queue(
+        operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, receiver: Receiver) -> None:
+    """The API server refuses every write to the oldest Workflow (as an admission webhook could).
+
+    It can get neither its finalizer nor any status, so it stays without a
+    statusCode: admission, which never overtakes an older unchecked
+    workflow, must leave it out rather than keep the newer one Queued.
+    """
+    stuck, later = 'wf-a-stuck', 'wf-b-later'
+    runtime.script(f'{later}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
+    cluster.faults.inject(rate=1.0, statuses=(422,), methods=('PATCH', 'PUT'), path_contains=f'/workflows/{stuck}')
+    try:
+        async with operator(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600'):
+            await cluster.create(make_workflow(stuck))
+            await cluster.create(make_workflow(later))
+            good = status(await wait_terminal(cluster, later, timeout=90))
+            await receiver.wait('/stop', later)
+    finally:
+        cluster.faults.clear()
+    assert good['phase'] == 'Succeeded', good
+    assert status(await cluster.get('wf', stuck)).get('statusCode') is None
