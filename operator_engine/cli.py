@@ -23,7 +23,9 @@ EXIT_BAD_CONFIG = 78  # sysexits.h EX_CONFIG: an environment variable or templat
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"operator-engine: {message}", file=sys.stderr)
+    """One line on stderr, whatever the message quotes (newlines, lone surrogates from a file)."""
+    line = " ".join(message.splitlines()).encode("utf-8", "backslashreplace").decode("utf-8")
+    print(f"operator-engine: {line}", file=sys.stderr)
     return code
 
 
@@ -40,24 +42,146 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# The largest request body the Kubernetes API server accepts: no Workflow larger
+# than this can exist in a cluster, so `render` need not read one either.
+MAX_DOCUMENT_BYTES = 3 * 1024 * 1024
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class WorkflowLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what a Workflow file has no use for and a hostile one could abuse.
+
+    * Nesting deeper than the model allows stops at composition, before PyYAML's
+      own recursion (about 300 levels) could raise RecursionError.
+    * Aliases are allowed, but a document whose expansion (every alias counted
+      as a copy of its anchor) is larger than a document could be, or that
+      refers to itself, is refused: "billion laughs" stays a few KiB of text
+      and never becomes gigabytes of JSON.
+    * A key written twice in one mapping is refused (PyYAML keeps the last one
+      silently, so two readers could disagree about the Workflow).
+    * Timestamps stay strings as written, as kubectl sends them.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        from operator_engine.model import MAX_NESTING
+
+        super().__init__(stream)
+        self._depth = 0
+        self._max_nesting = MAX_NESTING
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > self._max_nesting + 1:  # + 1: the scalars inside the deepest allowed collection
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {self._max_nesting} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then a key of its own is an override, not a duplicate
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar",
+                                                        key_node.start_mark) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {repr(key)[:60]}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root: yaml.Node | None) -> None:
+    """Refuse a node graph whose expansion exceeds MAX_DOCUMENT_BYTES or that contains itself.
+
+    Each node weighs 1 plus its scalar's length, and an alias weighs what its
+    anchor does, so without aliases the weight never exceeds the text's size.
+    Iterative, with the weight of each shared node computed once.
+    """
+    if root is None:
+        return
+    weights: dict[int, int] = {}
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            entered.discard(id(node))
+            own = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            weight = 1 + own + sum(weights[id(child)] for child in children(node))
+            if weight > MAX_DOCUMENT_BYTES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"its aliases expand to more than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB",
+                    node.start_mark)
+            weights[id(node)] = weight
+        elif id(node) in weights:
+            continue
+        elif id(node) in entered:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to the node that contains it",
+                                              node.start_mark)
+        else:
+            entered.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children(node))
+
+
 def read_workflow_file(path: str) -> dict[str, Any]:
     """The WorkFlow document in FILE (or stdin for "-"); ValueError with a one-line reason."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
+        else:
+            with open(path, "rb") as stream:
+                data = stream.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, "
+                         "more than the Kubernetes API server accepts")
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+    try:
+        documents = [d for d in yaml.load_all(text, Loader=WorkflowLoader) if d is not None]
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
-        raise ValueError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+        raise ValueError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
     workflows = [d for d in documents if isinstance(d, dict) and d.get("kind") == "WorkFlow"]
     if len(workflows) != 1:
-        kinds = ", ".join(str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in documents)
+        kinds = ", ".join(repr(d.get("kind"))[:40] if isinstance(d, dict) else type(d).__name__
+                          for d in documents[:10])
         raise ValueError(f"{path}: kind: expected exactly one WorkFlow document, found [{kinds}]")
+    from operator_engine.model import check_json_document
+
+    # The model checks `spec` (and the metadata it uses); a file is checked whole, as the API server would.
+    for key, value in workflows[0].items():
+        problems = check_json_document(value, str(key), depth=2) if key != "spec" else []
+        if problems or not isinstance(key, str):
+            raise ValueError(f"{path}: {problems[0] if problems else 'keys must be strings'}")
     return workflows[0]
 
 
@@ -72,7 +196,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         workflow = parse_workflow(body)
     except InvalidWorkflow as exc:
         name = (body.get("metadata") or {}).get("name") if isinstance(body.get("metadata"), dict) else None
-        return _fail(f"invalid Workflow {name or args.file}: {exc}", EXIT_INVALID_INPUT)
+        return _fail(f"invalid Workflow {str(name)[:80] if name else args.file}: {exc}", EXIT_INVALID_INPUT)
     except ValueError as exc:
         return _fail(str(exc), EXIT_INVALID_INPUT)
     children = Renderer(cfg).render(workflow)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from operator_engine import logs, notify
 from operator_engine.config import Config
-from operator_engine.kube import Kube, PermanentError
+from operator_engine.kube import Kube, PermanentError, TransientError
 from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
 from operator_engine.pipeline import (
     JobView,
@@ -80,6 +81,11 @@ class Engine:
         self._delivered: set[tuple[str, str]] = set()
         self._current_jobs: int | None = None
         self._backstop: asyncio.Task[None] | None = None
+        # Workflows (by uid) whose handling raised unexpectedly: the traceback is logged
+        # once. Those that could not even be ended Failed are left out of admission, so
+        # that an older workflow nobody can check never holds the queue.
+        self._crashed: set[str] = set()
+        self._unadmittable: set[str] = set()
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -95,7 +101,14 @@ class Engine:
             if body["metadata"].get("deletionTimestamp"):
                 finalizing = FINALIZER in (body["metadata"].get("finalizers") or [])
             else:
-                queue_changed = await self._step(body, backstop)
+                try:
+                    queue_changed = await self._step(body, backstop)
+                    # Handled normally (the API server accepts its writes again): it queues as usual.
+                    self._unadmittable.discard(body["metadata"].get("uid") or name)
+                except TransientError:
+                    raise  # the API server is unwell for every workflow; the backstop tries again
+                except Exception as exc:
+                    queue_changed = await self._internal_error(body, exc)
         if finalizing:
             await self.finalize(body)
         elif queue_changed:
@@ -258,9 +271,16 @@ class Engine:
             workflows = await self.kube.list_workflows(namespace)
             running = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
                           and not w["metadata"].get("deletionTimestamp"))
-            for name in admission(workflows, self.config.maxJobs):
-                if await self._admit_one(namespace, name):
-                    running += 1
+            queue = [w for w in workflows if (w["metadata"].get("uid") or w["metadata"]["name"])
+                     not in self._unadmittable]
+            for name in admission(queue, self.config.maxJobs):
+                try:
+                    if await self._admit_one(namespace, name):
+                        running += 1
+                except TransientError:
+                    raise
+                except Exception as exc:  # one workflow's failure never stops the others' admission
+                    log.error(f"Workflow {name}: admission failed: {type(exc).__name__}: {exc}", workflow=name)
             await self.refresh_environment(namespace, running)
 
     async def _admit_one(self, namespace: str, name: str) -> bool:
@@ -310,6 +330,42 @@ class Engine:
         if await self._end_early(body, "Rejected", f"invalid Workflow: {exc}", phase="Failed", stopreq=0,
                                  dateCreated=body["metadata"].get("creationTimestamp") or now_rfc3339()):
             log.warning(f"Workflow {name} rejected: {exc.first}", workflow=name)
+
+    async def _internal_error(self, body: dict[str, Any], exc: Exception) -> bool:
+        """A step raised something no code path expects (a bug, or input the model let through).
+
+        The workflow ends Failed ("internal error") at the first occurrence, rather
+        than being retried with backoff: a step reads everything from the cluster
+        and is deterministic for a given state, so a retry meets the same exception
+        while the workflow holds a maxJobs slot (or, unchecked, the head of the
+        queue) and every later workflow waits. Errors that may pass are not handled
+        here: the Kubernetes calls retry transient answers themselves and raise
+        TransientError, which the backstop retries. The provider gets the traceback
+        once in the operator log; the consumer gets a status that says what
+        happened without the details (which may quote the Workflow). True if the
+        queue may have changed.
+        """
+        name = body["metadata"]["name"]
+        key = body["metadata"].get("uid") or name
+        if key not in self._crashed:
+            self._crashed.add(key)
+            # Formatted here, without local variables, whatever exception renderer is installed.
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.error(f"Workflow {name}: unexpected error, the workflow ends Failed\n{trace}", workflow=name)
+        if is_terminal(body.get("status") or {}):
+            return False  # it has its ending already; the backstop retries the clean-up
+        message = f"internal error ({type(exc).__name__}) in the operator; the operator log has the details"
+        try:
+            if await self._end_early(body, "InternalError", message, phase="Failed", stopreq=0,
+                                     dateCreated=(body.get("status") or {}).get("dateCreated")
+                                     or body["metadata"].get("creationTimestamp") or now_rfc3339()):
+                self._unadmittable.discard(key)
+                await self._after_terminal(body)
+        except Exception as again:  # noqa: BLE001 (the queue must not wait on this workflow)
+            self._unadmittable.add(key)
+            log.error(f"Workflow {name}: could not be ended Failed either ({type(again).__name__}: {again}); "
+                      "it is left out of admission until it can be", workflow=name)
+        return True
 
     async def _finish_unstarted(self, body: dict[str, Any], message: str) -> None:
         name = body["metadata"]["name"]
@@ -423,11 +479,18 @@ class Engine:
         while True:
             await asyncio.sleep(interval)
             try:
-                for body in await self.kube.list_workflows(namespace):
-                    if not self._settled(body):
-                        await self.reconcile(namespace, body["metadata"]["name"], backstop=True)
+                workflows = await self.kube.list_workflows(namespace)
             except Exception as exc:  # the backstop must outlive any one failure
                 log.warning(f"backstop pass failed, will retry: {type(exc).__name__}: {exc}")
+                continue
+            for body in workflows:
+                name = body["metadata"]["name"]
+                try:
+                    if not self._settled(body):
+                        await self.reconcile(namespace, name, backstop=True)
+                except Exception as exc:  # one workflow's failure never ends the pass for the others
+                    log.warning(f"backstop: workflow {name} failed, will retry: {type(exc).__name__}: {exc}",
+                                workflow=name)
 
     def _settled(self, body: dict[str, Any]) -> bool:
         status = body.get("status") or {}

@@ -16,6 +16,7 @@ module accepts can be rendered without changing a manifest's structure.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
@@ -50,6 +51,19 @@ CHILD_SUFFIXES = ("-configure-job", "-algorithm-job", "-filter-job", "-publish-j
 MAX_CHILD_NAME = 63
 MAX_NAME = MAX_CHILD_NAME - max(len(s) for s in CHILD_SUFFIXES)
 MAX_SECRET_LENGTH = 64 * 1024
+# How deeply a Workflow may nest, counted from the object itself (the 2019 shape's
+# image sits at level 12). Rendering serializes the stage document with code that
+# recurses per level (pydantic, json, yaml, the Kubernetes client), each with its own
+# limit and error; a bound checked here, well below all of them, turns a deep
+# document into a validation error that names the field instead.
+MAX_NESTING = 64
+# What a real API server stores: Go's encoding/json refuses deeper than 10000
+# levels, so a Workflow up to that depth can exist, and the operator must be able
+# to read it (to reject it) without its JSON decoder giving up.
+KUBERNETES_MAX_JSON_DEPTH = 10_000
+# Kubernetes carries JSON integers as int64; a larger one could not be stored and
+# Python cannot even print one above 4300 digits.
+MAX_INTEGER = 2**63 - 1
 
 
 class InvalidWorkflow(ValueError):
@@ -117,6 +131,78 @@ def _no_nul(value: str) -> str:
 def _show(value: str, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_@$-]{1,64}", re.ASCII)
+
+
+def path_part(key: Any) -> str:
+    """One step of a field path: `[3]` for an index, `.name` for a plain key, else `[<quoted key>]`.
+
+    Keys come from the Workflow author: quoting keeps a key with a newline or a
+    dot from breaking the one-line message or faking another field's path.
+    """
+    if isinstance(key, int) and not isinstance(key, bool):
+        return f"[{key}]"
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return f".{key}"
+    return f"[{_show(key if isinstance(key, str) else repr(key), 40)}]"
+
+
+def check_json_document(value: Any, path: str, depth: int = 1) -> list[str]:
+    """The first problem that makes `value` something other than a plain JSON document, else [].
+
+    A Workflow reaches the operator as JSON, but the CLI reads YAML (dates,
+    binary, non-string keys, NaN) and the API server stores what Go's JSON
+    accepts (10000 levels). Everything later (pydantic, json.dumps, the YAML
+    dumper, the templates) assumes a plain JSON value of moderate depth; this
+    walk, iterative so that it cannot hit a recursion limit itself, is the one
+    place that makes sure. `depth` is the nesting level of `value` itself.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, path, depth)]
+    while stack:
+        item, where, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level > MAX_NESTING:
+                return [f"{_short(where)}: nested deeper than {MAX_NESTING} levels"]
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        return [f"{_short(where)}: keys must be strings, found the {type(key).__name__} "
+                                f"key {repr(key)[:40]}"]
+                    if not _is_unicode(key):
+                        return [f"{_short(where + path_part(key))}: the key is not valid Unicode (a lone surrogate)"]
+                    stack.append((child, where + path_part(key), level + 1))
+            else:
+                stack.extend((child, f"{where}[{i}]", level + 1) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            if not _is_unicode(item):
+                return [f"{_short(where)}: not valid Unicode (a lone surrogate)"]
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not -MAX_INTEGER - 1 <= item <= MAX_INTEGER:
+                return [f"{_short(where)}: integer out of range (64 bits)"]
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return [f"{_short(where)}: must be a finite number"]
+        else:
+            return [f"{_short(where)}: must be a JSON value (string, number, true/false, null, list or object), "
+                    f"not {type(item).__name__} (quote it if it is text)"]
+    return []
+
+
+def _short(path: str, limit: int = 120) -> str:
+    """A path that fits a one-line message: its start names the field the author wrote."""
+    return path if len(path) <= limit else path[: limit - 3] + "..."
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 Did = Annotated[str, AfterValidator(check_did)]
@@ -289,6 +375,13 @@ def parse_workflow(body: Mapping[str, Any]) -> Workflow:
             f"{MAX_NAME} characters, because child names such as '<name>-configure-job' must fit "
             f"{MAX_CHILD_NAME} ({len(longest)} here)"
         )
+    namespace = meta.get("namespace")
+    if namespace is not None and (not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace)
+                                  or len(namespace) > 63):
+        problems.append("metadata.namespace: must be a namespace name (lowercase letters, digits and '-')")
+    for field in ("uid", "creationTimestamp"):
+        if meta.get(field) is not None and not isinstance(meta.get(field), str):
+            problems.append(f"metadata.{field}: must be a string")
     labels = meta.get("labels") or {}
     job_id = labels.get("workflow") if isinstance(labels, Mapping) else None
     if job_id is not None and (not isinstance(job_id, str) or len(job_id) > 63 or not _LABEL_VALUE.fullmatch(job_id)):
@@ -298,6 +391,9 @@ def parse_workflow(body: Mapping[str, Any]) -> Workflow:
     if not isinstance(spec_raw, Mapping):
         problems.append("spec: required, an object")
         raise InvalidWorkflow(problems)
+    shape_problems = check_json_document(spec_raw, "spec", depth=2)
+    if shape_problems:
+        raise InvalidWorkflow(problems + shape_problems)
     try:
         spec = Spec.model_validate(spec_raw)
     except pydantic.ValidationError as exc:
@@ -357,7 +453,12 @@ def _parse_ddo_shape(document: Mapping[str, Any]) -> tuple[dict[str, Any] | None
         return None, "ddo-2019", ["spec.metadata.service: no entry with type Metadata"]
     index = found[0]
     base = f"spec.metadata.service[{index}].attributes.workflow.stages"
-    workflow = (services[index].get("attributes") or {}).get("workflow")
+    attributes = services[index].get("attributes")
+    if attributes is not None and not isinstance(attributes, Mapping):
+        return None, "ddo-2019", [f"spec.metadata.service[{index}].attributes: must be an object"]
+    workflow = (attributes or {}).get("workflow")
+    if workflow is not None and not isinstance(workflow, Mapping):
+        return None, "ddo-2019", [f"spec.metadata.service[{index}].attributes.workflow: must be an object"]
     stages = workflow.get("stages") if isinstance(workflow, Mapping) else None
     problem = _one_stage(stages, base)
     if problem:
@@ -425,9 +526,7 @@ _MESSAGES = {
 def _problems(exc: pydantic.ValidationError, base: str) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False, include_input=False):
-        path = base
-        for part in error["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        path = base + "".join(path_part(part) for part in error["loc"])
         message = _MESSAGES.get(error["type"]) or str(error["msg"]).removeprefix("Value error, ")
         if error["type"] in ("string_too_long", "too_long"):
             message = f"must be at most {error['ctx']['max_length']} characters"

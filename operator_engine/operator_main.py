@@ -22,6 +22,7 @@ from operator_engine import config as _config
 from operator_engine import logs
 from operator_engine.engine import Engine
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
+from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 
 try:
     _config.load_checked()
@@ -30,6 +31,15 @@ except _config.ConfigError as _exc:
     raise SystemExit(78) from None
 
 MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
+
+# kopf's watch stream and the kubernetes client decode Workflows with Python's
+# json, which recurses once per level and gives up near sys.getrecursionlimit()
+# (1000 by default). A real API server stores Workflows up to 10000 levels deep:
+# one of them would make every list and watch of Workflows fail, stopping all
+# workflows. With room for that depth the operator reads it and rejects it
+# (model.MAX_NESTING) like any other invalid Workflow. (py_ecc, imported for the
+# notification signatures, happens to raise the limit too; this must not depend on it.)
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * KUBERNETES_MAX_JSON_DEPTH))
 
 
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:

@@ -29,6 +29,7 @@ import json
 import random
 import secrets
 import string
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
@@ -39,6 +40,7 @@ import attrs
 import kmock
 
 from operator_engine.devcluster import patches
+from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 from operator_engine.devcluster.openapi import OPENAPI_V2_PROTOBUF, openapi_v3_group_version, openapi_v3_index
 from operator_engine.devcluster.resources import DEFAULT_RESOURCES, NAMESPACES, PODS, ResourceSpec
 from operator_engine.devcluster.selectors import FieldSelector, LabelSelector, SelectorError
@@ -123,6 +125,15 @@ class _FaultRule:
     rng: random.Random
 
 
+#: Real Kubernetes decodes request bodies with Go's encoding/json, which refuses
+#: nesting deeper than 10000 levels ("exceeded max depth", a 400); anything
+#: shallower is stored, however deep. Python's json recurses once per level and
+#: stops near sys.getrecursionlimit() (1000 by default), so this server raises
+#: that limit (as the operator does) to store and serve what a real one would.
+MAX_JSON_DEPTH = KUBERNETES_MAX_JSON_DEPTH
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_JSON_DEPTH))
+
+
 class FaultInjector:
     """
     Answers a seeded fraction of HTTP requests with an error before they reach the store.
@@ -161,6 +172,30 @@ class FaultInjector:
             return None
         self.injected += 1
         return rule.statuses[choice]
+
+
+def _json_depth(raw: bytes) -> int:
+    """How deeply a JSON text nests (brackets inside strings do not count), scanned without recursion."""
+    if raw.count(b'[') + raw.count(b'{') <= MAX_JSON_DEPTH:
+        return 0  # cannot be too deep: the common case, answered without a scan
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def now_rfc3339(clock: Callable[[], datetime.datetime]) -> str:
@@ -534,8 +569,9 @@ class ApiServer(kmock.KubernetesScaffold):
         method = raw.method.upper()
         query = dict(raw.query)
         raw_body = await raw.read()
+        too_deep = _json_depth(raw_body) > MAX_JSON_DEPTH
         try:
-            data: Any = json.loads(raw_body) if raw_body else None
+            data: Any = json.loads(raw_body) if raw_body and not too_deep else None
         except ValueError:
             data = None
         body = data if method in ('POST', 'PUT', 'PATCH', 'DELETE') else None
@@ -547,6 +583,9 @@ class ApiServer(kmock.KubernetesScaffold):
             return self._error_response(ApiError(status_code, reason, f'injected fault ({status_code})',
                                                  {'retryAfterSeconds': 1} if status_code == 429 else None,
                                                  headers))
+        if too_deep:
+            self._log(method, raw.path, query, 400, None)
+            return self._error_response(ApiError(400, 'BadRequest', 'json: exceeded max depth'))
         if method == 'GET' and (raw.path == '/openapi/v2' or raw.path.startswith('/openapi/v3')):
             response = self._serve_openapi(raw.path)
             self._log(method, raw.path, query, response.status, body)
