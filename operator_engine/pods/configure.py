@@ -20,6 +20,7 @@ import sys
 import traceback
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from .common import (
     PodError,
@@ -61,10 +62,12 @@ class Provisioner:
         self.logger = logger
         self.status_code = DATA_FAILED
         self._files_per_did: dict[str, int] = {}
+        self._stage_urls: frozenset[str] = frozenset()
 
     def run(self) -> None:
         document = load_workflow(self.paths.workflow)
         stage = first_stage(document, self.paths.workflow)
+        self._stage_urls = stage_urls(stage)
         self.logger.info("configuring job %s", document.get("jobId", "<no jobId>"))
         downloader = self._make_downloader()
         try:
@@ -182,7 +185,11 @@ class Provisioner:
     # -- DDOs ---------------------------------------------------------------
 
     def write_ddo(self, did: str, ddo: Any, status_code: int) -> None:
-        """Write ``ddo`` as JSON to ``ddos/<did>`` (algorithms read their datasets' metadata there)."""
+        """Write ``ddo`` as JSON to ``ddos/<did>`` (algorithms read their datasets' metadata there).
+
+        The algorithm reads this folder, so the DDO is written without where the
+        data lives (``redact_ddo``): docs/SECURITY.md, item 1.
+        """
         if ddo is None:
             return
         if not isinstance(ddo, dict):
@@ -190,10 +197,52 @@ class Provisioner:
             return
         target = self.paths.ddos / did
         try:
-            target.write_text(json.dumps(ddo, indent=2), encoding="utf-8")
+            target.write_text(json.dumps(redact_ddo(ddo, self._stage_urls), indent=2), encoding="utf-8")
         except OSError as exc:
             raise PodError(f"cannot write the ddo of {did} to {target}: {exc.strerror or exc}", status_code) from None
         self.logger.info("wrote ddo of %s to %s", did, target)
+
+
+#: DDO keys that say where files live or hold them encrypted for the Provider
+#: (Ocean DDOs: ``files[].url``, ``encryptedFiles``, v4's encrypted ``files``
+#: string); the algorithm needs none of them, and a DDO may carry them in clear.
+DDO_LOCATION_KEYS = frozenset({"url", "urls", "encryptedfiles"})
+
+
+def stage_urls(stage: Mapping[str, Any]) -> frozenset[str]:
+    """Every input and algorithm URL of the stage: strings that must not reach a DDO file."""
+    found: set[str] = set()
+    sources = [*(stage.get("input") or [])] if isinstance(stage.get("input"), list) else []
+    sources.append(stage.get("algorithm"))
+    for source in sources:
+        if not isinstance(source, dict):
+            continue
+        urls = source.get("url")
+        for url in urls if isinstance(urls, list) else [urls]:
+            if isinstance(url, str) and url:
+                found.add(url)
+    return frozenset(found)
+
+
+def redact_ddo(value: Any, urls: frozenset[str]) -> Any:
+    """``value`` without the keys of ``DDO_LOCATION_KEYS``, the string form of ``files``,
+    and any string that holds one of ``urls`` (plain or percent-encoded)."""
+    forms = {form for url in urls for form in (url, quote(url, safe=""), quote(url, safe=":/"))}
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {key: clean(child) for key, child in item.items()
+                    if not (str(key).lower() in DDO_LOCATION_KEYS or (key == "files" and isinstance(child, str)))
+                    and not _holds(child, forms)}
+        if isinstance(item, list):
+            return [clean(child) for child in item if not _holds(child, forms)]
+        return item
+
+    return clean(value)
+
+
+def _holds(item: Any, forms: set[str]) -> bool:
+    return isinstance(item, str) and any(form in item for form in forms)
 
 
 def create_layout(paths: PodPaths, logger: logging.Logger) -> None:

@@ -94,6 +94,36 @@ def test_writes_given_ddos_as_json_named_by_did(pod_env: PodEnv, file_server: Fi
     assert json.loads((pod_env.volume / "ddos" / ALGO_DID).read_text()) == algo_ddo
 
 
+def test_ddos_reach_the_algorithm_without_where_the_data_lives(pod_env: PodEnv, file_server: FileServer) -> None:
+    data_url = file_server.serve("/a0", "x") + "?token=presigned-7f3a"
+    input_ddo = {
+        "id": DID_A,
+        "service": [{"type": "Metadata", "attributes": {"main": {
+            "name": "dataset",
+            "files": [{"index": 0, "contentType": "text/csv", "url": "https://bucket.example/data.csv?sig=s3cr3t"}],
+        }}, "serviceEndpoint": "https://provider.example/api"}],
+        "encryptedFiles": "0x04abcdef",
+        "notes": ["copied from " + data_url, "kept"],
+        "services": [{"files": "0x04encrypted", "type": "compute"}],
+    }
+    algorithm = {"id": ALGO_DID, "rawcode": "1", "ddo": {"id": ALGO_DID, "urls": ["https://code.example/a.py"]}}
+
+    assert run_configure(pod_env, stage([data_input(DID_A, data_url, ddo=input_ddo)], algorithm)) == 0
+
+    written = (pod_env.volume / "ddos" / DID_A).read_text()
+    for leaked in ("bucket.example", "s3cr3t", "0x04abcdef", "0x04encrypted", "presigned-7f3a", "/a0"):
+        assert leaked not in written
+    assert json.loads(written) == {
+        "id": DID_A,
+        "service": [{"type": "Metadata", "attributes": {"main": {
+            "name": "dataset", "files": [{"index": 0, "contentType": "text/csv"}],
+        }}, "serviceEndpoint": "https://provider.example/api"}],
+        "notes": ["kept"],
+        "services": [{"type": "compute"}],
+    }
+    assert "code.example" not in (pod_env.volume / "ddos" / ALGO_DID).read_text()
+
+
 def test_creates_the_folder_layout_with_writable_outputs_and_logs(pod_env: PodEnv) -> None:
     assert run_configure(pod_env, stage([])) == 0
 
