@@ -1,4 +1,4 @@
-"""Algorithm pods get no network egress at all."""
+"""Algorithm and filter pods get no network egress at all."""
 
 from ._support import KUBERNETES_DIR, NAMESPACE, find_doc
 
@@ -7,9 +7,10 @@ def policy():
     return find_doc(KUBERNETES_DIR / "egress.yaml", "NetworkPolicy")
 
 
-def test_network_policy_selects_algorithm_pods():
+def test_network_policy_selects_algorithm_and_filter_pods():
     assert policy()["metadata"]["namespace"] == NAMESPACE
-    assert policy()["spec"]["podSelector"] == {"matchLabels": {"component": "algorithm"}}
+    assert policy()["spec"]["podSelector"] == {
+        "matchExpressions": [{"key": "component", "operator": "In", "values": ["algorithm", "filter"]}]}
 
 
 def test_network_policy_allows_no_egress():

@@ -179,13 +179,37 @@ def test_the_namespace_enforces_pod_security_restricted():
 
 
 def selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether the policy's podSelector selects a pod with ``labels``, as Kubernetes evaluates a LabelSelector."""
     selector = policy["spec"]["podSelector"]
-    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are evaluated here"
-    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        matched = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                   "Exists": key in labels, "DoesNotExist": key not in labels}[operator]
+        if not matched:
+            return False
+    return True
 
 
 def policies() -> list[dict[str, Any]]:
-    return [d for d in load(KUBERNETES / "networkpolicy.yaml") if d["kind"] == "NetworkPolicy"]
+    return [d for name in ("networkpolicy.yaml", "egress.yaml")
+            for d in load(KUBERNETES / name) if d["kind"] == "NetworkPolicy"]
+
+
+def test_the_algorithm_and_filter_pods_get_no_egress_and_configure_and_publish_only_public_egress():
+    for label, job in every_job():
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        egress = [p for p in policies() if selects(p, labels) and "Egress" in p["spec"]["policyTypes"]]
+        assert egress, f"{label}: no egress policy selects the pod"
+        rules = [rule for p in egress for rule in p["spec"].get("egress") or []]
+        if labels["component"] in ("algorithm", "filter"):
+            assert rules == [], f"{label}: some egress is allowed"
+        else:
+            assert labels["component"] in ("configure", "publish"), label
+            blocks = [peer["ipBlock"] for rule in rules for peer in rule.get("to", []) if "ipBlock" in peer]
+            assert blocks and all("169.254.0.0/16" in b.get("except", []) for b in blocks if b["cidr"] == "0.0.0.0/0")
 
 
 def test_every_workflow_pod_is_denied_all_ingress():
