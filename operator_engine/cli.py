@@ -1,4 +1,4 @@
-"""`operator-engine`: the command line of CONTRACT §5.
+"""`operator-engine`: the command line of docs/contract.md §5 (exit codes: §6).
 
 Every failure a person can cause (a bad variable, a bad Workflow file) ends
 with one line on stderr naming what to fix and a non-zero exit code, never

@@ -1,4 +1,4 @@
-"""The operator's configuration: every environment variable of CONTRACT §3.
+"""The operator's configuration: every environment variable of docs/contract.md §3.
 
 One table (`VARIABLES`) says, for each variable, its default, how its text is
 parsed and what is allowed. `load()` reads them all at once and reports every
@@ -111,7 +111,7 @@ def _http_url(text: str) -> str:
 
 
 def _host_or_url(text: str) -> str:
-    """IPFS endpoints: the seeds show both `host:5001` and `http://host:5001`."""
+    """IPFS endpoints: the original operator-engine took both `host:5001` and `http://host:5001`."""
     value = text.strip()
     if not value or any(c.isspace() for c in value):
         raise ValueError("must be host:port or an http(s):// URL, without spaces")
@@ -297,7 +297,7 @@ class Config:
         return str(Account.from_key(self.OPERATOR_PRIVATE_KEY).address)
 
     def environment(self, current_jobs: int = 0) -> dict[str, Any]:
-        """The compute environment entry operator-service serves (CONTRACT §5)."""
+        """The compute environment entry operator-service serves (docs/contract.md §5, check-config)."""
         return {
             "id": self.OPERATOR_NAMESPACE,
             "cpuNumber": self.nCPU,

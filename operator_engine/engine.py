@@ -233,7 +233,7 @@ class Engine:
         )
 
     async def _with_termination(self, namespace: str, job_name: str, view: JobView) -> JobView:
-        """The exit code and termination message of the Job's last pod (CONTRACT §2)."""
+        """The exit code and termination message of the Job's last pod (docs/contract.md §2.3)."""
         pods = await self.kube.list_pods(namespace, job_name)
         pods.sort(key=lambda p: p.metadata.creation_timestamp or datetime.datetime.min)
         for pod in reversed(pods):

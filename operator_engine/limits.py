@@ -1,4 +1,4 @@
-"""The compute environment's limits, applied to one workflow (CONTRACT §2).
+"""The compute environment's limits, applied to one workflow (docs/contract.md §2.5).
 
 Pure arithmetic on the configuration and the workflow: what the algorithm pod
 may use and for how long. `notes` say, for the Workflow's status message,

@@ -1,4 +1,4 @@
-"""The workflow model: one typed view of both Workflow shapes of CONTRACT §1.
+"""The workflow model: one typed view of both Workflow shapes of docs/contract.md §1.
 
 operator-service writes `spec.metadata.stages[]`; the 2019 DDO sample writes
 `spec.metadata.service[type=Metadata].attributes.workflow.stages[]` with
@@ -330,7 +330,7 @@ class Workflow:
 
     @property
     def image(self) -> str:
-        """`image@checksum` for a sha256 checksum, else `image:tag` (CONTRACT §2)."""
+        """`image@checksum` for a sha256 checksum, else `image:tag` (docs/contract.md §2.5)."""
         return algorithm_image(self.container)
 
     @property

@@ -1,4 +1,4 @@
-"""Start and stop notifications (CONTRACT §4): payload, EIP-191 signature, delivery.
+"""Start and stop notifications (docs/contract.md §4): payload, EIP-191 signature, delivery.
 
 Delivery retries with backoff for a bounded time and then gives up: a
 receiver that is down must never hold up a workflow. The payload carries the

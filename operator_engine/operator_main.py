@@ -7,7 +7,7 @@ the engine's backstop task (one for all workflows, every
 OPERATOR_BACKSTOP_SECONDS) only catches missed events and deadlines.
 
 Importing this module checks the configuration and the templates, so a bad
-variable stops the operator at start with a message naming it (CONTRACT §3).
+variable stops the operator at start with a message naming it (docs/contract.md §3, exit 78: §6).
 """
 
 from __future__ import annotations

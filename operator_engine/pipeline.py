@@ -7,7 +7,7 @@ those Jobs, merge this into the status. Because the decision depends only on
 what the cluster holds, a restarted operator decides the same thing, and
 applying a step twice is harmless (creating an existing child is a no-op).
 
-The status codes and their order come from operator-service (CONTRACT §1).
+The status codes and their order come from operator-service (docs/contract.md §1.2, §1.3).
 """
 
 from __future__ import annotations

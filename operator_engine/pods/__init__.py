@@ -3,14 +3,14 @@
 ``configure`` provisions a job's data volume (inputs, algorithm, DDOs) before
 the algorithm runs; ``publish`` uploads the results and logs afterwards.
 Both report back to the operator through the container's termination message
-(CONTRACT §2, "How the pods report back") and their exit code, and log to
+(docs/contract.md §2.3, "How the pods report back") and their exit code, and log to
 stdout and to an admin log file, with credential values and URL query strings
 masked; configure's log (published to the consumer) names no URL at all.
 
 Environment (defaults in brackets)
 
 Both programs:
-    VOLUME [/data]                          root of the data volume (CONTRACT §2 layout)
+    VOLUME [/data]                          root of the data volume (docs/contract.md §2.4)
     ADMINLOGS [/data/adminlogs]             admin logs volume (configure.log, publish.log)
     WORKFLOW [/workflow.json]               {"jobId": "W", "stages": [STAGE]}
     TERMINATION_LOG [/dev/termination-log]  where the JSON report goes

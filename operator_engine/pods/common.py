@@ -36,7 +36,7 @@ SECRET_ENV_VARS: tuple[str, ...] = (
 #: Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4096
 
-#: Same syntax the operator enforces (CONTRACT §1): DIDs become directory names.
+#: Same syntax the operator enforces (docs/contract.md §1.1): DIDs become directory names.
 _DID_RE = re.compile(r"^did:[a-z0-9]+:(?:[A-Za-z0-9._\-:]|%[0-9A-Fa-f]{2})+$")
 
 _URL_IN_TEXT_RE = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.\-]*://)([^\s'\"<>]+)")

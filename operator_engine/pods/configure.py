@@ -1,6 +1,6 @@
 """The configure pod: provisions a job's data volume before the algorithm runs.
 
-It reads the workflow document, creates the folder layout of CONTRACT §2,
+It reads the workflow document, creates the folder layout of docs/contract.md §2.4,
 downloads every input file to ``$VOLUME/inputs/<DID>/<i>``, writes the
 algorithm to ``$VOLUME/transformations/algorithm`` (further files ``1..n``)
 and the DDOs given in the workflow to ``$VOLUME/ddos/<DID>``.
@@ -246,7 +246,7 @@ def _holds(item: Any, forms: set[str]) -> bool:
 
 
 def create_layout(paths: PodPaths, logger: logging.Logger) -> None:
-    """Create the CONTRACT §2 folders.
+    """Create the folders of docs/contract.md §2.4.
 
     ``outputs`` and ``logs`` are made world-writable because the algorithm
     image may run as any user, and must be able to write its results there.

@@ -5,7 +5,7 @@ name, and give me the URL the consumer will use". The areas are ``outputs``
 and ``logs`` (the output target: what the consumer gets) and ``adminlogs``
 (the admin-logs target: configure/publish logs, for the operator's owner).
 
-Selection follows CONTRACT §3 and the seeds: IPFS when ``IPFS_OUTPUT`` is
+Selection follows docs/contract.md §3: IPFS when ``IPFS_OUTPUT`` is
 set, else S3 when ``AWS_BUCKET_OUTPUT`` is set, else a local folder when
 ``LOCAL_STORAGE_DIR`` is set (the embedded dev cluster).
 """
@@ -78,7 +78,7 @@ class Target(Protocol):
 
 
 def ipfs_base_url(value: str) -> str:
-    """``IPFS_OUTPUT`` as a base URL: the seeds give ``host:port`` without a scheme."""
+    """``IPFS_OUTPUT`` as a base URL: the original settings give ``host:port`` without a scheme."""
     value = value.strip().rstrip("/")
     return value if "://" in value else f"http://{value}"
 
@@ -251,7 +251,7 @@ class S3Target:
     """Objects ``<jobId>/<area>/<name>`` in the output or admin-logs bucket.
 
     URLs are pre-signed GET URLs valid ``STORAGE_EXPIRY`` hours (clamped to
-    S3's 7-day maximum) when that is > 0; with 0 ("no expiry", the seeds'
+    S3's 7-day maximum) when that is > 0; with 0 ("no expiry", the original
     meaning) a pre-signed URL cannot express it, so the URL is the permanent
     ``s3://bucket/key`` reference instead.
     """
@@ -350,7 +350,7 @@ class LocalTarget:
 
 
 def select_target(env: Mapping[str, str], job_id: str, logger: logging.Logger) -> Target:
-    """The upload target, by the priority of CONTRACT §3: IPFS, then S3, then local."""
+    """The upload target, by the priority of docs/contract.md §3: IPFS, then S3, then local."""
     if env.get("IPFS_OUTPUT"):
         return ipfs_target(env)
     if env.get("AWS_BUCKET_OUTPUT"):

@@ -42,7 +42,7 @@ def process_job(name: str, command: list[str], *, env: list[dict[str, Any]] | No
 
 def workflow(name: str, input_urls: list[str], *, algorithm: dict[str, Any], secret: str | None = None,
              maxtime: int = 120) -> dict[str, Any]:
-    """A WorkFlow of the current shape (CONTRACT §1) with one stage."""
+    """A WorkFlow of the current shape (docs/contract.md §1.1) with one stage."""
     spec: dict[str, Any] = {'metadata': {'stages': [{
         'index': 0,
         'input': [{'index': 0, 'id': 'did:op:' + 'a1' * 32, 'url': input_urls}],

@@ -6,7 +6,7 @@ from ._support import KUBERNETES_DIR, NAMESPACE, OPERATOR_FILE, find_doc, load_d
 
 SECRET_VARS = {"OPERATOR_PRIVATE_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                "IPFS_API_KEY", "IPFS_API_CLIENT"}
-# CONTRACT.md section 3, minus the secrets.
+# The settings of the original operator-engine's ConfigMap (all in docs/contract.md §3), minus the secrets.
 SETTINGS = [
     "nCPU", "cpuType", "nGPU", "gpuRam", "gpuType", "ramGB", "diskGB", "priceMinute",
     "description", "maxJobs", "maxJobDuration", "STORAGE_EXPIRY",

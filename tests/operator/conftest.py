@@ -14,7 +14,7 @@ Fixtures of the operator's acceptance tests.
   ``kopf run`` subprocess (``proc.kill()`` is a hard SIGKILL;
   ``await proc.restart()``); all are killed at teardown.
 
-Env values of ``None`` unset a variable. Every operator variable of CONTRACT §3
+Env values of ``None`` unset a variable. Every operator variable of docs/contract.md §3
 is cleared first, so the process environment cannot leak into a test.
 """
 from __future__ import annotations
@@ -326,7 +326,7 @@ def receiver() -> Iterator[Receiver]:
 
 def operator_environment(cluster: EmbeddedCluster, receiver: Receiver, kubeconfig: Path,
                          overrides: dict[str, Any]) -> dict[str, str | None]:
-    """The operator's variables: every CONTRACT §3 variable unset, then our defaults, then ``overrides``."""
+    """The operator's variables: every docs/contract.md §3 variable unset, then our defaults, then ``overrides``."""
     env: dict[str, str | None] = {name: None for name in config_module.VARIABLE_NAMES}
     env.update({
         'KUBECONFIG': str(kubeconfig),

@@ -35,7 +35,7 @@ TERMINAL_PHASES = frozenset({'Succeeded', 'Failed', 'Stopped', 'TimedOut'})
 CHILD_PLURALS = ('configmaps', 'persistentvolumeclaims', 'secrets', 'jobs')
 MANAGED_BY = 'operator-engine'
 
-# What the publish pod reports on success (CONTRACT §2), copied into the status.
+# What the publish pod reports on success (docs/contract.md §2.3), copied into the status.
 PUBLISH_RESULT = {
     'algologUrl': 'https://results.example/algorithm.log',
     'configlogUrl': 'https://results.example/configure.log',
@@ -353,7 +353,7 @@ def signer_of(payload: dict[str, Any]) -> str:
 
 
 def check_payload(payload: dict[str, Any], body: dict[str, Any]) -> None:
-    """The notification payload of CONTRACT §4 for Workflow ``body``, signed by the test key."""
+    """The notification payload of docs/contract.md §4 for Workflow ``body``, signed by the test key."""
     name = body['metadata']['name']
     assert set(payload) >= {'algoDID', 'jobId', 'secret', 'DID', 'signature'}, payload
     assert payload['jobId'] == body['metadata'].get('labels', {}).get('workflow', name)

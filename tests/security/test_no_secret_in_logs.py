@@ -302,7 +302,7 @@ async def test_no_secret_reaches_a_log_an_event_or_the_status(
     assert 'DEBUG' in operator_log.upper(), 'the operator did not log at DEBUG'
     assert NAME in operator_log, 'the operator log says nothing about the workflow'
 
-    # The notifications do carry the secret (CONTRACT): it reached the operator and went where it should.
+    # The notifications do carry the secret (docs/contract.md §4): it reached the operator and went where it should.
     assert [body['secret'] for body in receiver.bodies] == [WORKFLOW_SECRET, WORKFLOW_SECRET]
 
     everything = {**SECRETS, **TOKENS, 'input URL': input_url.split('?')[0],
