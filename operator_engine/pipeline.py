@@ -13,6 +13,7 @@ The status codes and their order come from operator-service (CONTRACT §1).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,9 @@ class JobView:
     exit_code: int | None = None
     message: Any = None  # the pod's termination message, parsed as JSON when it is JSON
     deleting: bool = False  # deletionTimestamp set: its deletion runs (foreground: until its pods are gone)
+    # When the Job was created and its last pod ended (whole seconds): only the metrics read them.
+    created: datetime.datetime | None = dataclasses.field(default=None, compare=False)
+    ended: datetime.datetime | None = dataclasses.field(default=None, compare=False)
 
     @property
     def finished(self) -> bool:
