@@ -162,7 +162,9 @@ class Engine:
                       filtering=bool(self.config.FILTERING_CONTAINER), now=now_rfc3339(), overdue=overdue,
                       lingering=lingering)
         if step:
-            await self._apply(body, workflow, step, current)
+            # The stage whose end this step follows: the current one, or at code 30 (provisioned) configure.
+            await self._apply(body, workflow, step, current if code in STAGE_OF_CODE else
+                              jobs.get("configure") if code == 30 else None)
 
     async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step,
                      ended: JobView | None = None) -> None:
@@ -224,7 +226,8 @@ class Engine:
             view = JobView(exists=True, succeeded=succeeded, failed=failed and not succeeded,
                            reason=failed_condition.reason if failed_condition else None,
                            deleting=job.metadata.deletion_timestamp is not None,
-                           created=job.metadata.creation_timestamp)
+                           created=job.metadata.creation_timestamp,
+                           ended=job_status.completion_time if job_status else None)
             if view.finished and component == current:
                 view = await self._with_termination(namespace, job.metadata.name, view)
             views[component] = view
