@@ -26,7 +26,6 @@ from operator_engine.config import Config
 from operator_engine.pipeline import STATUS_TEXT, TERMINAL_PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-PREFIX = "operator_engine_"
 
 WORKFLOWS_FINISHED = Counter(
     "operator_engine_workflows_finished", "Workflows that reached a terminal phase, by phase",

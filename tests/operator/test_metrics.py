@@ -183,3 +183,23 @@ async def test_metrics_port_in_use_stops_the_operator_naming_the_variable(
                 await asyncio.sleep(0.1)
             message = proc.log()
     assert f'METRICS_PORT={port}' in message, message[-3000:]
+
+
+async def test_gauges_describe_the_cluster_right_after_a_restart(
+        operator_process: ProcessFactory, cluster: EmbeddedCluster, runtime: TimedRuntime) -> None:
+    runtime.script('*-algorithm-job', Outcome(hang=True))
+    port = free_port()
+    proc = await operator_process(maxJobs='1', METRICS_PORT=str(port))
+    for name in NAMES:
+        await cluster.create(make_workflow(name))
+    await wait_code(cluster, HANGS, 40)
+    await wait_code(cluster, FAILS, 1)
+    proc.kill()  # SIGKILL: the new process knows nothing but what it reads from the cluster
+    await proc.restart()
+    after = await Scraper(port).until(lambda s: value(s, 'operator_engine_queue_length') == 2,
+                                      'the queue read from the cluster')
+    assert value(after, 'operator_engine_running_jobs') == 1
+    assert value(after, 'operator_engine_max_jobs') == 1
+    assert value(after, 'operator_engine_workflows_in_flight', status_code='1') == 2
+    assert value(after, 'operator_engine_workflows_in_flight', status_code='40') == 1
+    assert value(after, 'operator_engine_workflows_finished_total', phase='Succeeded') == 0  # per process
