@@ -29,7 +29,7 @@ RUN pip install --no-cache-dir .
 # Kubernetes Secret at run time, never from the image.
 USER 10001:10001
 
-EXPOSE 8080
+EXPOSE 8080 9100
 
 CMD ["kopf", "run", "--standalone", "--namespace=ocean-compute", "--liveness=http://0.0.0.0:8080/healthz", "-m", "operator_engine.operator_main"]
 # Development mode: swap the CMD above for the one below and publish the

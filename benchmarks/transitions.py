@@ -65,7 +65,8 @@ async def main(count: int, max_jobs: int) -> None:
     async with EmbeddedCluster(runtime=runtime) as cluster:
         workdir = Path(tempfile.mkdtemp(prefix="oe-bench-"))
         os.environ.update({"KUBECONFIG": str(cluster.write_kubeconfig(workdir / "kubeconfig")),
-                           "maxJobs": str(max_jobs), "LOG_LEVEL": "WARNING"})
+                           "maxJobs": str(max_jobs), "LOG_LEVEL": "WARNING",
+                           "METRICS_PORT": "0"})  # no /metrics: 9100 may be taken
         import kopf
 
         import operator_engine.operator_main  # noqa: F401

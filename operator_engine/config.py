@@ -255,6 +255,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds one download of the configure pod may take in all (unset: 1800; 0: no limit)"),
     Variable("CONFIGURE_OVERALL_TIMEOUT", _integer(0), None,
              "Seconds all downloads of a workflow may take together (unset: 3000; 0: no limit)"),
+    Variable("METRICS_PORT", _integer(0, 65535), 9100,
+             "Port of the Prometheus /metrics endpoint on every interface; 0 turns the metrics off"),
     Variable("OPERATOR_BACKSTOP_SECONDS", _integer(1), 30, "Interval of the timer that catches missed events and deadlines"),
 )
 

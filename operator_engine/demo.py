@@ -159,7 +159,7 @@ def _kubernetes_client_default(kubeconfig: Path) -> Any:
 @contextlib.asynccontextmanager
 async def running_stack(workdir: str | Path, *, data_port: int | None = DATA_PORT,
                         operator_env: Mapping[str, str | None] | None = None,
-                        logs_to_file: bool = True) -> AsyncIterator[Stack]:
+                        logs_to_file: bool = True, metrics: bool = False) -> AsyncIterator[Stack]:
     """
     Start the cluster (ProcessRuntime under ``<workdir>/cluster``), the data server and the operator.
 
@@ -168,6 +168,7 @@ async def running_stack(workdir: str | Path, *, data_port: int | None = DATA_POR
     ``CONFIGURE_ALLOWED_NETWORKS`` to loopback (where the demo data is served).
     ``data_port=None`` skips the data server. With ``logs_to_file``, the
     process's stderr (where the operator logs) goes to ``<workdir>/operator.log``.
+    Without ``metrics``, METRICS_PORT is 0 unless ``operator_env`` sets it.
     """
     import kopf
 
@@ -191,6 +192,8 @@ async def running_stack(workdir: str | Path, *, data_port: int | None = DATA_POR
         env: dict[str, str | None] = {'KUBECONFIG': str(kubeconfig), 'LOCAL_STORAGE_DIR': str(results),
                                       'OPERATOR_NAMESPACE': NAMESPACE,
                                       'CONFIGURE_ALLOWED_NETWORKS': LOOPBACK_NETWORKS}
+        if not metrics:
+            env['METRICS_PORT'] = '0'
         env.update(operator_env or {})
         stack.enter_context(_environ(env))
         stack.enter_context(_kubernetes_client_default(kubeconfig))
@@ -359,7 +362,7 @@ async def run_dev(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port: 
     def say(text: str = '') -> None:
         print(text, file=out, flush=True)
 
-    async with running_stack(workdir, data_port=data_port) as stack:
+    async with running_stack(workdir, data_port=data_port, metrics=True) as stack:
         k = stack.kubeconfig
         sample = sample_workflow_path()
         say('operator-engine dev: an embedded cluster with the operator is running.')
@@ -375,6 +378,7 @@ async def run_dev(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port: 
         say(f'results:      {stack.results}')
         say(f'volumes/pods: {workdir / "cluster"}')
         say(f'operator log: {stack.operator_log}')
+        say(f'metrics:      {_metrics_url()}')
         say('')
         say('try:')
         say(f'  export KUBECONFIG={k}')
@@ -396,6 +400,13 @@ async def run_dev(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port: 
         waiter.cancel()
         say('stopping...')
     return 0
+
+
+def _metrics_url() -> str:
+    from operator_engine import config
+
+    port = config.load().METRICS_PORT
+    return f'http://127.0.0.1:{port}/metrics (METRICS_PORT)' if port else 'off (METRICS_PORT=0)'
 
 
 def dev_main(workdir: str | None = None, data_port: int = DATA_PORT) -> int:

@@ -11,13 +11,14 @@ from the status.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from operator_engine import logs, notify
+from operator_engine import logs, metrics, notify
 from operator_engine.config import Config
 from operator_engine.kube import Kube, PermanentError, TransientError
 from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
@@ -161,9 +162,13 @@ class Engine:
                       filtering=bool(self.config.FILTERING_CONTAINER), now=now_rfc3339(), overdue=overdue,
                       lingering=lingering)
         if step:
-            await self._apply(body, workflow, step)
+            # The stage whose end this step follows: the current one, or at code 30 (provisioned) configure.
+            await self._apply(body, workflow, step, current if code in STAGE_OF_CODE else
+                              jobs.get("configure") if code == 30 else None)
 
-    async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step) -> None:
+    async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step,
+                     ended: JobView | None = None) -> None:
+        """Apply one step. `ended`: the current stage's Job, whose end this step may follow (for the metrics)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         outcome = step.status.get("outcome", (body.get("status") or {}).get("outcome")) or {}
         children = self.renderer.render(workflow, withhold_outputs=bool(outcome.get("withholdOutputs")))
@@ -172,9 +177,13 @@ class Engine:
             # In the foreground: the Job goes only once its pods are gone (see pipeline.decide).
             if await self.kube.delete("Job", namespace, names[component], foreground=True):
                 log.info(f"Job {names[component]} deleted", workflow=name)
+                if ended and ended.created and not (ended.finished or ended.deleting) and component == \
+                        STAGE_OF_CODE.get((body.get("status") or {}).get("statusCode")):
+                    _observe_stage(component, ended.created, None)  # a stopped stage ends now
         for item in step.create:
             for child in (c for c in children if c.step == item):
-                await self._create(child, name)
+                if await self._create(child, name) and child.kind == "Job" and ended and ended.ended:
+                    metrics.TRANSITION_LATENCY.observe(_seconds_since(ended.ended))
         if step.status:
             status = dict(step.status)
             if step.event:
@@ -183,6 +192,7 @@ class Engine:
                 log.info(f"Workflow {name}: {status['statusCode']} {status['statusText']}", workflow=name)
             if not await self.kube.patch_workflow_status(namespace, name, status):
                 return
+            _observe_step(body, status, ended)
             if step.event:
                 reason, message = step.event
                 self.post_event(body, "Normal" if status.get("phase") not in ("Failed", "TimedOut") else "Warning",
@@ -193,11 +203,13 @@ class Engine:
                 await self._after_terminal({**body, "status": {**(body.get("status") or {}), **status}})
                 await self.admit(namespace)
 
-    async def _create(self, child: Child, workflow_name: str) -> None:
+    async def _create(self, child: Child, workflow_name: str) -> bool:
+        """Create one child; False if it existed already."""
         if await self.kube.create(child.manifest):
             log.info(f"{child.kind} {child.name} created", workflow=workflow_name)
-        else:
-            log.info(f"{child.kind} {child.name} already exists", workflow=workflow_name)
+            return True
+        log.info(f"{child.kind} {child.name} already exists", workflow=workflow_name)
+        return False
 
     async def _observe(self, namespace: str, name: str, current: str | None) -> dict[str, JobView]:
         """The workflow's Jobs; the termination message only of the current stage's (one pod list)."""
@@ -213,7 +225,9 @@ class Engine:
             failed = bool(failed_condition) or bool(job_status and job_status.failed and not job_status.active)
             view = JobView(exists=True, succeeded=succeeded, failed=failed and not succeeded,
                            reason=failed_condition.reason if failed_condition else None,
-                           deleting=job.metadata.deletion_timestamp is not None)
+                           deleting=job.metadata.deletion_timestamp is not None,
+                           created=job.metadata.creation_timestamp,
+                           ended=job_status.completion_time if job_status else None)
             if view.finished and component == current:
                 view = await self._with_termination(namespace, job.metadata.name, view)
             views[component] = view
@@ -247,8 +261,8 @@ class Engine:
                         message = json.loads(message)
                     except ValueError:
                         pass
-                return JobView(exists=True, succeeded=view.succeeded, failed=view.failed, reason=view.reason,
-                               exit_code=terminated.exit_code, message=message, deleting=view.deleting)
+                return dataclasses.replace(view, exit_code=terminated.exit_code, message=message,
+                                           ended=terminated.finished_at)
         return view
 
     # --- admission
@@ -262,6 +276,7 @@ class Engine:
             status["message"] = "; ".join(notes)
         status["conditions"] = _with_condition(body, ("Queued", "waiting for a free slot"), status)
         if await self.kube.patch_workflow_status(namespace, name, status):
+            metrics.CENSUS.update(body, status)
             log.info(f"Workflow {name} queued", workflow=name, shape=workflow.shape)
             self.post_event(body, "Normal", "Queued", "waiting for a free slot (maxJobs)")
 
@@ -273,14 +288,17 @@ class Engine:
                           and not w["metadata"].get("deletionTimestamp"))
             queue = [w for w in workflows if (w["metadata"].get("uid") or w["metadata"]["name"])
                      not in self._unadmittable]
+            admitted: list[str] = []
             for name in admission(queue, self.config.maxJobs):
                 try:
                     if await self._admit_one(namespace, name):
                         running += 1
+                        admitted.append(name)
                 except TransientError:
                     raise
                 except Exception as exc:  # one workflow's failure never stops the others' admission
                     log.error(f"Workflow {name}: admission failed: {type(exc).__name__}: {exc}", workflow=name)
+            metrics.CENSUS.replace(workflows, admitted)
             await self.refresh_environment(namespace, running)
 
     async def _admit_one(self, namespace: str, name: str) -> bool:
@@ -321,6 +339,7 @@ class Engine:
         if not await self.kube.patch_workflow_status(body["metadata"]["namespace"], body["metadata"]["name"],
                                                      status):
             return False
+        _observe_step(body, status, None)
         self.post_event(body, "Normal" if status["phase"] == "Stopped" else "Warning", reason, message[:1000])
         body["status"] = {**(body.get("status") or {}), **status}
         return True
@@ -419,6 +438,7 @@ class Engine:
                     if task is not None:
                         await asyncio.shield(task)
             await self.kube.remove_finalizer(body, FINALIZER)
+            metrics.CENSUS.forget(body)
             log.info(f"Workflow {name} deleted; children removed", workflow=name)
         self._locks.pop((namespace, name), None)
         await self.admit(namespace)
@@ -454,7 +474,7 @@ class Engine:
             if after is not None:
                 await asyncio.shield(after)  # the stop notification never overtakes the start one
             result = await notify.deliver(url, notify.payload(workflow, self.config.OPERATOR_PRIVATE_KEY),
-                                          deadline=self.notify_deadline)
+                                          deadline=self.notify_deadline, kind=kind)
             self._delivered.add(key)
             if result == "delivered":
                 log.info(f"{kind} notification for {name} delivered", workflow=name)
@@ -483,6 +503,7 @@ class Engine:
             except Exception as exc:  # the backstop must outlive any one failure
                 log.warning(f"backstop pass failed, will retry: {type(exc).__name__}: {exc}")
                 continue
+            metrics.CENSUS.replace(workflows)
             for body in workflows:
                 name = body["metadata"]["name"]
                 try:
@@ -508,6 +529,39 @@ class Engine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(self.kube.close)
+
+
+def _seconds_since(moment: datetime.datetime) -> float:
+    """Seconds from a Kubernetes timestamp (whole seconds) to now; never below 0."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (datetime.datetime.now(datetime.timezone.utc) - moment).total_seconds())
+
+
+def _observe_stage(stage: str, created: datetime.datetime, ended: datetime.datetime | None) -> None:
+    """One stage run: from its Job's creation to its pod's end (now, if no pod ended)."""
+    end = ended or datetime.datetime.now(datetime.timezone.utc)
+    start = created if created.tzinfo else created.replace(tzinfo=datetime.timezone.utc)
+    end = end if end.tzinfo else end.replace(tzinfo=datetime.timezone.utc)
+    metrics.STAGE_DURATION.labels(stage=stage).observe(max(0.0, (end - start).total_seconds()))
+
+
+def _observe_step(body: dict[str, Any], status: dict[str, Any], ended: JobView | None) -> None:
+    """Metrics of a status the engine has just written: the census, a stage that ended, a finished workflow.
+
+    A stage whose Job finished ends when the status code leaves the stage's
+    code; that write happens once per stage run (the next call reads the new
+    code), so each stage run is observed once. (A stopped stage is observed
+    when its running Job is deleted, in `_apply`.)
+    """
+    metrics.CENSUS.update(body, status)
+    previous = (body.get("status") or {}).get("statusCode")
+    stage = STAGE_OF_CODE.get(previous)
+    if (stage and "statusCode" in status and status["statusCode"] != previous and ended and ended.created
+            and ended.finished and not ended.deleting):
+        _observe_stage(stage, ended.created, ended.ended)
+    if status.get("dateFinished") and status.get("phase"):
+        metrics.workflow_finished(status["phase"])
 
 
 def _started(body: dict[str, Any]) -> Workflow | None:

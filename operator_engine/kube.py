@@ -22,6 +22,8 @@ import kubernetes
 import urllib3
 from kubernetes.client import ApiException
 
+from operator_engine import metrics
+
 T = TypeVar("T")
 
 GROUP, VERSION, PLURAL = "oceanprotocol.com", "v1alpha", "workflows"
@@ -86,12 +88,14 @@ class Kube:
             except ApiException as exc:
                 if exc.status in ok:
                     return None
+                metrics.api_error(exc.status)
                 if exc.status not in TRANSIENT_STATUSES and exc.status != 0:
                     raise PermanentError(f"{exc.status} {_message(exc)}") from None
                 last = f"{exc.status} {_message(exc)}"
                 retry_after = (exc.headers or {}).get("Retry-After") if exc.status == 429 else None
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                metrics.api_error(None)
                 last, wait = f"{type(exc).__name__}: {exc}", delay
             if attempt == self.attempts:
                 raise TransientError(last)

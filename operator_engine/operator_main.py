@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from operator_engine import config as _config
-from operator_engine import logs
+from operator_engine import logs, metrics
 from operator_engine.engine import Engine
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
 from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
@@ -65,6 +65,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
+    memo.metrics = metrics.start(config)
     memo.engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
     await memo.engine.admit(config.OPERATOR_NAMESPACE)
     memo.engine.start_backstop(config.OPERATOR_NAMESPACE, float(config.OPERATOR_BACKSTOP_SECONDS))
@@ -81,6 +82,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     engine = getattr(memo, "engine", None)
     if engine is not None:
         await engine.close()
+    if getattr(memo, "metrics", None) is not None:
+        memo.metrics.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -13,6 +13,7 @@ The status codes and their order come from operator-service (docs/contract.md §
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,10 @@ class JobView:
     exit_code: int | None = None
     message: Any = None  # the pod's termination message, parsed as JSON when it is JSON
     deleting: bool = False  # deletionTimestamp set: its deletion runs (foreground: until its pods are gone)
+    # When the Job was created and when it ended (its last pod's finishedAt where the engine read the
+    # pod, else the Job's completionTime; whole seconds): only the metrics read them.
+    created: datetime.datetime | None = dataclasses.field(default=None, compare=False)
+    ended: datetime.datetime | None = dataclasses.field(default=None, compare=False)
 
     @property
     def finished(self) -> bool:

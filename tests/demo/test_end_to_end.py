@@ -8,13 +8,17 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from operator_engine.demo import demo_data_dir, sample_workflow_path
 
@@ -68,8 +72,20 @@ def test_demo_runs_the_sample_to_success_with_real_numbers(tmp_path: Path) -> No
 def test_dev_serves_kubectl_until_stopped(tmp_path: Path) -> None:
     kubeconfig = tmp_path / 'kubeconfig'
     log = (tmp_path / 'dev.out').open('w')
+    with socket.socket() as probe:  # a free port for METRICS_PORT (9100 may be taken on a shared machine)
+        probe.bind(('127.0.0.1', 0))
+        metrics_port = probe.getsockname()[1]
     dev = subprocess.Popen([*CLI, 'dev', '--workdir', str(tmp_path)], stdout=log, stderr=subprocess.STDOUT,
-                           cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(Path(__file__).parents[2])})
+                           cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(Path(__file__).parents[2]),
+                                              'METRICS_PORT': str(metrics_port)})
+
+    def finished(phase: str) -> float:
+        """operator_engine_workflows_finished_total{phase} as Prometheus would scrape it from dev."""
+        url = f'http://127.0.0.1:{metrics_port}/metrics'
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+            text = response.read().decode()
+        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name == 'operator_engine_workflows_finished_total' and s.labels == {'phase': phase})
 
     def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([KUBECTL, '--kubeconfig', str(kubeconfig), *args], capture_output=True, text=True,
@@ -83,6 +99,8 @@ def test_dev_serves_kubectl_until_stopped(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert str(kubeconfig) in (tmp_path / 'dev.out').read_text()
         assert 'CONFIGURE_ALLOWED_NETWORKS=127.0.0.0/8,::1' in (tmp_path / 'dev.out').read_text()
+        assert f'http://127.0.0.1:{metrics_port}/metrics' in (tmp_path / 'dev.out').read_text()
+        assert finished('Succeeded') == 0
         applied = kubectl('apply', '-f', str(sample_workflow_path()))
         assert applied.returncode == 0, applied.stderr
         code = ''
@@ -99,6 +117,10 @@ def test_dev_serves_kubectl_until_stopped(tmp_path: Path) -> None:
         assert header.split() == ['NAME', 'STATUS', 'CODE', 'PHASE', 'AGE']
         assert row.split()[:5] == ['workflow-1', 'Job', 'completed', '70', 'Succeeded']
         assert (tmp_path / 'results' / 'workflow-1' / 'outputs' / 'summary.json').exists()
+        deadline = time.monotonic() + 30  # counted once the operator has its answer to the status patch
+        while finished('Succeeded') != 1:
+            assert time.monotonic() < deadline, 'workflows_finished_total{phase="Succeeded"} stayed 0'
+            time.sleep(0.2)
     finally:
         dev.send_signal(signal.SIGINT)  # Ctrl-C
         try:

@@ -138,3 +138,16 @@ def test_customized_templates_are_used(tmp_path):
 
 def test_every_packaged_template_is_required():
     assert sorted(p.name for p in config_module.PACKAGED_TEMPLATES_DIR.iterdir()) == sorted(TEMPLATE_FILES)
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "65536", "9100.5"])
+def test_bad_metrics_port_stops_check_config_naming_it(bad):
+    result = run_cli("check-config", env=clean_environ(METRICS_PORT=bad))
+    assert result.returncode == 78
+    assert f"METRICS_PORT={bad!r}: must be an integer >= 0 and <= 65535" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_metrics_port_defaults_to_9100_and_0_turns_it_off():
+    assert config_module.load({}).METRICS_PORT == 9100
+    assert config_module.load({"METRICS_PORT": "0"}).METRICS_PORT == 0

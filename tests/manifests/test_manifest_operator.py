@@ -15,7 +15,7 @@ SETTINGS = [
     "AWS_BUCKET_ADMINLOGS", "STORAGE_CLASS", "NOTIFY_START_URL", "NOTIFY_STOP_URL",
     "SERVICE_ACCOUNT", "NODE_SELECTOR", "PULL_SECRET", "PULL_POLICY",
     "FILTERING_CONTAINER", "POD_CONFIGURATION_CONTAINER", "POD_PUBLISH_CONTAINER",
-    "LOG_CFG", "LOG_LEVEL", "DEBUG_NO_CLEANUP", "TEMPLATES_DIR",
+    "LOG_CFG", "LOG_LEVEL", "DEBUG_NO_CLEANUP", "TEMPLATES_DIR", "METRICS_PORT",
 ]
 KOPF_COMMAND = ["kopf", "run", "--standalone", "--namespace=$(OPERATOR_NAMESPACE)",
                 "--liveness=http://0.0.0.0:8080/healthz", "-m",
@@ -101,6 +101,14 @@ def test_deployment_reads_settings_and_optional_secret():
 def test_deployment_liveness_probe_hits_kopf_health_endpoint():
     probe = container()["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and probe["port"] == 8080
+
+
+def test_deployment_exposes_metrics_where_its_annotations_and_settings_say():
+    (port,) = [p for p in container()["ports"] if p["name"] == "metrics"]
+    annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == port["containerPort"] == int(config()["data"]["METRICS_PORT"])
 
 
 def test_deployment_sets_resource_requests_and_limits():

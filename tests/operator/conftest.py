@@ -336,6 +336,7 @@ def operator_environment(cluster: EmbeddedCluster, receiver: Receiver, kubeconfi
         'NOTIFY_STOP_URL': receiver.stop_url,
         'OPERATOR_BACKSTOP_SECONDS': '30',
         'LOG_LEVEL': 'INFO',
+        'METRICS_PORT': '0',  # off unless a test asks (9100 would clash between tests running at once)
     })
     for key, value in overrides.items():
         env[key] = None if value is None else str(value)

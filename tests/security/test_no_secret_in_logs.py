@@ -203,7 +203,7 @@ def operator_env(kubeconfig: Path, receiver: Receiver, ipfs: FakeIpfs, log_cfg: 
         'NOTIFY_START_URL': receiver.url + '/start', 'NOTIFY_STOP_URL': receiver.url + '/stop',
         'IPFS_OUTPUT': ipfs.base_url, 'IPFS_API_KEY': IPFS_API_KEY, 'IPFS_API_CLIENT': IPFS_API_CLIENT,
         'AWS_ACCESS_KEY_ID': AWS_ACCESS_KEY_ID, 'AWS_SECRET_ACCESS_KEY': AWS_SECRET_ACCESS_KEY,
-        'PYTHONUNBUFFERED': '1', 'NO_PROXY': '127.0.0.1,localhost', 'CONFIGURE_ALLOWED_NETWORKS': '127.0.0.0/8,::1',
+        'METRICS_PORT': '0', 'PYTHONUNBUFFERED': '1', 'NO_PROXY': '127.0.0.1,localhost', 'CONFIGURE_ALLOWED_NETWORKS': '127.0.0.0/8,::1',
     })
     if log_cfg is not None:
         env['LOG_CFG'] = str(log_cfg)

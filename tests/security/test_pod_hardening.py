@@ -232,13 +232,15 @@ def liveness_port_and_path() -> tuple[int, str]:
     return int(match[1]), match[2]
 
 
-def test_the_operator_may_receive_only_its_probes_and_reach_only_dns_api_and_notifications():
+def test_the_operator_may_receive_only_its_probes_and_scrapes_and_reach_only_dns_api_and_notifications():
     deployment = find(KUBERNETES / "operator.yml", "Deployment")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     (policy,) = [p for p in policies() if selects(p, labels)]
     assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
     port, _ = liveness_port_and_path()
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": port}]}]
+    (metrics,) = [p["containerPort"] for p in operator_container()["ports"] if p["name"] == "metrics"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": port},
+                                                    {"protocol": "TCP", "port": metrics}]}]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 80)}
     (wide,) = [rule for rule in policy["spec"]["egress"] if ("TCP", 443) in {(p["protocol"], p["port"]) for p in rule["ports"]}]
