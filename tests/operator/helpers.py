@@ -366,3 +366,29 @@ def check_payload(payload: dict[str, Any], body: dict[str, Any]) -> None:
 
 def copy_body(body: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(body)
+
+
+async def deliveries_cut_off(cluster: EmbeddedCluster, receiver: Any, names: Iterable[str]) -> set[tuple[str, str]]:
+    """After a hard kill: the (workflow, kind) notifications a receiver accepted whose record the kill cut off.
+
+    A process killed between a receiver's 200 and the status patch that records
+    it leaves no trace of the delivery, so the next process sends it again: at
+    least once there, exactly once everywhere else (docs/contract.md §4). Read
+    with the killed process gone, the status is what the next one will see.
+    """
+    cut: set[tuple[str, str]] = set()
+    for name in names:
+        recorded = status(await cluster.get('wf', name)).get('notifications') or {}
+        for kind in ('start', 'stop'):
+            if receiver.accepted(f'/{kind}', name) and kind not in recorded:
+                cut.add((name, kind))
+    return cut
+
+
+def assert_notified_once(receiver: Any, names: Iterable[str], cut_off: set[tuple[str, str]] = frozenset()) -> None:
+    """Each workflow got one start and one stop notification; two only where a kill cut off the record of the first."""
+    for name in names:
+        for kind in ('start', 'stop'):
+            count = len(receiver.accepted(f'/{kind}', name))
+            allowed = {1, 2} if (name, kind) in cut_off else {1}
+            assert count in allowed, (name, kind, count, sorted(cut_off), receiver.all())

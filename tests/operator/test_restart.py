@@ -8,8 +8,9 @@ import pytest
 from operator_engine.devcluster import EmbeddedCluster, Outcome
 
 from conftest import History, ProcessFactory, Receiver, TimedRuntime
-from helpers import (PUBLISH_RESULT, TEST_KEY, check_payload, creation_counts, is_subsequence, make_workflow,
-                     status, wait_code, wait_terminal, wait_until_clean)
+from helpers import (PUBLISH_RESULT, TEST_KEY, assert_notified_once, check_payload, creation_counts,
+                     deliveries_cut_off, is_subsequence, make_workflow, status, wait_code, wait_terminal,
+                     wait_until_clean)
 
 # The stage boundary to kill at, and which stage to make slow so that the kill lands inside it.
 BOUNDARIES = {
@@ -37,6 +38,7 @@ async def test_hard_kill_after_stage_boundary_then_restart_completes_without_dup
     await cluster.create(body)
     await wait_code(cluster, name, code, context=lambda: proc.log()[-3000:])
     proc.kill()
+    cut_off = await deliveries_cut_off(cluster, receiver, [name])
     await proc.start()
     final = status(await wait_terminal(cluster, name, timeout=90, context=lambda: proc.log()[-3000:]))
     await receiver.wait('/stop', name)
@@ -58,8 +60,7 @@ async def test_hard_kill_after_stage_boundary_then_restart_completes_without_dup
     jobs = sorted(n for (plural, n) in creation_counts(cluster) if plural == 'jobs')
     assert jobs == sorted(f'{name}-{s}-job' for s in ('algorithm', 'configure', 'publish')), jobs
 
-    assert len(receiver.accepted('/start', name)) == 1, receiver.all()
-    assert len(receiver.accepted('/stop', name)) == 1, receiver.all()
+    assert_notified_once(receiver, [name], cut_off)
     for payload in receiver.accepted('/start', name) + receiver.accepted('/stop', name):
         check_payload(payload, body)
 
