@@ -406,6 +406,7 @@ class Engine:
 
     async def _after_terminal(self, body: dict[str, Any]) -> None:
         """A terminal workflow: the stop notification (if it was started) and clean-up, each once."""
+        logs.bind(stage="finished")
         status = body.get("status") or {}
         workflow = _started(body)
         if workflow is not None:

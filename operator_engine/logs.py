@@ -22,11 +22,13 @@ or a LOG_CFG file says.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import logging
 import logging.config
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -78,12 +80,21 @@ def _kopf_object(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _timestamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """When the line was logged (a standard library record's own time: the same in every handler's output)."""
+    record = event.get("_record")
+    moment = record.created if isinstance(record, logging.LogRecord) else time.time()
+    event.setdefault("timestamp", datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
+                     .isoformat().replace("+00:00", "Z"))
+    return event
+
+
 #: Run on every line, the operator's own and the standard library's (kopf, the libraries).
 SHARED_PROCESSORS: tuple[Any, ...] = (
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    _timestamp,
     _redact,
 )
 
