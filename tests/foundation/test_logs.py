@@ -246,3 +246,25 @@ def test_the_operator_does_not_start_with_a_bad_logging_variable(variable: str, 
     for result in (cli, kopf):
         assert result.returncode == 78, result.stderr[-2000:]
         assert f"{variable}=" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_readme_log_cfg_example_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          restore_logging: None) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"```yaml\n(version: 1\n.*?)```", readme, re.S)
+    assert example, "the README shows no LOG_CFG example"
+    target = tmp_path / "operator.log"
+    path = tmp_path / "logging.yaml"
+    path.write_text(example.group(1).replace("/var/log/operator/operator.log", str(target)))
+    config_module.load({"LOG_CFG": str(path)})  # the start-up check accepts it
+    out = File(tmp_path / "stderr")
+    monkeypatch.setattr(sys, "stderr", out.stream)
+    logs.setup("INFO", str(path), None)
+    with logs.bound(workflow="wf-g", stage="queue"):
+        logs.get().info("Workflow wf-g queued")
+    logging.getLogger("kopf.objects").info("below the file's level for kopf")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for text in (out.read(), target.read_text()):
+        (line,) = json_lines(text)
+        assert (line["event"], line["workflow"], line["stage"]) == ("Workflow wf-g queued", "wf-g", "queue")
