@@ -81,6 +81,15 @@ def _about_workflow(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
     return wrapper
 
 
+def _about_the_queue(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Lines logged while admitting are about the queue, not the workflow whose handling called `admit`."""
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with logs.bound(stage="admission"):
+            return await method(self, *args, **kwargs)
+    return wrapper
+
+
 def _log_stage(status: dict[str, Any]) -> str:
     if status.get("dateFinished") and status.get("phase") in TERMINAL_PHASES:
         return "finished"
@@ -288,6 +297,7 @@ class Engine:
             log.info(f"Workflow {name} queued", workflow=name, shape=workflow.shape)
             self.post_event(body, "Normal", "Queued", "waiting for a free slot (maxJobs)")
 
+    @_about_the_queue
     async def admit(self, namespace: str) -> None:
         """Admit the oldest Queued workflows while fewer than maxJobs run. The count is read from the cluster."""
         async with self._admission_lock:
