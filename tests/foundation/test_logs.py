@@ -30,10 +30,16 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """logs.setup configures the whole process: put back the root logger and the loggers it touches."""
+    """logs.setup configures the whole process: put back the root logger and the loggers it touches.
+
+    `kopf.objects` starts from no level of its own: an operator started
+    in-process by an earlier test leaves it at WARNING (operator_main's startup).
+    """
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
-    levels = {name: logging.getLogger(name).level for name in ("urllib3", "aiohttp.access", "kubernetes", "demo")}
+    levels = {name: logging.getLogger(name).level
+              for name in ("urllib3", "aiohttp.access", "kubernetes", "demo", "kopf.objects")}
+    logging.getLogger("kopf.objects").setLevel(logging.NOTSET)
     yield
     root.setLevel(saved[0])
     root.handlers[:] = saved[1]
