@@ -189,6 +189,20 @@ def _existing_file(text: str) -> str:
     return value
 
 
+def _log_config_file(text: str) -> str:
+    """An existing YAML file holding a logging.config.dictConfig mapping (version 1); applied at start."""
+    import yaml
+
+    value = _existing_file(text)
+    try:
+        settings = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise ValueError("must be a readable YAML file") from None
+    if not isinstance(settings, dict) or settings.get("version") != 1:
+        raise ValueError("must hold a logging.config.dictConfig mapping with version: 1")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Variable:
     name: str
@@ -243,8 +257,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("FILTERING_CONTAINER", _image, None, "Image of the optional filter stage, run after the algorithm"),
     Variable("POD_CONFIGURATION_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the configure pod"),
     Variable("POD_PUBLISH_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the publish pod"),
-    Variable("LOG_CFG", _existing_file, None, "A logging configuration file (YAML, logging.config dictConfig)"),
+    Variable("LOG_CFG", _log_config_file, None, "A logging configuration file (YAML, logging.config dictConfig)"),
     Variable("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO", "Log level"),
+    Variable("LOG_FORMAT", _choice("json", "console"), None,
+             "Log lines as JSON objects or console text (unset: console on a terminal, else json)"),
     Variable("DEBUG_NO_CLEANUP", _boolean, False, "Keep Jobs, volumes, ConfigMap and Secrets after the end"),
     Variable("TEMPLATES_DIR", _existing_dir, str(PACKAGED_TEMPLATES_DIR), "Folder of the manifest templates"),
     Variable("LOCAL_STORAGE_DIR", _single_line, None, "Publish into this folder (embedded cluster only)"),

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import json
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from operator_engine import logs, metrics, notify
@@ -23,6 +24,7 @@ from operator_engine.config import Config
 from operator_engine.kube import Kube, PermanentError, TransientError
 from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
 from operator_engine.pipeline import (
+    TERMINAL_PHASES,
     JobView,
     Step,
     admission,
@@ -48,6 +50,9 @@ STAGE_OF_CODE = {20: "configure", 40: "algorithm", 50: "filter", 60: "publish"}
 # Held on every valid Workflow so that deleting one waits until the operator has
 # stopped its Jobs, cleaned up and sent the stop notification.
 FINALIZER = "oceanprotocol.com/operator-engine"
+# The `stage` field of a workflow's log lines, by its status code (terminal: "finished").
+LOG_STAGE_OF_CODE = {None: "queue", 1: "queue", 10: "configure", 20: "configure", 30: "algorithm",
+                     40: "algorithm", 50: "filter", 60: "publish"}
 
 log = logs.get()
 
@@ -66,6 +71,30 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
 
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
+
+
+def _about_workflow(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Every line logged while `method(self, namespace, name, ...)` runs carries `workflow=name` (logs.bound)."""
+    @functools.wraps(method)
+    async def wrapper(self: Any, namespace: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        with logs.bound(workflow=name):
+            return await method(self, namespace, name, *args, **kwargs)
+    return wrapper
+
+
+def _about_the_queue(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Lines logged while admitting are about the queue, not the workflow whose handling called `admit`."""
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with logs.bound(stage="admission"):
+            return await method(self, *args, **kwargs)
+    return wrapper
+
+
+def _log_stage(status: dict[str, Any]) -> str:
+    if status.get("dateFinished") and status.get("phase") in TERMINAL_PHASES:
+        return "finished"
+    return LOG_STAGE_OF_CODE.get(status.get("statusCode"), "unknown")
 
 
 class Engine:
@@ -93,12 +122,15 @@ class Engine:
 
     # --- the main entry: bring one workflow one step further
 
+    @_about_workflow
     async def reconcile(self, namespace: str, name: str, *, backstop: bool = False) -> None:
         queue_changed = finalizing = False
         async with self._lock(namespace, name):
             body = await self.kube.get_workflow(namespace, name)
             if body is None:
                 return
+            logs.bind(stage="delete" if body["metadata"].get("deletionTimestamp")
+                      else _log_stage(body.get("status") or {}))
             if body["metadata"].get("deletionTimestamp"):
                 finalizing = FINALIZER in (body["metadata"].get("finalizers") or [])
             else:
@@ -280,6 +312,7 @@ class Engine:
             log.info(f"Workflow {name} queued", workflow=name, shape=workflow.shape)
             self.post_event(body, "Normal", "Queued", "waiting for a free slot (maxJobs)")
 
+    @_about_the_queue
     async def admit(self, namespace: str) -> None:
         """Admit the oldest Queued workflows while fewer than maxJobs run. The count is read from the cluster."""
         async with self._admission_lock:
@@ -301,9 +334,11 @@ class Engine:
             metrics.CENSUS.replace(workflows, admitted)
             await self.refresh_environment(namespace, running)
 
+    @_about_workflow
     async def _admit_one(self, namespace: str, name: str) -> bool:
         # Under the workflow's own lock, and only if it is still Queued: a stop
         # request or a deletion may have ended it since the list was read.
+        logs.bind(stage="admission")
         async with self._lock(namespace, name):
             body = await self.kube.get_workflow(namespace, name)
             if (body is None or body["metadata"].get("deletionTimestamp")
@@ -400,6 +435,7 @@ class Engine:
 
     async def _after_terminal(self, body: dict[str, Any]) -> None:
         """A terminal workflow: the stop notification (if it was started) and clean-up, each once."""
+        logs.bind(stage="finished")
         status = body.get("status") or {}
         workflow = _started(body)
         if workflow is not None:

@@ -25,7 +25,9 @@ from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
 from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 
 try:
-    _config.load_checked()
+    _settings = _config.load_checked()
+    # Now, not only at startup: kopf's own lines from here on go through our formatter, once.
+    logs.setup(_settings.LOG_LEVEL, _settings.LOG_CFG, _settings.LOG_FORMAT)
 except _config.ConfigError as _exc:
     print(f"operator-engine: configuration error: {'; '.join(_exc.problems)}", file=sys.stderr)
     raise SystemExit(78) from None
@@ -55,7 +57,7 @@ def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> 
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Read again at each start: tests and `operator-engine dev` start the operator in-process.
     config = _config.load()
-    logs.setup(config.LOG_LEVEL, config.LOG_CFG)
+    logs.setup(config.LOG_LEVEL, config.LOG_CFG, config.LOG_FORMAT)
     # The operator is namespaced (a Role, not cluster-admin): it must not list
     # namespaces or CRDs cluster-wide, which kopf's scanning would try.
     settings.scanning.disabled = True

@@ -51,7 +51,7 @@ def test_all_bad_variables_are_reported_together():
     ("PULL_POLICY", "Sometimes"), ("IPFS_TYPE", "PINATA"), ("LOG_LEVEL", "LOUD"), ("DEBUG_NO_CLEANUP", "maybe"),
     ("NOTIFY_START_URL", "ftp://x"), ("NODE_SELECTOR", "a b"), ("SERVICE_ACCOUNT", "Bad_Name"),
     ("FILTERING_CONTAINER", "img\nname"), ("IPFS_EXPIRY_TIME", "tomorrow"), ("TEMPLATES_DIR", "/nonexistent"),
-    ("OPERATOR_NAMESPACE", "UPPER"), ("LOG_CFG", "/nonexistent.yaml"),
+    ("OPERATOR_NAMESPACE", "UPPER"), ("LOG_CFG", "/nonexistent.yaml"), ("LOG_FORMAT", "yaml"),
 ])
 def test_bad_text_variable_names_the_variable_and_the_allowed_values(variable, value):
     with pytest.raises(config_module.ConfigError) as caught:

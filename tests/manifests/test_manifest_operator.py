@@ -15,7 +15,7 @@ SETTINGS = [
     "AWS_BUCKET_ADMINLOGS", "STORAGE_CLASS", "NOTIFY_START_URL", "NOTIFY_STOP_URL",
     "SERVICE_ACCOUNT", "NODE_SELECTOR", "PULL_SECRET", "PULL_POLICY",
     "FILTERING_CONTAINER", "POD_CONFIGURATION_CONTAINER", "POD_PUBLISH_CONTAINER",
-    "LOG_CFG", "LOG_LEVEL", "DEBUG_NO_CLEANUP", "TEMPLATES_DIR", "METRICS_PORT",
+    "LOG_CFG", "LOG_LEVEL", "LOG_FORMAT", "DEBUG_NO_CLEANUP", "TEMPLATES_DIR", "METRICS_PORT",
 ]
 KOPF_COMMAND = ["kopf", "run", "--standalone", "--namespace=$(OPERATOR_NAMESPACE)",
                 "--liveness=http://0.0.0.0:8080/healthz", "-m",
@@ -57,6 +57,7 @@ def test_config_map_example_values():
     assert data["maxJobDuration"] == "3600" and data["STORAGE_CLASS"] == "standard"
     assert data["SERVICE_ACCOUNT"] == "ocean-compute-pods"
     assert data["LOG_LEVEL"] == "INFO"
+    assert data["LOG_FORMAT"] == "json"  # the Deployment logs for an aggregator
 
 
 def test_no_secret_values_are_shipped():
