@@ -22,7 +22,7 @@ from typing import Any
 from operator_engine.devcluster.apiserver import ApiError, ApiServer, now_rfc3339
 from operator_engine.devcluster.patches import merge_patch
 from operator_engine.devcluster.resources import JOBS, PODS
-from operator_engine.devcluster.runtime import Result, Runtime
+from operator_engine.devcluster.runtime import Result, Runtime, kubelet_pod_status, terminated_state
 
 __all__ = ['GarbageCollector', 'JobController']
 
@@ -206,29 +206,14 @@ class JobController:
         if task.cancelled():
             return None
         result = task.result()
-        terminated: dict[str, Any] = {
-            'exitCode': result.exit_code, 'reason': 'Completed' if result.exit_code == 0 else 'Error',
-            'startedAt': started, 'finishedAt': self._now(),
-        }
-        if result.message is not None:
-            terminated['message'] = result.message
         self.api.pod_logs[(meta['namespace'], meta['name'])] = result.logs
         self._pod_status(pod, 'Succeeded' if result.exit_code == 0 else 'Failed', started, containers,
-                         {'terminated': terminated})
+                         {'terminated': terminated_state(result, started, self._now())})
         return result
 
     def _pod_status(self, pod: dict[str, Any], phase: str, started: str, containers: list[dict[str, Any]],
                     state: dict[str, Any], reason: str | None = None) -> None:
-        running = 'running' in state
-        status: dict[str, Any] = {
-            'phase': phase, 'startTime': started, 'hostIP': '127.0.0.1', 'podIP': '127.0.0.1',
-            'containerStatuses': [{
-                'name': c.get('name', 'main'), 'image': c.get('image', ''), 'imageID': '',
-                'ready': running, 'started': running, 'restartCount': 0, 'state': state,
-            } for c in containers],
-        }
-        if reason is not None:
-            status['reason'] = reason
+        status = kubelet_pod_status(pod, phase, started, self._now(), state, reason)
         meta = pod['metadata']
         with contextlib.suppress(ApiError):  # deleted pods have no status to write
             self.api.update(PODS, meta['namespace'], meta['name'],
