@@ -55,7 +55,7 @@ from kubernetes.client.rest import ApiException
 from operator_engine.devcluster.process import PodSetupError, ProcessRuntime
 from operator_engine.devcluster.runtime import Result, kubelet_pod_status, terminated_state
 
-__all__ = ['ProcessNode', 'NodeRuntime', 'PROVISIONER']
+__all__ = ['Informer', 'ProcessNode', 'NodeRuntime', 'PROVISIONER']
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class NodeRuntime(ProcessRuntime):
         return super().grace_period(pod)
 
 
-class _Informer:
+class Informer:
     """List, then watch from the list's resourceVersion; list again on 410 Gone or a lost connection."""
 
     def __init__(self, name: str, list_call: Callable[..., Any], deliver: Callable[[str, dict[str, Any]], None],
@@ -235,7 +235,7 @@ class ProcessNode:
         self._pods: dict[str, asyncio.Task[None]] = {}  # pod uid -> the task running it
         self._finished: set[str] = set()  # pod uids whose containers ended
         self._finalizing: set[str] = set()  # pod uids whose final delete was sent
-        self._informers: list[_Informer] = []
+        self._informers: list[Informer] = []
         self.boot_id = str(uuid.uuid4())
 
     # ---------------------------------------------------------------- lifecycle
@@ -248,11 +248,11 @@ class ProcessNode:
         await asyncio.to_thread(self._storage_class)
         self._tasks = [asyncio.create_task(self._heartbeat(), name='node-heartbeat')]
         self._informers = [
-            _Informer('pods', self.core.list_pod_for_all_namespaces, self._from_thread(self._on_pod),
+            Informer('pods', self.core.list_pod_for_all_namespaces, self._from_thread(self._on_pod),
                       self._stopping, field_selector=f'spec.nodeName={self.name}'),
-            _Informer('claims', self.core.list_persistent_volume_claim_for_all_namespaces,
+            Informer('claims', self.core.list_persistent_volume_claim_for_all_namespaces,
                       self._from_thread(self._on_claim), self._stopping),
-            _Informer('volumes', self.core.list_persistent_volume, self._from_thread(self._on_volume),
+            Informer('volumes', self.core.list_persistent_volume, self._from_thread(self._on_volume),
                       self._stopping, label_selector=f'operator-engine.oceanprotocol.com/node={self.name}'),
         ]
         for informer in self._informers:

@@ -55,7 +55,7 @@ def require_assets() -> Path:
     if assets is None:
         raise MissingBinaries('no Kubernetes control-plane binaries found: run scripts/control-plane.sh (it builds '
                               'them once, then prints their folder) or set KUBEBUILDER_ASSETS to a folder holding '
-                              'etcd, kube-apiserver, kube-controller-manager and kube-scheduler')
+                              'etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl')
     return assets
 
 
