@@ -337,7 +337,8 @@ class ProcessNode:
         except ApiException as e:
             if e.status != 409:
                 raise
-            self.core.patch_node(self.name, {'metadata': {'labels': self.labels}})
+            self.core.patch_node(self.name, {'metadata': {'labels': self.labels}},
+                                 _content_type='application/merge-patch+json')
         self.core.patch_node_status(self.name, {'status': self._node_status()},
                                     _content_type='application/merge-patch+json')
         self._renew_lease()

@@ -68,7 +68,7 @@ from operator_engine.devcluster.node import ProcessNode  # noqa: E402
 from operator_engine.devcluster.realstack import (OPERATOR_ACCOUNT, STORAGE_CLASS, OperatorProcess,  # noqa: E402
                                                   install, operator_environment)
 
-from .support import (GROUP, NS, PLURAL, AuditLog, Cluster, History, operator_test_support,  # noqa: E402
+from .support import (GROUP, NS, PLURAL, VERSION, AuditLog, Cluster, History, operator_test_support,  # noqa: E402
                       wait_until)
 
 operator_helpers, operator_conftest = operator_test_support()
@@ -207,5 +207,6 @@ def clean_namespace(real: RealCluster) -> None:
     for kind in ('config_map', 'secret', 'persistent_volume_claim'):
         with contextlib.suppress(ApiException):
             getattr(kube.core, f'delete_collection_namespaced_{kind}')(NS, label_selector=selector)
-    wait_until(lambda: not kube.core.list_namespaced_pod(NS, label_selector=selector).items, 120,
-               'the pods of the previous test to be gone')
+    wait_until(lambda: not kube.core.list_namespaced_pod(NS, label_selector=selector).items
+               and not kube.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)['items'], 120,
+               'the Workflows and pods of the test to be gone')
