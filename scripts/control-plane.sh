@@ -10,7 +10,7 @@
 # are and nothing is built. Otherwise they are built once from the Go module proxy
 # into a cache folder keyed by version; a later call only checks them. There is no
 # prebuilt Kubernetes download to fetch here, hence the build (docs/TESTING.md).
-set -euo pipefail
+set -Eeuo pipefail  # -E: the ERR trap below also fires inside functions
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../operator_engine/devcluster/control-plane.env
 source "$here/operator_engine/devcluster/control-plane.env"
@@ -44,12 +44,14 @@ fail() {
 
 checked() {  # checked: the cached binaries run and report the expected versions
     holds_all "$assets" || return 1
-    "$assets/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION#v}$" || return 1
-    local b
+    local b out
+    out="$("$assets/etcd" --version 2>/dev/null)" || return 1
+    [[ "$out" == *"etcd Version: ${ETCD_VERSION#v}"$'\n'* ]] || return 1
     for b in kube-apiserver kube-controller-manager kube-scheduler; do
         [[ "$("$assets/$b" --version 2>/dev/null)" == "Kubernetes $K8S_VERSION" ]] || return 1
     done
-    "$assets/kubectl" version --client 2>/dev/null | grep -q "Client Version: $K8S_VERSION$"
+    out="$("$assets/kubectl" version --client 2>/dev/null)" || return 1
+    [[ "$out" == *"Client Version: $K8S_VERSION"$'\n'* ]] || return 1
 }
 
 mkdir -p "$cache_root"
