@@ -38,7 +38,9 @@ fi
 
 step=""
 fail() {
-    echo "control-plane: build failed at step '$step' (log: $work/build.log); build on a machine with Go and the module proxy, or set KUBEBUILDER_ASSETS to a folder holding ${binaries[*]} (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION)" >&2
+    local log=""
+    [[ -s "$work/build.log" ]] && log=" (log: $work/build.log)"
+    echo "control-plane: build failed at step '$step'$log; build on a machine with Go and the module proxy, or set KUBEBUILDER_ASSETS to a folder holding ${binaries[*]} (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION)" >&2
     exit 1
 }
 
@@ -78,7 +80,9 @@ run() {  # run STEP COMMAND...: one progress line, output to the build log
 
 step="download k8s.io/kubernetes $K8S_VERSION go.mod"
 say "$step"
-kube_mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')"
+go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >"$work/kubernetes-module.json" 2>>"$work/build.log" ||
+    { cat "$work/kubernetes-module.json" >>"$work/build.log"; false; }  # -json puts the error in the JSON
+kube_mod="$(sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p' "$work/kubernetes-module.json")"
 [[ -s "$kube_mod" ]]
 
 # A module of our own that requires k8s.io/kubernetes and replaces each staging
