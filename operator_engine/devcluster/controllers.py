@@ -26,6 +26,11 @@ from operator_engine.devcluster.runtime import Result, Runtime, kubelet_pod_stat
 
 __all__ = ['GarbageCollector', 'JobController']
 
+#: Seconds between a Job's SuccessCriteriaMet/FailureTarget update and its Complete/Failed one. The real
+#: controller adds the terminal condition in a later sync, once the pods' finalizers are removed; a gap
+#: lets an operator see the in-between state, as it does on a real cluster.
+TERMINAL_CONDITION_DELAY = 0.5
+
 logger = logging.getLogger(__name__)
 
 
@@ -134,27 +139,17 @@ class JobController:
             remaining = None if deadline is None else max(0.0, deadline - (time.monotonic() - started_at))
             result = await self._run_pod(pod, job, remaining)
             if result == 'deadline':
-                self._job_status(namespace, name, {
-                    'active': None, 'failed': failed + 1,
-                    'conditions': self._conditions('FailureTarget', 'Failed', 'DeadlineExceeded',
-                                                   'Job was active longer than specified deadline'),
-                })
+                await self._finish(namespace, name, {'active': None, 'failed': failed + 1}, 'FailureTarget', 'Failed',
+                             'DeadlineExceeded', 'Job was active longer than specified deadline')
                 return
             if result is not None and result.exit_code == 0:
-                now = self._now()
-                self._job_status(namespace, name, {
-                    'active': None, 'succeeded': 1, 'completionTime': now,
-                    'conditions': self._conditions('SuccessCriteriaMet', 'Complete', 'CompletionsReached',
-                                                   'Reached expected number of succeeded pods'),
-                })
+                await self._finish(namespace, name, {'active': None, 'succeeded': 1}, 'SuccessCriteriaMet', 'Complete',
+                             'CompletionsReached', 'Reached expected number of succeeded pods')
                 return
             failed += 1  # an exit code other than 0, or a pod deleted before it ended
             if failed > backoff_limit:
-                self._job_status(namespace, name, {
-                    'active': None, 'failed': failed,
-                    'conditions': self._conditions('FailureTarget', 'Failed', 'BackoffLimitExceeded',
-                                                   'Job has reached the specified backoff limit'),
-                })
+                await self._finish(namespace, name, {'active': None, 'failed': failed}, 'FailureTarget', 'Failed',
+                             'BackoffLimitExceeded', 'Job has reached the specified backoff limit')
                 return
 
     def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -222,11 +217,27 @@ class JobController:
     def _job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.api.update(JOBS, namespace, name, lambda old: merge_patch(old, {'status': status}), status=True)
 
-    def _conditions(self, interim: str, final: str, reason: str, message: str) -> list[dict[str, Any]]:
-        # Kubernetes 1.31+ first adds SuccessCriteriaMet/FailureTarget, then Complete/Failed.
-        now = self._now()
-        return [{'type': kind, 'status': 'True', 'reason': reason, 'message': message,
-                 'lastProbeTime': now, 'lastTransitionTime': now} for kind in (interim, final)]
+    async def _finish(self, namespace: str, name: str, counts: dict[str, Any], interim: str, final: str, reason: str,
+                message: str) -> None:
+        """
+        End the Job in two status updates, as Kubernetes 1.31+ does: first the
+        counts with SuccessCriteriaMet/FailureTarget, later (once its pods are
+        gone) Complete/Failed. A client that takes ``status.failed`` or
+        ``status.succeeded`` for the end sees a Job that has not ended yet, and
+        no reason (seen on the real control plane: tests/realcluster).
+        """
+        def condition(kind: str) -> dict[str, Any]:
+            now = self._now()
+            return {'type': kind, 'status': 'True', 'reason': reason, 'message': message,
+                    'lastProbeTime': now, 'lastTransitionTime': now}
+
+        first = condition(interim)
+        self._job_status(namespace, name, {**counts, 'conditions': [first]})
+        await asyncio.sleep(TERMINAL_CONDITION_DELAY)
+        ending: dict[str, Any] = {'conditions': [first, condition(final)]}
+        if final == 'Complete':
+            ending['completionTime'] = self._now()
+        self._job_status(namespace, name, ending)
 
     def _now(self) -> str:
         return now_rfc3339(self.api.clock)

@@ -209,4 +209,15 @@ def clean_namespace(real: RealCluster) -> None:
             getattr(kube.core, f'delete_collection_namespaced_{kind}')(NS, label_selector=selector)
     wait_until(lambda: not kube.core.list_namespaced_pod(NS, label_selector=selector).items
                and not kube.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)['items'], 120,
-               'the Workflows and pods of the test to be gone')
+               'the Workflows and pods of the test to be gone', lambda: remaining(real))
+
+
+def remaining(real: RealCluster) -> str:
+    """What is left in the namespace (for a failure message)."""
+    kube = real.kube
+    lines = [f'workflow {wf["metadata"]["name"]}: {wf["metadata"].get("finalizers")}'
+             for wf in kube.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)['items']]
+    for pod in kube.core.list_namespaced_pod(NS).items:
+        lines.append(f'pod {pod.metadata.name}: phase={pod.status.phase} node={pod.spec.node_name} '
+                     f'deleting={pod.metadata.deletion_timestamp} finalizers={pod.metadata.finalizers}')
+    return '\n'.join(lines)
