@@ -58,7 +58,8 @@ checked() {  # checked: the cached binaries run and report the expected versions
 
 mkdir -p "$cache_root"
 exec 9>"$cache_root/.lock"
-flock 9  # one build at a time; a second caller waits and then finds the binaries
+# One build at a time; a second caller waits and then finds the binaries.
+flock -n 9 || { say "another call is building into $assets; waiting for it"; flock 9; }
 
 if checked; then
     say "using $assets"
@@ -72,10 +73,16 @@ mkdir -p "$work/k8s" "$work/etcd" "$assets"
 trap fail ERR
 start=$SECONDS
 
-run() {  # run STEP COMMAND...: one progress line, output to the build log
+run() {  # run STEP COMMAND...: a progress line, another each minute it runs; output to the build log
     step="$1"; shift
     say "[$((SECONDS - start))s] $step"
-    "$@" >>"$work/build.log" 2>&1
+    "$@" >>"$work/build.log" 2>&1 &
+    local pid=$! waited=0
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        ((++waited % 60)) || say "[$((SECONDS - start))s] ... $step"
+    done
+    wait "$pid"
 }
 
 step="download k8s.io/kubernetes $K8S_VERSION go.mod"
