@@ -69,6 +69,8 @@ STATUS_EVERY = 60.0
 #: Server-side timeout of each watch request; the watch then resumes from its last resourceVersion.
 WATCH_SECONDS = 60
 TERMINAL = ('Succeeded', 'Failed')
+#: Seconds between attempts to report a pod's status the API server did not take.
+STATUS_RETRY = 1.0
 #: When the node stops, a pod's process gets at most this long between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
 
@@ -459,9 +461,22 @@ class ProcessNode:
                           reason: str | None = None, message: str | None = None) -> None:
         meta = pod['metadata']
         status = kubelet_pod_status(pod, phase, started, _now(), state, reason, message)
-        await self._call(f'report the status of pod {meta["namespace"]}/{meta["name"]}',
-                         self.core.patch_namespaced_pod_status, meta['name'], meta['namespace'],
-                         {'status': status}, ignore=_ignore(404), _content_type='application/merge-patch+json')
+        # As the kubelet's status manager: retried until the API server takes it (it may be restarting),
+        # the pod is gone, or the node stops.
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self.core.patch_namespaced_pod_status, meta['name'], meta['namespace'],
+                                        {'status': status}, _content_type='application/merge-patch+json')
+                return
+            except ApiException as e:
+                if e.status == 404:
+                    return
+                logger.warning('node %s: report the status of pod %s/%s: %s %s (retrying)', self.name,
+                               meta['namespace'], meta['name'], e.status, e.reason)
+            except Exception as e:  # unreachable: the API server is restarting
+                logger.warning('node %s: report the status of pod %s/%s: %r (retrying)', self.name,
+                               meta['namespace'], meta['name'], e)
+            await asyncio.sleep(STATUS_RETRY)
 
     async def _run_pod(self, pod: dict[str, Any]) -> None:
         meta = pod['metadata']

@@ -50,11 +50,14 @@ def test_the_schema_refuses_invalid_workflows_with_kubectls_error(real: RealClus
     assert real.kube.workflow('rc-invalid') is None
 
 
-def test_unknown_fields_are_pruned_and_status_is_a_subresource(real: RealCluster) -> None:
+def test_unknown_fields_are_refused_by_kubectl_or_pruned_and_status_is_a_subresource(real: RealCluster) -> None:
     body = sample('rc-pruned')
     body['spec']['notInTheSchema'] = 'dropped'
     body['status'] = {'statusCode': 70, 'phase': 'Succeeded'}
-    done = apply(real, body)
+    refused = apply(real, body)  # kubectl asks the server for strict field validation
+    assert refused.returncode != 0
+    assert 'strict decoding error: unknown field "spec.notInTheSchema"' in refused.stderr, refused.stderr
+    done = apply(real, body, '--validate=false')  # without it, the structural schema prunes the field
     try:
         assert done.returncode == 0, done.stderr
         stored = real.kube.workflow('rc-pruned')
