@@ -271,6 +271,16 @@ class ControlPlane:
             _kubeconfig(path, self.server, self.pki / 'ca.crt', {
                 'client-certificate': str(self.pki / f'{client}.crt'),
                 'client-key': str(self.pki / f'{client}.key')})
+        # The front proxy's CA and client (what kubeadm sets up for aggregated APIs): without a
+        # requestheader CA the controller-manager and the scheduler log an error every minute.
+        proxy_ca_key = ec.generate_private_key(ec.SECP256R1())
+        proxy_ca_name = _name('operator-engine-front-proxy-ca')
+        _write_cert(_certificate(proxy_ca_name, proxy_ca_key, proxy_ca_name, proxy_ca_key, ca=True),
+                    self.pki / 'front-proxy-ca.crt')
+        proxy_key = ec.generate_private_key(ec.SECP256R1())
+        _write_key(proxy_key, self.pki / 'front-proxy-client.key')
+        _write_cert(_certificate(_name('front-proxy-client'), proxy_key, proxy_ca_name, proxy_ca_key, client=True),
+                    self.pki / 'front-proxy-client.crt')
         if self.audit_log:
             self.audit_log.parent.mkdir(parents=True, exist_ok=True)
             (self.audit_log.parent / 'policy.yaml').write_text(yaml.safe_dump(AUDIT_POLICY))
@@ -300,7 +310,13 @@ class ControlPlane:
                 f'--service-account-signing-key-file={self.pki / "sa.key"}',
                 f'--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}',
                 # A loopback address may not be an Endpoints address, so the "kubernetes" Service gets none.
-                '--endpoint-reconciler-type=none']
+                '--endpoint-reconciler-type=none',
+                f'--requestheader-client-ca-file={self.pki / "front-proxy-ca.crt"}',
+                '--requestheader-allowed-names=front-proxy-client',
+                '--requestheader-username-headers=X-Remote-User', '--requestheader-group-headers=X-Remote-Group',
+                '--requestheader-extra-headers-prefix=X-Remote-Extra-',
+                f'--proxy-client-cert-file={self.pki / "front-proxy-client.crt"}',
+                f'--proxy-client-key-file={self.pki / "front-proxy-client.key"}']
         if self.audit_log:
             args += [f'--audit-policy-file={self.audit_log.parent / "policy.yaml"}',
                      f'--audit-log-path={self.audit_log}', '--audit-log-format=json', '--audit-log-mode=blocking']
