@@ -237,6 +237,7 @@ class ProcessNode:
         self._pods: dict[str, asyncio.Task[None]] = {}  # pod uid -> the task running it
         self._finished: set[str] = set()  # pod uids whose containers ended
         self._finalizing: set[str] = set()  # pod uids whose final delete was sent
+        self._background: set[asyncio.Task[Any]] = set()  # short requests in flight (held: tasks are weak)
         self._informers: list[Informer] = []
         self.boot_id = str(uuid.uuid4())
 
@@ -284,6 +285,11 @@ class ProcessNode:
     def relists(self) -> int:
         """How many times the pod watch listed (1 at start, one more per 410 Gone or reconnect)."""
         return self._informers[0].relists if self._informers else 0
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _from_thread(self, handler: Callable[[str, dict[str, Any]], None]) -> Callable[[str, dict[str, Any]], None]:
         def deliver(kind: str, obj: dict[str, Any]) -> None:
@@ -404,7 +410,7 @@ class ProcessNode:
                     {'key': 'kubernetes.io/hostname', 'operator': 'In', 'values': [self.name]}]}]}},
             },
         }
-        asyncio.create_task(self._call(f'provision a volume for {meta["namespace"]}/{meta["name"]}',
+        self._spawn(self._call(f'provision a volume for {meta["namespace"]}/{meta["name"]}',
                                        self.core.create_persistent_volume, pv, ignore=_ignore(409)))
 
     def _on_volume(self, kind: str, pv: dict[str, Any]) -> None:
@@ -416,7 +422,7 @@ class ProcessNode:
         path = ((pv.get('spec') or {}).get('local') or {}).get('path')
         if path and Path(path).parent == self.root / 'volumes':
             shutil.rmtree(path, ignore_errors=True)
-        asyncio.create_task(self._call(f'delete volume {pv["metadata"]["name"]}', self.core.delete_persistent_volume,
+        self._spawn(self._call(f'delete volume {pv["metadata"]["name"]}', self.core.delete_persistent_volume,
                                        pv['metadata']['name'], ignore=_ignore(404)))
 
     # ---------------------------------------------------------------- pods
@@ -426,8 +432,8 @@ class ProcessNode:
         uid = meta['uid']
         running = self._pods.get(uid)
         if kind == 'DELETED':
-            self.runtime.grace_overrides[uid] = 0.0  # removed without us: kill now
             if running is not None:
+                self.runtime.grace_overrides[uid] = 0.0  # removed without us: kill now
                 running.cancel()
             return
         if meta.get('deletionTimestamp'):
@@ -436,7 +442,7 @@ class ProcessNode:
                 running.cancel()  # the task kills the process, then deletes the object
             elif uid not in self._finalizing:
                 self._finalizing.add(uid)
-                asyncio.create_task(self._final_delete(pod))
+                self._spawn(self._final_delete(pod))
             return
         phase = (pod.get('status') or {}).get('phase')
         if running is None and uid not in self._finished and phase not in TERMINAL:

@@ -86,6 +86,16 @@ def test_happy_path_runs_the_real_pod_programs_in_order_and_cleans_up(
     pods = [c.object for c in real.history.of('pods') if c.type == 'ADDED' and c.name.startswith(name)]
     assert len(pods) >= 3
     real.kube.wait_clean(name)
+    # The node's provisioner gave each claim a local volume; once the claim is gone, so are it and its folder.
+    claims = [c.uid for c in real.history.of('persistentvolumeclaims') if c.type == 'ADDED' and c.name.startswith(name)]
+    assert len(claims) == 2, claims
+
+    def volumes_left() -> list[str]:
+        names = {v.metadata.name for v in real.kube.core.list_persistent_volume().items}
+        return [uid for uid in claims if f'pvc-{uid}' in names or (real.node.root / 'volumes' / f'pvc-{uid}').exists()]
+
+    wait_until(lambda: not volumes_left(), 60, 'the volumes of the deleted claims to be removed',
+               lambda: str(volumes_left()))
     assert len(receiver.accepted('/start', name)) == 1
     wait_until(lambda: receiver.accepted('/stop', name), 60, 'the stop notification')
     operator_helpers.check_payload(receiver.accepted('/stop', name)[0], body)
@@ -207,6 +217,16 @@ def test_deleting_a_running_workflow_goes_through_the_finalizer(
     real.kube.wait_gone(name)
     wait_until(lambda: receiver.accepted('/stop', name), 60, 'the stop notification')
     real.kube.wait_clean(name)
+    # The node's provisioner gave each claim a local volume; once the claim is gone, so are it and its folder.
+    claims = [c.uid for c in real.history.of('persistentvolumeclaims') if c.type == 'ADDED' and c.name.startswith(name)]
+    assert len(claims) == 2, claims
+
+    def volumes_left() -> list[str]:
+        names = {v.metadata.name for v in real.kube.core.list_persistent_volume().items}
+        return [uid for uid in claims if f'pvc-{uid}' in names or (real.node.root / 'volumes' / f'pvc-{uid}').exists()]
+
+    wait_until(lambda: not volumes_left(), 60, 'the volumes of the deleted claims to be removed',
+               lambda: str(volumes_left()))
     assert len(receiver.accepted('/start', name)) == 1, receiver.all()
     assert len(receiver.accepted('/stop', name)) == 1, receiver.all()
     operator_helpers.check_payload(receiver.accepted('/stop', name)[0], body)
