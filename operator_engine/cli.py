@@ -241,7 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from operator_engine.demo import dev_main
 
-    return dev_main(args.workdir, args.data_port)
+    return dev_main(args.workdir, args.data_port, args.control_plane)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="port of the demo data server on 127.0.0.1 (default 8765, the port the sample "
                               "Workflow names)")
         sub.set_defaults(handler=handler)
+    dev.add_argument("--control-plane", choices=("embedded", "real"), default="embedded",
+                     help="embedded (default): the project's own API server, starts at once; real: etcd, "
+                          "kube-apiserver, kube-controller-manager and kube-scheduler built by "
+                          "scripts/control-plane.sh (or KUBEBUILDER_ASSETS), a node that runs pods as local "
+                          "processes, and the operator as its ServiceAccount")
     return parser
 
 

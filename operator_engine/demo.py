@@ -330,12 +330,21 @@ async def run_demo(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port:
     return 0 if status.get('phase') == 'Succeeded' else 1
 
 
-def _entry(command: str, run: Callable[..., Any], workdir: str | None, data_port: int) -> int:
+def _entry(command: str, run: Callable[..., Any], workdir: str | None, data_port: int, **options: Any) -> int:
     """Run `run(workdir, data_port=...)`; a person's mistake ends with one line, not a traceback."""
+    from operator_engine.devcluster.realstack import MissingBinaries
+
+    if options.get('control_plane') == 'real':
+        try:  # before anything starts: a missing build leaves nothing behind, not even a folder
+            from operator_engine.devcluster.realstack import require_assets
+            options['assets'] = require_assets()
+        except MissingBinaries as exc:
+            print(f'operator-engine {command}: {exc}', file=sys.stderr)
+            return 1
     path = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f'operator-engine-{command}-'))
     try:
-        return int(asyncio.run(run(path, data_port=data_port)))
-    except (DataServerError, FileNotFoundError) as exc:
+        return int(asyncio.run(run(path, data_port=data_port, **options)))
+    except (DataServerError, FileNotFoundError, MissingBinaries) as exc:
         print(f'operator-engine {command}: {exc}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -350,8 +359,9 @@ def demo_main(workdir: str | None = None, data_port: int = DATA_PORT) -> int:
 # ---------------------------------------------------------------------- dev
 
 async def run_dev(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port: int = DATA_PORT,
-                  stop: asyncio.Event | None = None) -> int:
-    """Keep the stack up until ``stop`` is set (or SIGINT/SIGTERM)."""
+                  stop: asyncio.Event | None = None, control_plane: str = 'embedded',
+                  assets: Path | None = None) -> int:
+    """Keep the stack up until ``stop`` is set (or SIGINT/SIGTERM); ``control_plane`` is embedded or real."""
     workdir = Path(workdir).absolute()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -361,6 +371,9 @@ async def run_dev(workdir: str | Path, out: IO[str] = sys.stdout, *, data_port: 
 
     def say(text: str = '') -> None:
         print(text, file=out, flush=True)
+
+    if control_plane == 'real':
+        return await _run_dev_real(workdir, say, data_port, stop, assets)
 
     async with running_stack(workdir, data_port=data_port, metrics=True) as stack:
         k = stack.kubeconfig
@@ -409,6 +422,51 @@ def _metrics_url() -> str:
     return f'http://127.0.0.1:{port}/metrics (METRICS_PORT)' if port else 'off (METRICS_PORT=0)'
 
 
-def dev_main(workdir: str | None = None, data_port: int = DATA_PORT) -> int:
+async def _run_dev_real(workdir: Path, say: Callable[[str], None], data_port: int, stop: asyncio.Event,
+                        assets: Path | None) -> int:
+    """``dev --control-plane real``: see :mod:`operator_engine.devcluster.realstack`."""
+    from operator_engine.devcluster.realstack import NAMESPACE as REAL_NAMESPACE
+    from operator_engine.devcluster.realstack import running_real_stack, wait_process
+
+    say('operator-engine dev: starting a real control plane (etcd, kube-apiserver, kube-controller-manager, '
+        'kube-scheduler), a process node and the operator...')
+    async with contextlib.AsyncExitStack() as stack:
+        # The data server first: a port in use then stops everything before any process starts.
+        data_url = await stack.enter_async_context(serve_demo_data(data_port))
+        real = await stack.enter_async_context(running_real_stack(workdir, assets=assets))
+        k = real.kubeconfig
+        say('  WARNING: pods run as LOCAL PROCESSES on this machine, without containers or isolation:')
+        say('  for trying and developing only, never for untrusted algorithms or production.')
+        say('')
+        say(f'kubeconfig:   {k} (cluster admin)')
+        say(f'API server:   {real.control_plane.server} (namespace {REAL_NAMESPACE})')
+        say(f'node:         {real.node.name} (pods run as local processes under {real.node.root})')
+        say(f'operator:     runs as ServiceAccount {REAL_NAMESPACE}/ocean-compute-operator '
+            f'(kubeconfig {real.operator_kubeconfig})')
+        say(f'demo data:    {data_url}')
+        say(f'results:      {real.results}')
+        say(f'operator log: {real.workdir / "operator.log"}')
+        say(f'cluster logs: {real.workdir / "control-plane"}')
+        say('')
+        say('try:')
+        say(f'  export KUBECONFIG={k}')
+        say(f'  kubectl apply -f {sample_workflow_path()}')
+        say('  kubectl get nodes')
+        say(f'  kubectl -n {REAL_NAMESPACE} get wf,jobs,pods')
+        say(f'  kubectl -n {REAL_NAMESPACE} describe wf workflow-1')
+        say('')
+        say('Ctrl-C stops everything.')
+        say('ready')
+        assert real.operator is not None
+        await wait_process(real.operator, stop)
+        if not stop.is_set():
+            say(f'the operator stopped unexpectedly; see {real.workdir / "operator.log"}')
+        say('stopping...')
+    return 0
+
+
+def dev_main(workdir: str | None = None, data_port: int = DATA_PORT, control_plane: str = 'embedded') -> int:
     """Entry point of ``operator-engine dev``."""
+    if control_plane == 'real':
+        return _entry('dev', run_dev, workdir, data_port, control_plane='real')
     return _entry('dev', run_dev, workdir, data_port)

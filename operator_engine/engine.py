@@ -252,9 +252,12 @@ class Engine:
                 continue
             job_status = job.status
             succeeded = bool(job_status and job_status.succeeded)
+            # A Job has failed once its Failed condition is there, and only then: since Kubernetes 1.31
+            # the Job controller first adds FailureTarget, counts the failed pod (status.failed) and
+            # only once every pod is gone adds Failed, with the reason (DeadlineExceeded, ...).
             failed_condition = next((c for c in (job_status.conditions or []) if c.type == "Failed"
                                      and c.status == "True"), None) if job_status else None
-            failed = bool(failed_condition) or bool(job_status and job_status.failed and not job_status.active)
+            failed = bool(failed_condition)
             view = JobView(exists=True, succeeded=succeeded, failed=failed and not succeeded,
                            reason=failed_condition.reason if failed_condition else None,
                            deleting=job.metadata.deletion_timestamp is not None,

@@ -22,9 +22,14 @@ from typing import Any
 from operator_engine.devcluster.apiserver import FOREGROUND_FINALIZER, ApiError, ApiServer, now_rfc3339
 from operator_engine.devcluster.patches import merge_patch
 from operator_engine.devcluster.resources import JOBS, PODS
-from operator_engine.devcluster.runtime import Result, Runtime
+from operator_engine.devcluster.runtime import Result, Runtime, kubelet_pod_status, terminated_state
 
 __all__ = ['GarbageCollector', 'JobController']
+
+#: Seconds between a Job's SuccessCriteriaMet/FailureTarget update and its Complete/Failed one. The real
+#: controller adds the terminal condition in a later sync, once the pods' finalizers are removed; a gap
+#: lets an operator see the in-between state, as it does on a real cluster.
+TERMINAL_CONDITION_DELAY = 0.5
 
 logger = logging.getLogger(__name__)
 
@@ -206,27 +211,17 @@ class JobController:
             if current['metadata'].get('deletionTimestamp'):
                 return  # deleted meanwhile: the Job's status no longer matters
             if result == 'deadline':
-                self._job_status(namespace, name, {
-                    'active': None, 'failed': failed + 1,
-                    'conditions': self._conditions('FailureTarget', 'Failed', 'DeadlineExceeded',
-                                                   'Job was active longer than specified deadline'),
-                })
+                await self._finish(namespace, name, {'active': None, 'failed': failed + 1}, 'FailureTarget', 'Failed',
+                             'DeadlineExceeded', 'Job was active longer than specified deadline')
                 return
             if result is not None and result.exit_code == 0:
-                now = self._now()
-                self._job_status(namespace, name, {
-                    'active': None, 'succeeded': 1, 'completionTime': now,
-                    'conditions': self._conditions('SuccessCriteriaMet', 'Complete', 'CompletionsReached',
-                                                   'Reached expected number of succeeded pods'),
-                })
+                await self._finish(namespace, name, {'active': None, 'succeeded': 1}, 'SuccessCriteriaMet', 'Complete',
+                             'CompletionsReached', 'Reached expected number of succeeded pods')
                 return
             failed += 1  # an exit code other than 0, or a pod deleted before it ended
             if failed > backoff_limit:
-                self._job_status(namespace, name, {
-                    'active': None, 'failed': failed,
-                    'conditions': self._conditions('FailureTarget', 'Failed', 'BackoffLimitExceeded',
-                                                   'Job has reached the specified backoff limit'),
-                })
+                await self._finish(namespace, name, {'active': None, 'failed': failed}, 'FailureTarget', 'Failed',
+                             'BackoffLimitExceeded', 'Job has reached the specified backoff limit')
                 return
 
     def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -284,15 +279,9 @@ class JobController:
                 reason='DeadlineExceeded')
             return 'deadline'
         result = task.result()
-        terminated: dict[str, Any] = {
-            'exitCode': result.exit_code, 'reason': 'Completed' if result.exit_code == 0 else 'Error',
-            'startedAt': started, 'finishedAt': self._now(),
-        }
-        if result.message is not None:
-            terminated['message'] = result.message
         self.api.pod_logs[(meta['namespace'], meta['name'])] = result.logs
         self._pod_status(pod, 'Succeeded' if result.exit_code == 0 else 'Failed', started, containers,
-                         {'terminated': terminated})
+                         {'terminated': terminated_state(result, started, self._now())})
         with contextlib.suppress(ApiError):
             if self.api.get(PODS, meta['namespace'], meta['name'])['metadata'].get('deletionTimestamp'):
                 self._remove_pod(pod)  # its deletion began as it ended: complete it
@@ -300,16 +289,7 @@ class JobController:
 
     def _pod_status(self, pod: dict[str, Any], phase: str, started: str, containers: list[dict[str, Any]],
                     state: dict[str, Any], reason: str | None = None) -> None:
-        running = 'running' in state
-        status: dict[str, Any] = {
-            'phase': phase, 'startTime': started, 'hostIP': '127.0.0.1', 'podIP': '127.0.0.1',
-            'containerStatuses': [{
-                'name': c.get('name', 'main'), 'image': c.get('image', ''), 'imageID': '',
-                'ready': running, 'started': running, 'restartCount': 0, 'state': state,
-            } for c in containers],
-        }
-        if reason is not None:
-            status['reason'] = reason
+        status = kubelet_pod_status(pod, phase, started, self._now(), state, reason)
         meta = pod['metadata']
         with contextlib.suppress(ApiError):  # deleted pods have no status to write
             self.api.update(PODS, meta['namespace'], meta['name'],
@@ -318,11 +298,27 @@ class JobController:
     def _job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.api.update(JOBS, namespace, name, lambda old: merge_patch(old, {'status': status}), status=True)
 
-    def _conditions(self, interim: str, final: str, reason: str, message: str) -> list[dict[str, Any]]:
-        # Kubernetes 1.31+ first adds SuccessCriteriaMet/FailureTarget, then Complete/Failed.
-        now = self._now()
-        return [{'type': kind, 'status': 'True', 'reason': reason, 'message': message,
-                 'lastProbeTime': now, 'lastTransitionTime': now} for kind in (interim, final)]
+    async def _finish(self, namespace: str, name: str, counts: dict[str, Any], interim: str, final: str, reason: str,
+                message: str) -> None:
+        """
+        End the Job in two status updates, as Kubernetes 1.31+ does: first the
+        counts with SuccessCriteriaMet/FailureTarget, later (once its pods are
+        gone) Complete/Failed. A client that takes ``status.failed`` or
+        ``status.succeeded`` for the end sees a Job that has not ended yet, and
+        no reason (seen on the real control plane: tests/realcluster).
+        """
+        def condition(kind: str) -> dict[str, Any]:
+            now = self._now()
+            return {'type': kind, 'status': 'True', 'reason': reason, 'message': message,
+                    'lastProbeTime': now, 'lastTransitionTime': now}
+
+        first = condition(interim)
+        self._job_status(namespace, name, {**counts, 'conditions': [first]})
+        await asyncio.sleep(TERMINAL_CONDITION_DELAY)
+        ending: dict[str, Any] = {'conditions': [first, condition(final)]}
+        if final == 'Complete':
+            ending['completionTime'] = self._now()
+        self._job_status(namespace, name, ending)
 
     def _now(self) -> str:
         return now_rfc3339(self.api.clock)

@@ -200,7 +200,12 @@ class ProcessRuntime(Runtime):
 
     # ------------------------------------------------------------------ store
 
-    def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    # The three methods below are the runtime's only contact with a cluster:
+    # the embedded cluster's store here; ProcessNode (node.py) overrides them
+    # to read a real API server and its bound PersistentVolumes.
+
+    def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap, Secret or PersistentVolumeClaim of the pod's namespace (``kind`` in lower case), or None."""
         if self.api is None:
             raise RuntimeError('ProcessRuntime is not attached to an API server (use it through EmbeddedCluster)')
         try:
@@ -210,26 +215,17 @@ class ProcessRuntime(Runtime):
                 return None
             raise
 
-    def _configmap(self, namespace: str, name: str, optional: bool = False) -> dict[str, str | bytes] | None:
-        obj = self._get('configmap', namespace, name)
-        if obj is None:
-            if optional:
-                return None
-            raise PodSetupError('CreateContainerConfigError', f'configmap "{name}" not found')
-        return _configmap_values(obj)
+    def publish_log(self, namespace: str, pod_name: str, text: str) -> None:
+        """The pod's output so far (what ``kubectl logs`` serves from the embedded API server)."""
+        if self.api is not None:
+            self.api.pod_logs[(namespace, pod_name)] = text
 
-    def _secret(self, namespace: str, name: str, optional: bool = False) -> dict[str, str] | None:
-        obj = self._get('secret', namespace, name)
-        if obj is None:
-            if optional:
-                return None
-            raise PodSetupError('CreateContainerConfigError', f'secret "{name}" not found')
-        return _decode_secret(obj)
-
-    # ------------------------------------------------------------------ volumes
-
-    def _claim_dir(self, namespace: str, claim: str) -> Path:
-        pvc = self._get('persistentvolumeclaim', namespace, claim)
+    def claim_dir(self, namespace: str, claim: str) -> Path:
+        """
+        The host folder of a PersistentVolumeClaim: ``volume_dir``, emptied when
+        the claim's uid changes (a new claim of a reused name is a new volume).
+        """
+        pvc = self.get_object('persistentvolumeclaim', namespace, claim)
         if pvc is None:
             raise PodSetupError('Unschedulable', f'persistentvolumeclaim "{claim}" not found')
         folder = self.volume_dir(namespace, claim)
@@ -237,13 +233,30 @@ class ProcessRuntime(Runtime):
         uid = pvc['metadata'].get('uid', '')
         known = marker.read_text() if marker.exists() else None
         if known != uid:
-            # A new claim of a reused name is a new, empty volume.
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
             marker.write_text(uid)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def _configmap(self, namespace: str, name: str, optional: bool = False) -> dict[str, str | bytes] | None:
+        obj = self.get_object('configmap', namespace, name)
+        if obj is None:
+            if optional:
+                return None
+            raise PodSetupError('CreateContainerConfigError', f'configmap "{name}" not found')
+        return _configmap_values(obj)
+
+    def _secret(self, namespace: str, name: str, optional: bool = False) -> dict[str, str] | None:
+        obj = self.get_object('secret', namespace, name)
+        if obj is None:
+            if optional:
+                return None
+            raise PodSetupError('CreateContainerConfigError', f'secret "{name}" not found')
+        return _decode_secret(obj)
+
+    # ------------------------------------------------------------------ volumes
 
     @staticmethod
     def _write_files(folder: Path, values: Mapping[str, str | bytes], items: list[dict[str, Any]] | None) -> None:
@@ -273,7 +286,7 @@ class ProcessRuntime(Runtime):
             name = volume['name']
             if name not in sources:
                 if 'persistentVolumeClaim' in volume:
-                    sources[name] = self._claim_dir(namespace, volume['persistentVolumeClaim']['claimName'])
+                    sources[name] = self.claim_dir(namespace, volume['persistentVolumeClaim']['claimName'])
                 elif 'configMap' in volume:
                     ref = volume['configMap']
                     values = self._configmap(namespace, ref['name'], ref.get('optional', False)) or {}
@@ -364,7 +377,8 @@ class ProcessRuntime(Runtime):
                 meta = pod['metadata']
                 value = {'metadata.name': meta.get('name'), 'metadata.namespace': meta.get('namespace'),
                          'metadata.uid': meta.get('uid'), 'status.podIP': '127.0.0.1',
-                         'status.hostIP': '127.0.0.1', 'spec.nodeName': 'localhost',
+                         'status.hostIP': '127.0.0.1',
+                         'spec.nodeName': (pod.get('spec') or {}).get('nodeName') or 'localhost',
                          'spec.serviceAccountName': (pod.get('spec') or {}).get('serviceAccountName')}.get(field)
             if value is not None:
                 env[name] = value.decode('utf-8', errors='replace') if isinstance(value, bytes) else value
@@ -424,8 +438,7 @@ class ProcessRuntime(Runtime):
             argv, env, cwd, pod_dir = self.prepare(pod)
         except (PodSetupError, OSError) as e:
             message = e.message if isinstance(e, PodSetupError) else f'cannot set up the pod: {e}'
-            if self.api is not None:
-                self.api.pod_logs[log_key] = message + '\n'
+            self.publish_log(*log_key, message + '\n')
             return Result(exit_code=128, message=message, logs=message + '\n')
         container = pod['spec']['containers'][0]
         output = bytearray()
@@ -442,8 +455,7 @@ class ProcessRuntime(Runtime):
                 output.extend(chunk)
                 if len(output) > LOG_LIMIT:
                     del output[:len(output) - LOG_LIMIT]
-                if self.api is not None:
-                    self.api.pod_logs[log_key] = output.decode('utf-8', errors='replace')
+                self.publish_log(*log_key, output.decode('utf-8', errors='replace'))
 
         reader = asyncio.create_task(pump())
         try:
@@ -469,6 +481,10 @@ class ProcessRuntime(Runtime):
         if not self.keep_pod_dirs:
             shutil.rmtree(pod_dir, ignore_errors=True)
         return Result(exit_code=exit_code, message=message or None, logs=logs)
+
+    def grace_period(self, pod: dict[str, Any]) -> float:
+        """Seconds between SIGTERM and SIGKILL: ``terminationGracePeriodSeconds``, at most ``max_grace``."""
+        return min(float((pod.get('spec') or {}).get('terminationGracePeriodSeconds', 30)), self.max_grace)
 
     async def _kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
         """As the kubelet: SIGTERM to the container's first process, SIGKILL to all once the grace period is over.

@@ -15,7 +15,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ['Runtime', 'Result', 'Outcome', 'ScriptedRuntime']
+__all__ = ['Runtime', 'Result', 'Outcome', 'ScriptedRuntime', 'terminated_state', 'kubelet_pod_status']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,69 @@ class Result:
     exit_code: int
     message: str | None = None  # the termination message (container's terminationMessagePath)
     logs: str = ''  # served at /api/v1/namespaces/NS/pods/NAME/log
+
+
+def terminated_state(result: Result, started: str, finished: str) -> dict[str, Any]:
+    """``containerStatuses[].state.terminated`` as the kubelet writes it for a container that exited."""
+    terminated: dict[str, Any] = {
+        'exitCode': result.exit_code, 'reason': 'Completed' if result.exit_code == 0 else 'Error',
+        'startedAt': started, 'finishedAt': finished,
+    }
+    if result.message is not None:
+        terminated['message'] = result.message
+    return terminated
+
+
+def kubelet_pod_status(pod: dict[str, Any], phase: str, started: str, now: str, state: dict[str, Any],
+                       reason: str | None = None, message: str | None = None,
+                       host_ip: str = '127.0.0.1') -> dict[str, Any]:
+    """
+    A Pod's whole ``status`` as a kubelet reports it: phase, the five pod
+    conditions (Ready and ContainersReady False with reason PodCompleted once
+    the containers ended), and one containerStatus per container in ``state``
+    (``{'running': ...}`` or ``{'terminated': ...}``). The embedded cluster's
+    Job controller and the ProcessNode for a real API server both write this.
+    """
+    running = 'running' in state
+    containers = (pod.get('spec') or {}).get('containers') or [{'name': 'main'}]
+
+    def condition(kind: str, ok: bool, why: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = {'type': kind, 'status': 'True' if ok else 'False', 'lastProbeTime': None,
+                                 'lastTransitionTime': now}
+        if why is not None:
+            found['reason'] = why
+        return found
+
+    ended = None if running else 'PodCompleted'
+    status: dict[str, Any] = {
+        'phase': phase, 'startTime': started, 'hostIP': host_ip, 'hostIPs': [{'ip': host_ip}],
+        'podIP': host_ip, 'podIPs': [{'ip': host_ip}], 'qosClass': _qos_class(containers),
+        'conditions': [condition('PodReadyToStartContainers', running), condition('Initialized', True),
+                       condition('Ready', running, ended), condition('ContainersReady', running, ended),
+                       condition('PodScheduled', True)],
+        'containerStatuses': [{
+            'name': c.get('name', 'main'), 'image': c.get('image', ''), 'imageID': '',
+            'containerID': f'process://{(pod.get("metadata") or {}).get("uid", "")}/{c.get("name", "main")}',
+            'ready': running, 'started': running, 'restartCount': 0, 'state': state,
+        } for c in containers],
+    }
+    if reason is not None:
+        status['reason'] = reason
+    if message is not None:
+        status['message'] = message
+    return status
+
+
+def _qos_class(containers: list[dict[str, Any]]) -> str:
+    """Guaranteed when every container's requests equal its cpu and memory limits; BestEffort with none."""
+    resources = [c.get('resources') or {} for c in containers]
+    if not any(r.get('requests') or r.get('limits') for r in resources):
+        return 'BestEffort'
+    guaranteed = all(
+        (r.get('limits') or {}).get(k) is not None
+        and (r.get('requests') or {}).get(k, (r.get('limits') or {}).get(k)) == (r.get('limits') or {}).get(k)
+        for r in resources for k in ('cpu', 'memory'))
+    return 'Guaranteed' if guaranteed else 'Burstable'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,9 @@ async def test_other_kinds_get_tables_too(cluster: EmbeddedCluster, tmp_path: Pa
     lines = (await kubectl(tmp_path, 'get', 'configmaps')).splitlines()
     assert lines[0].split() == ['NAME', 'AGE'] and lines[1].split()[0] == 'cm1'
     await cluster.create(process_job('j1', ['/bin/true']))  # the ScriptedRuntime succeeds it at once
-    await cluster.wait_for('job', 'j1', lambda j: j and (j.get('status') or {}).get('succeeded'))
+    # Done once the Complete condition is there: the count comes first, as on a real cluster (1.31+).
+    await cluster.wait_for('job', 'j1', lambda j: j and any(
+        c.get('type') == 'Complete' for c in (j.get('status') or {}).get('conditions') or []))
     jobs = (await kubectl(tmp_path, 'get', 'jobs')).splitlines()
     assert jobs[0].split() == ['NAME', 'STATUS', 'COMPLETIONS', 'DURATION', 'AGE']
     assert jobs[1].split()[:3] == ['j1', 'Complete', '1/1']
