@@ -1,0 +1,77 @@
+"""Install with one command (issue 10, item 4): `kubectl apply -k kubernetes/`.
+
+`kubectl kustomize kubernetes/` (the real kubectl, whose kustomize is built
+in; offline, no cluster) must render every object of the step-by-step install
+unchanged, into ocean-compute, plus the empty Secret template, and every
+rendered object (the CRD included) must validate strictly for Kubernetes 1.30.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ._support import KUBERNETES_DIR, KUSTOMIZATION, NAMESPACE, load_docs
+
+K8S_VERSION = "1.30"
+SECRET_NAME = "ocean-compute-operator-secrets"
+
+
+def kubectl() -> str:
+    for candidate in ("/usr/bin/kubectl", shutil.which("kubectl")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail("kubectl is not installed (its kustomize renders kubernetes/)")
+
+
+def rendered() -> list[dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    result = subprocess.run([kubectl(), "kustomize", str(KUBERNETES_DIR)], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def key(doc: dict[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def canonical(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True)
+
+
+def test_every_manifest_file_is_part_of_the_kustomization() -> None:
+    listed = set(yaml.safe_load(KUSTOMIZATION.read_text())["resources"])
+    files = {p.name for p in KUBERNETES_DIR.iterdir() if p.suffix in (".yaml", ".yml") and p != KUSTOMIZATION}
+    assert listed == files
+
+
+def test_kustomize_renders_the_step_by_step_install_unchanged_plus_the_secret_template() -> None:
+    docs = rendered()
+    by_file = [doc for name in yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
+               for doc in load_docs(KUBERNETES_DIR / name)]
+    others = [doc for doc in docs if key(doc) != f"Secret/{SECRET_NAME}"]
+    assert sorted(map(canonical, others)) == sorted(map(canonical, by_file))
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Namespace", "CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy",
+            "ConfigMap", "Secret", "Deployment", "PodDisruptionBudget"} <= kinds, kinds
+    (secret,) = [doc for doc in docs if doc["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == SECRET_NAME and not secret.get("data"), "the template ships no value"
+    for doc in docs:
+        if doc["kind"] not in ("Namespace", "CustomResourceDefinition"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, key(doc)
+
+
+def test_every_rendered_object_validates_strictly_for_kubernetes_1_30() -> None:
+    docs = rendered()
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert any(doc["kind"] == "CustomResourceDefinition" for doc in docs)
