@@ -6,7 +6,8 @@ into its User-Agent: the API server's request log says which process made
 each write. While 20 workflows run, the leader is killed with SIGKILL; the
 standby must take over within 15 s of the kill and carry every workflow to
 the end, with no child created twice and each notification sent once. The
-readiness endpoint answers 200 on the leader only.
+readiness endpoint answers 200 on the leader only. A leader cut off from the
+API server stops acting before the standby may take the Lease.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import time
 import urllib.error
 import urllib.request
 
+import kubernetes
+
 from operator_engine.devcluster import EmbeddedCluster, Outcome, RequestRecord
+from operator_engine.leader import LEASE_NAME, LeaderElector
 
 from conftest import ProcessFactory, Receiver, TimedRuntime
 from helpers import (PUBLISH_RESULT, creation_counts, is_terminal, make_workflow, resource_of, status, wait_terminal,
@@ -138,3 +142,38 @@ async def test_two_operators_one_acts_and_the_standby_takes_over_after_a_kill(
     for name in WORKFLOWS:
         assert len(receiver.accepted('/start', name)) == 1, (name, receiver.all('/start'))
         assert len(receiver.accepted('/stop', name)) == 1, (name, receiver.all('/stop'))
+
+
+async def test_a_leader_cut_off_from_the_api_stops_before_the_standby_may_take_the_lease(
+        cluster: EmbeddedCluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The deadline: a leader that cannot renew stops acting before another replica may acquire the Lease."""
+    kubeconfig = cluster.write_kubeconfig(tmp_path / 'kubeconfig')
+    events: dict[str, float] = {}
+
+    def elector(who: str) -> tuple[LeaderElector, kubernetes.client.ApiClient]:
+        client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        return LeaderElector(client, cluster.namespace, who,
+                             on_acquired=lambda: events.setdefault(f'{who} acquired', time.monotonic()),
+                             on_lost=lambda: events.setdefault(f'{who} lost', time.monotonic())), client
+
+    first, first_client = elector('a')
+    second, _ = elector('b')
+    first.start()
+    try:
+        await wait_until(lambda: first.is_leader, timeout=30, what='a leading')
+        second.start()
+        await wait_until(lambda: 'a acquired' in events and not second.is_leader, timeout=30, what='b standing by')
+        first_client.configuration.host = 'http://127.0.0.1:9'  # a's network fails: nothing listens there
+        cut_at = time.monotonic()
+        await wait_until(lambda: 'b acquired' in events, timeout=30, what='b taking over')
+        assert 'a lost' in events, 'the cut-off leader never stopped'
+        assert events['a lost'] < events['b acquired'], events
+        assert not first.is_leader and second.is_leader
+        assert events['b acquired'] - cut_at < TAKEOVER_LIMIT, events
+        lease = cluster.api.get(cluster.spec('leases'), cluster.namespace, LEASE_NAME)
+        assert lease['spec']['holderIdentity'] == 'b' and lease['spec']['leaseTransitions'] == 1, lease
+    finally:
+        await asyncio.to_thread(first.stop, False)
+        await asyncio.to_thread(second.stop)
+    lease = cluster.api.get(cluster.spec('leases'), cluster.namespace, LEASE_NAME)
+    assert not lease['spec'].get('holderIdentity'), f'b did not release the Lease on stop: {lease}'
