@@ -75,3 +75,27 @@ def test_every_rendered_object_validates_strictly_for_kubernetes_1_30() -> None:
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     assert any(doc["kind"] == "CustomResourceDefinition" for doc in docs)
+
+
+def test_applying_the_secret_template_again_keeps_a_secret_the_admin_filled(tmp_path: Path) -> None:
+    """The README's promise: `kubectl apply -k` never wipes keys it did not set (real kubectl, embedded cluster)."""
+    from operator_engine.devcluster import EmbeddedCluster
+
+    (template,) = [doc for doc in rendered() if doc["kind"] == "Secret"]
+    filled = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
+              "data": {"OPERATOR_PRIVATE_KEY": "MHhhYmM="}}
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    with EmbeddedCluster.start_in_thread(NAMESPACE) as cluster:
+        kubeconfig = str(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
+
+        def run(*args: str, document: dict[str, Any] | None = None) -> str:
+            result = subprocess.run([kubectl(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True,
+                                    env=env, timeout=120, input=json.dumps(document) if document else None)
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        run("create", "-f", "-", document=filled)  # as `kubectl create secret generic ... --from-literal`
+        for _ in range(2):
+            run("apply", "-f", "-", document=template)
+        secret = json.loads(run("-n", NAMESPACE, "get", "secret", SECRET_NAME, "-o", "json"))
+    assert secret["data"] == filled["data"]

@@ -74,8 +74,9 @@ async def test_two_operators_one_acts_and_the_standby_takes_over_after_a_kill(
     urls = {who: f'http://127.0.0.1:{free_port()}/readyz' for who in ('a', 'b')}
 
     def start(who: str):  # type: ignore[no-untyped-def]
+        # METRICS_PORT=0: two processes on one machine must not both listen on the metrics port.
         return operator_process(LEADER_ELECTION='true', POD_NAME=f'operator-{who}', READINESS_ENDPOINT=urls[who],
-                                maxJobs='5', OPERATOR_BACKSTOP_SECONDS='5')
+                                maxJobs='5', OPERATOR_BACKSTOP_SECONDS='5', METRICS_PORT='0')
 
     first = await start('a')
     await wait_readiness(urls['a'], 200)
