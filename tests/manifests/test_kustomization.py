@@ -70,6 +70,15 @@ def test_kustomize_renders_the_step_by_step_install_unchanged_plus_the_secret_te
             assert doc["metadata"]["namespace"] == NAMESPACE, key(doc)
 
 
+def test_the_operator_starts_after_its_network_policies_settings_and_secret() -> None:
+    """kubectl applies in the rendered order, as the step-by-step install does."""
+    kinds = [doc["kind"] for doc in rendered()]
+    assert kinds[:2] == ["Namespace", "CustomResourceDefinition"], kinds
+    last_before = max(i for i, kind in enumerate(kinds) if kind in ("NetworkPolicy", "ConfigMap", "Secret", "Role",
+                                                                      "RoleBinding", "ServiceAccount"))
+    assert last_before < kinds.index("Deployment"), kinds
+
+
 def test_every_rendered_object_validates_strictly_for_kubernetes_1_30() -> None:
     docs = rendered()
     for doc in docs:
