@@ -132,9 +132,12 @@ class LeaderElector:
                 ok = False
             if ok:
                 with self._lock:
-                    self._renewed_at = sent
-                    self._leader = True
-                if not leader:
+                    if leader and not self._leader:
+                        ok = False  # declared lost while this renewal was on its way: it stays lost
+                    else:
+                        self._renewed_at = sent
+                        self._leader = True
+                if ok and not leader:
                     log.info(f"became the leader ({self.identity}); acting from now on")
                     self.on_acquired()
             elif leader and not self._stop.is_set():
