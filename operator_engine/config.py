@@ -96,6 +96,13 @@ def _text(text: str) -> str:
     return text
 
 
+def _http_endpoint(text: str) -> str:
+    from operator_engine.health import parse_endpoint
+
+    parse_endpoint(text.strip())
+    return text.strip()
+
+
 def _single_line(text: str) -> str:
     if any(ch in text for ch in "\r\n\x00"):
         raise ValueError("must be a single line")
@@ -274,6 +281,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METRICS_PORT", _integer(0, 65535), 9100,
              "Port of the Prometheus /metrics endpoint on every interface; 0 turns the metrics off"),
     Variable("OPERATOR_BACKSTOP_SECONDS", _integer(1), 30, "Interval of the timer that catches missed events and deadlines"),
+    Variable("LEADER_ELECTION", _boolean, False,
+             "Act only while holding the Lease operator-engine-leader (for more than one replica)"),
+    Variable("READINESS_ENDPOINT", _http_endpoint, None,
+             "Where to answer readiness, http://HOST:PORT/PATH: 200 while this replica acts, else 503"),
 )
 
 VARIABLE_NAMES = frozenset(v.name for v in VARIABLES)

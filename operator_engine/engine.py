@@ -537,20 +537,29 @@ class Engine:
         """
         while True:
             await asyncio.sleep(interval)
+            await self.sweep(namespace)
+
+    async def sweep(self, namespace: str) -> bool:
+        """Reconcile each workflow that is not settled; False if they could not be listed.
+
+        The backstop's pass, and a new leader's first act: it carries on every
+        workflow from the cluster's state, whatever the previous leader left.
+        """
+        try:
+            workflows = await self.kube.list_workflows(namespace)
+        except Exception as exc:  # the backstop must outlive any one failure
+            log.warning(f"backstop pass failed, will retry: {type(exc).__name__}: {exc}")
+            return False
+        metrics.CENSUS.replace(workflows)
+        for body in workflows:
+            name = body["metadata"]["name"]
             try:
-                workflows = await self.kube.list_workflows(namespace)
-            except Exception as exc:  # the backstop must outlive any one failure
-                log.warning(f"backstop pass failed, will retry: {type(exc).__name__}: {exc}")
-                continue
-            metrics.CENSUS.replace(workflows)
-            for body in workflows:
-                name = body["metadata"]["name"]
-                try:
-                    if not self._settled(body):
-                        await self.reconcile(namespace, name, backstop=True)
-                except Exception as exc:  # one workflow's failure never ends the pass for the others
-                    log.warning(f"backstop: workflow {name} failed, will retry: {type(exc).__name__}: {exc}",
-                                workflow=name)
+                if not self._settled(body):
+                    await self.reconcile(namespace, name, backstop=True)
+            except Exception as exc:  # one workflow's failure never ends the pass for the others
+                log.warning(f"backstop: workflow {name} failed, will retry: {type(exc).__name__}: {exc}",
+                            workflow=name)
+        return True
 
     def _settled(self, body: dict[str, Any]) -> bool:
         status = body.get("status") or {}

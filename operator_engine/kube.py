@@ -22,7 +22,8 @@ import kubernetes
 import urllib3
 from kubernetes.client import ApiException
 
-from operator_engine import metrics
+from operator_engine import __version__, metrics
+from operator_engine.leader import holder_identity
 
 T = TypeVar("T")
 
@@ -46,13 +47,19 @@ def _message(exc: ApiException) -> str:
 
 
 def new_api_client() -> kubernetes.client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
+
+    Its User-Agent names the operator and this replica (the Lease holder
+    identity), so the API server's audit log tells apart the replicas' writes.
+    """
     try:
         kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
+        client = kubernetes.client.ApiClient()
     except kubernetes.config.ConfigException:
         # The client reads KUBECONFIG once, when first imported; read it now.
-        return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+        client = kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+    client.user_agent = f"operator-engine/{__version__} ({holder_identity()})"
+    return client
 
 
 class Kube:

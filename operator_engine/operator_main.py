@@ -12,6 +12,7 @@ variable stops the operator at start with a message naming it (docs/contract.md 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import kopf
 
 from operator_engine import config as _config
-from operator_engine import logs, metrics
+from operator_engine import health, leader, logs, metrics
 from operator_engine.engine import Engine
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
 from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
@@ -68,9 +69,52 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     memo.metrics = metrics.start(config)
-    memo.engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
-    await memo.engine.admit(config.OPERATOR_NAMESPACE)
-    memo.engine.start_backstop(config.OPERATOR_NAMESPACE, float(config.OPERATOR_BACKSTOP_SECONDS))
+    # kopf runs on every replica (its watches and liveness endpoint too); the
+    # handlers act only once `memo.engine` exists: at once without election,
+    # else when this replica acquires the Lease (a lost Lease ends the process).
+    memo.engine = None
+    memo.elector = None
+    memo.readiness_server = None
+    loop = asyncio.get_running_loop()
+    readiness = health.Readiness(lambda: memo.elector is None or memo.elector.is_leader)
+    if config.LEADER_ELECTION:
+        memo.elector = leader.LeaderElector(
+            new_api_client(), config.OPERATOR_NAMESPACE, leader.holder_identity(),
+            on_acquired=lambda: loop.call_soon_threadsafe(_start_take_over, config, memo, readiness))
+    if config.READINESS_ENDPOINT:
+        memo.readiness_server = await health.serve(config.READINESS_ENDPOINT, readiness)
+    if memo.elector is not None:
+        memo.elector.start()
+    else:
+        await _take_over(config, memo, readiness, first=True)
+
+
+def _start_take_over(config: _config.Config, memo: kopf.Memo, readiness: health.Readiness) -> None:
+    """On the event loop, when the elector's thread says this replica now leads."""
+    memo.take_over = asyncio.ensure_future(_take_over(config, memo, readiness))  # a reference keeps it running
+
+
+async def _take_over(config: _config.Config, memo: kopf.Memo, readiness: health.Readiness,
+                     first: bool = False) -> None:
+    """Start acting: admit what the queue allows, carry every workflow on from the cluster's state, then the backstop.
+
+    On a single operator this runs at start (where kopf's watch events also
+    reach every workflow: no sweep needed); on a new leader, the events that
+    reached it as a standby were ignored, so it reconciles every workflow
+    that is not settled first.
+    """
+    engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
+    memo.engine = engine
+    if first:
+        await engine.admit(config.OPERATOR_NAMESPACE)
+    else:
+        try:
+            await engine.admit(config.OPERATOR_NAMESPACE)
+            await engine.sweep(config.OPERATOR_NAMESPACE)
+        except Exception as exc:  # the API server is unwell: the backstop tries again
+            logging.getLogger(__name__).warning(f"taking over: {type(exc).__name__}: {exc}; the backstop retries")
+    engine.start_backstop(config.OPERATOR_NAMESPACE, float(config.OPERATOR_BACKSTOP_SECONDS))
+    readiness.mark_ready()
 
 
 @kopf.on.login()
@@ -84,13 +128,19 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     engine = getattr(memo, "engine", None)
     if engine is not None:
         await engine.close()
+    elector = getattr(memo, "elector", None)
+    if elector is not None:  # after the engine stopped writing: the standby may take over at once
+        await asyncio.to_thread(elector.stop)
+    server = getattr(memo, "readiness_server", None)
+    if server is not None:
+        await server.cleanup()
     if getattr(memo, "metrics", None) is not None:
         memo.metrics.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def workflow_changed(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if event.get("type") != "DELETED":
+    if event.get("type") != "DELETED" and memo.engine is not None:
         await memo.engine.reconcile(namespace, name)
 
 
@@ -110,5 +160,5 @@ def _job_finished(status: kopf.Status, meta: kopf.Meta, type: str | None = None,
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)
 async def job_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
     workflow = labels.get("app")
-    if workflow:
+    if workflow and memo.engine is not None:
         await memo.engine.reconcile(namespace, workflow)

@@ -103,6 +103,7 @@ class RequestRecord:
     time: float  # time.monotonic() when answered (for watches: when the stream started)
     body: Any = None  # the parsed JSON body of writes (POST/PUT/PATCH/DELETE), else None
     faulted: bool = False  # answered by the fault injector, never reached the store
+    user_agent: str = ''  # the client's User-Agent header (tells apart clients of one server)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,6 +568,7 @@ class ApiServer(kmock.KubernetesScaffold):
         a 500 on ``/api/v1/namespaces`` and keeps every request in memory.
         """
         method = raw.method.upper()
+        agent = raw.headers.get('User-Agent', '')
         query = dict(raw.query)
         raw_body = await raw.read()
         too_deep = _json_depth(raw_body) > MAX_JSON_DEPTH
@@ -577,24 +579,24 @@ class ApiServer(kmock.KubernetesScaffold):
         body = data if method in ('POST', 'PUT', 'PATCH', 'DELETE') else None
         status_code = self.faults.decide(method, raw.path) if BYPASS_FAULTS_HEADER not in raw.headers else None
         if status_code is not None:
-            self._log(method, raw.path, query, status_code, body, faulted=True)
+            self._log(method, raw.path, query, status_code, body, faulted=True, user_agent=agent)
             reason = 'TooManyRequests' if status_code == 429 else 'InternalError'
             headers = {'Retry-After': '1'} if status_code == 429 else {}
             return self._error_response(ApiError(status_code, reason, f'injected fault ({status_code})',
                                                  {'retryAfterSeconds': 1} if status_code == 429 else None,
                                                  headers))
         if too_deep:
-            self._log(method, raw.path, query, 400, None)
+            self._log(method, raw.path, query, 400, None, user_agent=agent)
             return self._error_response(ApiError(400, 'BadRequest', 'json: exceeded max depth'))
         if method == 'GET' and (raw.path == '/openapi/v2' or raw.path.startswith('/openapi/v3')):
             response = self._serve_openapi(raw.path)
-            self._log(method, raw.path, query, response.status, body)
+            self._log(method, raw.path, query, response.status, body, user_agent=agent)
             return response
         target = _parse_path(raw.path)
         spec = self.specs.get(target.resource_key) if target is not None else None
         if target is None or spec is None:
             response = await super().__call__(raw)
-            self._log(method, raw.path, query, response.status, body)
+            self._log(method, raw.path, query, response.status, body, user_agent=agent)
             return response
         try:
             table = method == 'GET' and wants_table(raw.headers.get('Accept', ''))
@@ -607,7 +609,7 @@ class ApiServer(kmock.KubernetesScaffold):
             response = self._error_response(e)
         except SelectorError as e:
             response = self._error_response(ApiError(400, 'BadRequest', str(e)))
-        self._log(method, raw.path, query, response.status, body)
+        self._log(method, raw.path, query, response.status, body, user_agent=agent)
         return response
 
     def _serve(self, method: str, spec: ResourceSpec, target: _Target, query: dict[str, str],
@@ -730,7 +732,7 @@ class ApiServer(kmock.KubernetesScaffold):
 
         response = aiohttp.web.StreamResponse(status=200, headers={'Content-Type': 'application/json'})
         await response.prepare(raw)
-        self._log('GET', raw.path, query, 200, None)
+        self._log('GET', raw.path, query, 200, None, user_agent=raw.headers.get('User-Agent', ''))
 
         async def send(event: dict[str, Any]) -> None:
             if table and event.get('type') != 'ERROR':
@@ -780,8 +782,9 @@ class ApiServer(kmock.KubernetesScaffold):
         return aiohttp.web.json_response(error.status_body(), status=error.code, headers=error.headers)
 
     def _log(self, method: str, path: str, query: dict[str, str], status: int, body: Any,
-             faulted: bool = False) -> None:
-        self.request_log.append(RequestRecord(method, path, query, status, time.monotonic(), body, faulted))
+             faulted: bool = False, user_agent: str = '') -> None:
+        self.request_log.append(RequestRecord(method, path, query, status, time.monotonic(), body, faulted,
+                                              user_agent))
 
 
 @dataclasses.dataclass(frozen=True)

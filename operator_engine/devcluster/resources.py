@@ -52,4 +52,6 @@ DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
                  has_status=True),
     ResourceSpec('events.k8s.io', 'v1', 'events', 'Event', singular='event', shortnames=('ev',)),
     WORKFLOWS,
+    # Leader election of the operator's replicas (operator_engine/leader.py).
+    ResourceSpec('coordination.k8s.io', 'v1', 'leases', 'Lease', singular='lease'),
 )

@@ -87,3 +87,21 @@ async def test_kubectl_describe_job(cluster: EmbeddedCluster, kubeconfig: pathli
     await cluster.create(job_manifest('j1'))
     await cluster.wait_for('job', 'j1', lambda j: (j.get('status') or {}).get('succeeded'))
     assert 'j1' in await _kubectl(kubeconfig, 'describe', 'job', 'j1')
+
+
+async def test_leases_are_served_with_optimistic_concurrency(cluster: EmbeddedCluster) -> None:
+    """Leader election (operator_engine/leader.py) relies on a stale resourceVersion being refused."""
+    api = kubernetes.client.CoordinationV1Api(_client(cluster))
+    body = kubernetes.client.V1Lease(metadata=kubernetes.client.V1ObjectMeta(name='l1'),
+                                     spec=kubernetes.client.V1LeaseSpec(holder_identity='a', lease_duration_seconds=10))
+    await asyncio.to_thread(api.create_namespaced_lease, NS, body)
+    read = await asyncio.to_thread(api.read_namespaced_lease, 'l1', NS)
+    assert read.spec.holder_identity == 'a' and read.metadata.resource_version
+    read.spec.holder_identity = 'b'
+    renewed = await asyncio.to_thread(api.replace_namespaced_lease, 'l1', NS, read)
+    assert renewed.spec.holder_identity == 'b'
+    read.spec.holder_identity = 'c'  # still carries the resourceVersion before b's write
+    with pytest.raises(kubernetes.client.ApiException) as stale:
+        await asyncio.to_thread(api.replace_namespaced_lease, 'l1', NS, read)
+    assert stale.value.status == 409
+    assert (await asyncio.to_thread(api.read_namespaced_lease, 'l1', NS)).spec.holder_identity == 'b'

@@ -72,11 +72,32 @@ def test_service_account_setting_names_the_pod_service_account():
     assert pods_sa["automountServiceAccountToken"] is False
 
 
-def test_deployment_runs_one_operator_at_a_time():
+def test_deployment_runs_two_replicas_with_leader_election_kept_apart():
     spec = deployment()["spec"]
     assert deployment()["metadata"]["namespace"] == NAMESPACE
-    assert spec["replicas"] == 1
+    assert spec["replicas"] == 2
+    # Only the leader is Ready: a rolling update would wait for a Ready new pod forever.
     assert spec["strategy"] == {"type": "Recreate"}
+    env = {e["name"]: e for e in container()["env"]}
+    assert env["LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    (term,) = pod_spec()["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_a_disruption_budget_keeps_one_operator():
+    budget = find_doc(OPERATOR_FILE, "PodDisruptionBudget")
+    assert budget["metadata"]["namespace"] == NAMESPACE
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == deployment()["spec"]["selector"]
+
+
+def test_deployment_readiness_probe_hits_the_readiness_endpoint():
+    probe = container()["readinessProbe"]["httpGet"]
+    env = {e["name"]: e for e in container()["env"]}
+    assert env["READINESS_ENDPOINT"]["value"] == f"http://0.0.0.0:{probe['port']}{probe['path']}"
+    assert probe["port"] in {p["containerPort"] for p in container()["ports"]}
 
 
 def test_deployment_uses_the_operator_service_account():

@@ -3,7 +3,7 @@
 One operator runs the scenarios of this suite in one go: success through the
 filter stage, configure failures 31 and 32, a timeout, a stop request, a
 deletion while running and one while queued (maxJobs), and a rejected
-Workflow. Every request it made is read from the embedded API server's
+Workflow, with leader election on (kubernetes/operator.yml). Every request it made is read from the embedded API server's
 request log and turned into the (apiGroup, resource, verb) a real API server
 would authorize (see ``rbac``). The Role in kubernetes/binding.yml must grant
 all of them and nothing else. Each other operator test also checks, when it
@@ -46,7 +46,8 @@ async def run_scenarios(operator: OperatorFactory, cluster: EmbeddedCluster, run
     _configure_fails(runtime, 'wf-c32', 32)
     for name in ('wf-timeout', 'wf-stop', 'wf-del-run'):
         _hangs(runtime, name)
-    async with operator(maxJobs='2', FILTERING_CONTAINER='oceanprotocol/filter:1.0'):
+    # With leader election on, as in the Deployment: the Lease's verbs are used too.
+    async with operator(maxJobs='2', FILTERING_CONTAINER='oceanprotocol/filter:1.0', LEADER_ELECTION='true'):
         for pair in (('wf-ok', 'wf-c31'), ('wf-c32', 'wf-timeout')):
             for name in pair:
                 await cluster.create(make_workflow(name, maxtime=2 if name == 'wf-timeout' else None))

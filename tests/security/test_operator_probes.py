@@ -2,8 +2,11 @@
 
 The operator container's command from kubernetes/operator.yml runs (listening
 on loopback instead of 0.0.0.0, with the namespace filled in) against the
-embedded cluster, and the path and port of its liveness and readiness probes
-answer 200 once kopf runs.
+embedded cluster, with the Deployment's settings (leader election on), and
+the path and port of its liveness probe (kopf's) and of its readiness probe
+(the operator's own, READINESS_ENDPOINT) answer 200 once it runs and, being
+the only replica, leads. tests/operator/test_leader_election.py checks that
+the standby answers 503.
 """
 
 from __future__ import annotations
@@ -40,13 +43,20 @@ def free_port() -> int:
 
 def test_the_probes_of_the_deployment_are_answered_by_its_command(tmp_path):
     container = deployment_container()
-    port = free_port()
-    probe_port = container["livenessProbe"]["httpGet"]["port"]
-    command = [arg.replace("$(OPERATOR_NAMESPACE)", NAMESPACE)
-                  .replace(f"http://0.0.0.0:{probe_port}/", f"http://127.0.0.1:{port}/")
-               for arg in container["command"]]
-    assert command[0] == "kopf" and any(a.startswith(f"--liveness=http://127.0.0.1:{port}/") for a in command)
+    ports = {container[probe]["httpGet"]["port"]: free_port() for probe in ("livenessProbe", "readinessProbe")}
+
+    def on_loopback(text: str) -> str:
+        for port, local in ports.items():
+            text = text.replace(f"http://0.0.0.0:{port}/", f"http://127.0.0.1:{local}/")
+        return text
+
+    command = [on_loopback(arg.replace("$(OPERATOR_NAMESPACE)", NAMESPACE)) for arg in container["command"]]
+    live_port = ports[container["livenessProbe"]["httpGet"]["port"]]
+    assert command[0] == "kopf" and any(a.startswith(f"--liveness=http://127.0.0.1:{live_port}/") for a in command)
     env = {k: v for k, v in os.environ.items() if k not in config_module.VARIABLE_NAMES}
+    # The Deployment's own settings (leader election on, the readiness endpoint), on loopback.
+    env.update({e["name"]: on_loopback(e["value"]) for e in container["env"] if "value" in e})
+    assert env["READINESS_ENDPOINT"].startswith("http://127.0.0.1:"), env["READINESS_ENDPOINT"]
     with EmbeddedCluster.start_in_thread(NAMESPACE) as cluster:
         env["KUBECONFIG"] = str(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
         process = subprocess.Popen([sys.executable, "-m", *command], env=env, cwd=tmp_path,
@@ -58,12 +68,11 @@ def test_the_probes_of_the_deployment_are_answered_by_its_command(tmp_path):
             while time.monotonic() < deadline and process.poll() is None and len(answered) < 2:
                 for probe in ("livenessProbe", "readinessProbe"):
                     get = container[probe]["httpGet"]
-                    assert get["port"] == probe_port
                     try:
-                        with direct.open(f"http://127.0.0.1:{port}{get['path']}", timeout=5) as reply:
+                        with direct.open(f"http://127.0.0.1:{ports[get['port']]}{get['path']}", timeout=5) as reply:
                             answered[probe] = reply.status
-                    except OSError:
-                        time.sleep(0.2)  # not listening yet: poll again, until the deadline
+                    except OSError:  # not listening yet, or not ready (503) yet
+                        time.sleep(0.2)  # poll again, until the deadline
             log = (tmp_path / "operator.log").read_text(errors="replace")[-3000:]
             assert answered == {"livenessProbe": 200, "readinessProbe": 200}, log
         finally:

@@ -239,8 +239,8 @@ def test_the_operator_may_receive_only_its_probes_and_scrapes_and_reach_only_dns
     assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
     port, _ = liveness_port_and_path()
     (metrics,) = [p["containerPort"] for p in operator_container()["ports"] if p["name"] == "metrics"]
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": port},
-                                                    {"protocol": "TCP", "port": metrics}]}]
+    ready = operator_container()["readinessProbe"]["httpGet"]["port"]  # the operator's own readiness endpoint
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": p} for p in (port, ready, metrics)]}]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 80)}
     (wide,) = [rule for rule in policy["spec"]["egress"] if ("TCP", 443) in {(p["protocol"], p["port"]) for p in rule["ports"]}]
@@ -261,12 +261,16 @@ def test_the_readme_applies_the_network_policies_before_the_operator_starts():
 # --- item 6: the operator's Deployment
 
 
-def test_the_operator_has_liveness_and_readiness_probes_on_kopfs_endpoint():
+def test_the_operator_has_a_liveness_probe_on_kopfs_endpoint_and_a_readiness_probe_on_its_own():
     port, path = liveness_port_and_path()
     container = operator_container()
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": path, "port": port}, probe
+    assert container["livenessProbe"]["httpGet"] == {"path": path, "port": port}
     assert {"name": "health", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    ready = container["readinessProbe"]["httpGet"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["READINESS_ENDPOINT"] == f"http://0.0.0.0:{ready['port']}{ready['path']}"
+    assert ready["port"] != port
+    assert {"name": "ready", "containerPort": ready["port"], "protocol": "TCP"} in container["ports"]
 
 
 def test_the_operator_image_is_pinned_to_the_package_version():
