@@ -262,7 +262,7 @@ class Engine:
                            reason=failed_condition.reason if failed_condition else None,
                            deleting=job.metadata.deletion_timestamp is not None,
                            created=job.metadata.creation_timestamp,
-                           ended=job_status.completion_time if job_status else None)
+                           ended=_job_end(job_status))
             if view.finished and component == current:
                 view = await self._with_termination(namespace, job.metadata.name, view)
             views[component] = view
@@ -584,6 +584,18 @@ def _seconds_since(moment: datetime.datetime) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, (datetime.datetime.now(datetime.timezone.utc) - moment).total_seconds())
+
+
+def _job_end(job_status: Any) -> datetime.datetime | None:
+    """When the Job's pod ended, as the Job says: its completionTime, else (Kubernetes 1.31+
+    writes that only with the final Complete condition) the time of its SuccessCriteriaMet or
+    FailureTarget condition, which the Job controller adds as it sees the pod end."""
+    if job_status is None:
+        return None
+    if job_status.completion_time:
+        return job_status.completion_time
+    return next((c.last_transition_time for c in job_status.conditions or []
+                 if c.type in ("SuccessCriteriaMet", "FailureTarget") and c.status == "True"), None)
 
 
 def _observe_stage(stage: str, created: datetime.datetime, ended: datetime.datetime | None) -> None:

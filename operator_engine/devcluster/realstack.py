@@ -76,7 +76,8 @@ def install(control_plane: Any, workdir: Path) -> Path:
     documents: list[dict[str, Any]] = []
     for path in sorted(manifests_dir().glob('*.y*ml')):
         for doc in yaml.safe_load_all(path.read_text(encoding='utf-8')):
-            if isinstance(doc, dict) and doc.get('kind') != 'Deployment':
+            # kustomization.yaml is kustomize's input, not an object of the cluster.
+            if isinstance(doc, dict) and doc.get('kind') not in ('Deployment', 'Kustomization'):
                 documents.append(doc)
     # Namespace first, then the CRD, then the rest: what `kubectl apply -f kubernetes/` needs in one go.
     order = {'Namespace': 0, 'CustomResourceDefinition': 1}
