@@ -32,7 +32,9 @@ def granted() -> set[tuple[str, str, str]]:
 
 def test_the_role_is_exactly_what_the_operator_uses(real: RealCluster, operator: Any, receiver: Any) -> None:
     since = real.audit.lines()
-    op = operator()
+    # As the Deployment runs it (kubernetes/operator.yml): with leader election, whose Lease
+    # the Role grants.
+    op = operator(LEADER_ELECTION='true', POD_NAME='ocean-compute-operator-rbac')
     # Every path through the operator: success, a failing algorithm, a stop, a deletion while running.
     real.kube.create_workflow(sample(real, 'rc-rbac-ok'))
     real.kube.create_workflow(with_algorithm(real, 'rc-rbac-fail', FAILING_ALGORITHM))
