@@ -230,20 +230,15 @@ def open_pod_logger(name: str, log_file: Path, env: Mapping[str, str], *, hide_u
 
 
 @contextmanager
-def library_logs_to(logger: logging.Logger, *names: str) -> Iterator[None]:
-    """Send the warnings of libraries (urllib3 retries, botocore) through ``logger``.
-
-    Their lines then get the same secret masking and reach the admin log; and
-    they no longer propagate to whatever the host process configured on the
-    root logger, where a retried URL's query string would be printed as is.
-    """
+def _libraries_logging_to(names: tuple[str, ...], handlers: list[logging.Handler], level: int) -> Iterator[None]:
+    """Give the named library loggers only ``handlers`` and ``level``, without propagation; restore them after."""
     saved = []
     for name in names:
         library = logging.getLogger(name)
         saved.append((library, library.propagate, list(library.handlers), library.level))
         library.propagate = False
-        library.handlers = list(logger.handlers)
-        library.setLevel(logging.WARNING)
+        library.handlers = list(handlers)
+        library.setLevel(level)
     try:
         yield
     finally:
@@ -254,26 +249,26 @@ def library_logs_to(logger: logging.Logger, *names: str) -> Iterator[None]:
 
 
 @contextmanager
+def library_logs_to(logger: logging.Logger, *names: str) -> Iterator[None]:
+    """Send the warnings of libraries (urllib3 retries, botocore) through ``logger``.
+
+    Their lines then get the same secret masking and reach the admin log; and
+    they no longer propagate to whatever the host process configured on the
+    root logger, where a retried URL's query string would be printed as is.
+    """
+    with _libraries_logging_to(names, list(logger.handlers), logging.WARNING):
+        yield
+
+
+@contextmanager
 def library_logs_silenced(*names: str) -> Iterator[None]:
     """Drop the log lines of libraries whose lines may quote a URL (urllib3 names the URL it failed on).
 
     For a program whose own lines already say what happened, field by field;
     the lines also stop reaching whatever the host process configured.
     """
-    saved = []
-    for name in names:
-        library = logging.getLogger(name)
-        saved.append((library, library.propagate, list(library.handlers), library.level))
-        library.propagate = False
-        library.handlers = [logging.NullHandler()]
-        library.setLevel(logging.CRITICAL + 1)
-    try:
+    with _libraries_logging_to(names, [logging.NullHandler()], logging.CRITICAL + 1):
         yield
-    finally:
-        for library, propagate, handlers, level in saved:
-            library.propagate = propagate
-            library.handlers = handlers
-            library.setLevel(level)
 
 
 def close_pod_logger(logger: logging.Logger) -> None:
