@@ -83,14 +83,20 @@ class Report:
     pod_note: str
 
     def print(self) -> None:
-        print(f"[{self.label}] workflows: {self.count}, maxJobs: {self.max_jobs}, wall time: {self.elapsed:.2f} s "
-              f"({self.count / self.elapsed:.2f} workflows/s with {self.pod_note})")
-        print(f"[{self.label}] stage transition (pod end -> next Job created): "
-              f"median {statistics.median(self.delays) * 1000:.0f} ms, "
-              f"p95 {percentile(self.delays, 0.95) * 1000:.0f} ms, max {max(self.delays) * 1000:.0f} ms "
-              f"(the original engine polled every 5000 ms)")
-        print(f"[{self.label}] API requests per workflow: {self.operator_requests / self.count:.1f} "
-              f"(+ {self.event_posts / self.count:.1f} Event posts)")
+        print(
+            f"[{self.label}] workflows: {self.count}, maxJobs: {self.max_jobs}, wall time: {self.elapsed:.2f} s "
+            f"({self.count / self.elapsed:.2f} workflows/s with {self.pod_note})"
+        )
+        print(
+            f"[{self.label}] stage transition (pod end -> next Job created): "
+            f"median {statistics.median(self.delays) * 1000:.0f} ms, "
+            f"p95 {percentile(self.delays, 0.95) * 1000:.0f} ms, max {max(self.delays) * 1000:.0f} ms "
+            f"(the original engine polled every 5000 ms)"
+        )
+        print(
+            f"[{self.label}] API requests per workflow: {self.operator_requests / self.count:.1f} "
+            f"(+ {self.event_posts / self.count:.1f} Event posts)"
+        )
 
 
 def transition_delays(names: list[str], created: dict[str, float], ended: dict[str, float]) -> list[float]:
@@ -108,16 +114,26 @@ async def embedded(count: int, max_jobs: int) -> Report:
     runtime.script("*-publish-job", Outcome(duration=0.2, message=PUBLISHED))
     async with EmbeddedCluster(runtime=runtime) as cluster:
         workdir = Path(tempfile.mkdtemp(prefix="oe-bench-"))
-        os.environ.update({"KUBECONFIG": str(cluster.write_kubeconfig(workdir / "kubeconfig")),
-                           "maxJobs": str(max_jobs), "LOG_LEVEL": "WARNING",
-                           "METRICS_PORT": "0"})  # no /metrics: 9100 may be taken
+        os.environ.update(
+            {
+                "KUBECONFIG": str(cluster.write_kubeconfig(workdir / "kubeconfig")),
+                "maxJobs": str(max_jobs),
+                "LOG_LEVEL": "WARNING",
+                "METRICS_PORT": "0",
+            }
+        )  # no /metrics: 9100 may be taken
         import kopf
 
         import operator_engine.operator_main  # noqa: F401
 
         stop, ready = threading.Event(), threading.Event()
-        thread = threading.Thread(target=lambda: asyncio.run(kopf.operator(
-            standalone=True, namespaces=["ocean-compute"], clusterwide=False, stop_flag=stop, ready_flag=ready)))
+        thread = threading.Thread(
+            target=lambda: asyncio.run(
+                kopf.operator(
+                    standalone=True, namespaces=["ocean-compute"], clusterwide=False, stop_flag=stop, ready_flag=ready
+                )
+            )
+        )
         thread.start()
         await asyncio.to_thread(ready.wait, 30)
         await asyncio.sleep(1)
@@ -127,18 +143,30 @@ async def embedded(count: int, max_jobs: int) -> Report:
         for name in names:
             await cluster.create(workflow(name))
         for name in names:
-            await cluster.wait_for("wf", name, lambda o: bool(o and (o.get("status") or {}).get("cleanedUp")),
-                                   timeout=600)
+            await cluster.wait_for(
+                "wf", name, lambda o: bool(o and (o.get("status") or {}).get("cleanedUp")), timeout=600
+            )
         elapsed = time.monotonic() - started
         log = cluster.request_log[first:]
         stop.set()
         await asyncio.to_thread(thread.join, 30)
 
-    created = {r.body["metadata"]["name"]: r.time for r in log
-               if r.method == "POST" and r.path.endswith("/jobs") and r.status == 201 and isinstance(r.body, dict)}
+    created = {
+        r.body["metadata"]["name"]: r.time
+        for r in log
+        if r.method == "POST" and r.path.endswith("/jobs") and r.status == 201 and isinstance(r.body, dict)
+    }
     operator_requests = [r for r in log if not r.path.endswith("/events")]
-    return Report("embedded", count, max_jobs, elapsed, transition_delays(names, created, runtime.ended),
-                  len(operator_requests), len(log) - len(operator_requests), "0.2 s pods")
+    return Report(
+        "embedded",
+        count,
+        max_jobs,
+        elapsed,
+        transition_delays(names, created, runtime.ended),
+        len(operator_requests),
+        len(log) - len(operator_requests),
+        "0.2 s pods",
+    )
 
 
 class Observer:
@@ -158,9 +186,10 @@ class Observer:
         self.created: dict[str, float] = {}
         self.ended: dict[str, float] = {}
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._follow, args=(call, note), daemon=True)
-                        for call, note in ((self.batch.list_namespaced_job, self._job),
-                                           (self.core.list_namespaced_pod, self._pod))]
+        self.threads = [
+            threading.Thread(target=self._follow, args=(call, note), daemon=True)
+            for call, note in ((self.batch.list_namespaced_job, self._job), (self.core.list_namespaced_pod, self._pod))
+        ]
 
     def _job(self, kind: str, job: dict) -> None:
         self.created.setdefault(job["metadata"]["name"], time.monotonic())
@@ -221,8 +250,10 @@ async def real(count: int, max_jobs: int) -> Report:
 
     workdir = Path(tempfile.mkdtemp(prefix="oe-bench-real-"))
     port = free_port()
-    async with serve_demo_data(port), running_real_stack(
-            workdir, operator_env={"maxJobs": str(max_jobs), "LOG_LEVEL": "WARNING"}) as stack:
+    async with (
+        serve_demo_data(port),
+        running_real_stack(workdir, operator_env={"maxJobs": str(max_jobs), "LOG_LEVEL": "WARNING"}) as stack,
+    ):
         audit_log = stack.control_plane.audit_log
         names = [f"bench-{i:03d}" for i in range(count)]
         with Observer(stack.kubeconfig, NAMESPACE) as observer:
@@ -240,8 +271,16 @@ async def real(count: int, max_jobs: int) -> Report:
             deadline = time.monotonic() + 600 + 30 * count
             for name in names:
                 while True:
-                    done = await asyncio.to_thread(stack.control_plane.kubectl, "get", "wf", name, "-n", NAMESPACE,
-                                                   "-o", "jsonpath={.status.cleanedUp}")
+                    done = await asyncio.to_thread(
+                        stack.control_plane.kubectl,
+                        "get",
+                        "wf",
+                        name,
+                        "-n",
+                        NAMESPACE,
+                        "-o",
+                        "jsonpath={.status.cleanedUp}",
+                    )
                     if done.stdout.strip() == "true":
                         break
                     if time.monotonic() > deadline:
@@ -249,8 +288,16 @@ async def real(count: int, max_jobs: int) -> Report:
                     await asyncio.sleep(0.5)
             elapsed = time.monotonic() - started
         requests, events = audit_requests(audit_log, offset, f"system:serviceaccount:{NAMESPACE}:{OPERATOR_ACCOUNT}")
-    return Report("real", count, max_jobs, elapsed, transition_delays(names, observer.created, observer.ended),
-                  requests, events, "the real pod programs")
+    return Report(
+        "real",
+        count,
+        max_jobs,
+        elapsed,
+        transition_delays(names, observer.created, observer.ended),
+        requests,
+        events,
+        "the real pod programs",
+    )
 
 
 async def main(count: int, max_jobs: int, control_plane: str) -> None:
@@ -264,9 +311,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflows", type=int, default=20)
     parser.add_argument("--max-jobs", type=int, default=5)
-    parser.add_argument("--control-plane", choices=("embedded", "real", "both"), default="embedded",
-                        help="embedded (default): the project's own API server; real: etcd, kube-apiserver, "
-                             "kube-controller-manager, kube-scheduler and the process node (binaries from "
-                             "scripts/control-plane.sh or KUBEBUILDER_ASSETS); both: one after the other")
+    parser.add_argument(
+        "--control-plane",
+        choices=("embedded", "real", "both"),
+        default="embedded",
+        help="embedded (default): the project's own API server; real: etcd, kube-apiserver, "
+        "kube-controller-manager, kube-scheduler and the process node (binaries from "
+        "scripts/control-plane.sh or KUBEBUILDER_ASSETS); both: one after the other",
+    )
     arguments = parser.parse_args()
     asyncio.run(main(arguments.workflows, arguments.max_jobs, arguments.control_plane))

@@ -78,8 +78,9 @@ class WorkflowLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > self._max_nesting + 1:  # + 1: the scalars inside the deepest allowed collection
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {self._max_nesting} levels",
-                                                  self.peek_event().start_mark)
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {self._max_nesting} levels", self.peek_event().start_mark
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -98,11 +99,13 @@ class WorkflowLoader(yaml.SafeLoader):
             try:
                 duplicate = key in seen
             except TypeError:
-                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar",
-                                                        key_node.start_mark) from None
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a scalar", key_node.start_mark
+                ) from None
             if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {repr(key)[:60]}",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {repr(key)[:60]}", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -133,14 +136,18 @@ def _check_expansion(root: yaml.Node | None) -> None:
             weight = 1 + own + sum(weights[id(child)] for child in children(node))
             if weight > MAX_DOCUMENT_BYTES:
                 raise yaml.composer.ComposerError(
-                    None, None, f"its aliases expand to more than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB",
-                    node.start_mark)
+                    None,
+                    None,
+                    f"its aliases expand to more than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB",
+                    node.start_mark,
+                )
             weights[id(node)] = weight
         elif id(node) in weights:
             continue
         elif id(node) in entered:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to the node that contains it",
-                                              node.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to the node that contains it", node.start_mark
+            )
         else:
             entered.add(id(node))
             stack.append((node, True))
@@ -158,8 +165,10 @@ def read_workflow_file(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, "
-                         "more than the Kubernetes API server accepts")
+        raise ValueError(
+            f"{path}: larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB, "
+            "more than the Kubernetes API server accepts"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -172,8 +181,7 @@ def read_workflow_file(path: str) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
     workflows = [d for d in documents if isinstance(d, dict) and d.get("kind") == "WorkFlow"]
     if len(workflows) != 1:
-        kinds = ", ".join(repr(d.get("kind"))[:40] if isinstance(d, dict) else type(d).__name__
-                          for d in documents[:10])
+        kinds = ", ".join(repr(d.get("kind"))[:40] if isinstance(d, dict) else type(d).__name__ for d in documents[:10])
         raise ValueError(f"{path}: kind: expected exactly one WorkFlow document, found [{kinds}]")
     from operator_engine.model import check_json_document
 
@@ -252,14 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the operator against the current kubeconfig or in-cluster config",
-                              description="Runs the operator (kopf run --standalone). Extra options go to kopf.")
+    run = commands.add_parser(
+        "run",
+        help="run the operator against the current kubeconfig or in-cluster config",
+        description="Runs the operator (kopf run --standalone). Extra options go to kopf.",
+    )
     run.add_argument("kopf_args", nargs=argparse.REMAINDER, help="options passed to `kopf run`")
     run.set_defaults(handler=cmd_run)
 
-    render = commands.add_parser("render", help="print the manifests the operator would create for a Workflow",
-                                 description="Prints every manifest the operator would create for the Workflow in "
-                                             "FILE, in creation order, without a cluster.")
+    render = commands.add_parser(
+        "render",
+        help="print the manifests the operator would create for a Workflow",
+        description="Prints every manifest the operator would create for the Workflow in "
+        "FILE, in creation order, without a cluster.",
+    )
     render.add_argument("file", metavar="FILE", help="a WorkFlow YAML file, or - for standard input")
     render.add_argument("-o", "--output", metavar="DIR", help="write one file per manifest into DIR")
     render.set_defaults(handler=cmd_render)
@@ -267,33 +281,53 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the environment and print the compute environment")
     check.set_defaults(handler=cmd_check_config)
 
-    for name, summary in (("configure", "the configure pod: fetch the inputs and the algorithm into /data"),
-                          ("publish", "the publish pod: upload outputs and logs, report their URLs")):
+    for name, summary in (
+        ("configure", "the configure pod: fetch the inputs and the algorithm into /data"),
+        ("publish", "the publish pod: upload outputs and logs, report their URLs"),
+    ):
         pod = commands.add_parser(name, help=summary, description=summary + " (settings from the environment)")
         pod.add_argument("pod_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         pod.set_defaults(handler=cmd_pod, pod=name)
 
-    local_note = ("Pods run as local processes on this machine, without containers or isolation: "
-                  "for trying and developing only.")
-    demo = commands.add_parser("demo", help="run the sample workflow end to end on an embedded cluster",
-                               description="Starts an embedded cluster and the operator, runs "
-                                           "k8s_install/workflow-1.yaml on a small local dataset, prints the "
-                                           "progress and the result; exits 0 if it succeeded. " + local_note)
-    dev = commands.add_parser("dev", help="keep an embedded cluster with the operator up, for kubectl",
-                              description="Starts an embedded cluster, the operator and the demo data server, "
-                                          "prints a kubeconfig for kubectl, and runs until Ctrl-C. " + local_note)
+    local_note = (
+        "Pods run as local processes on this machine, without containers or isolation: for trying and developing only."
+    )
+    demo = commands.add_parser(
+        "demo",
+        help="run the sample workflow end to end on an embedded cluster",
+        description="Starts an embedded cluster and the operator, runs "
+        "k8s_install/workflow-1.yaml on a small local dataset, prints the "
+        "progress and the result; exits 0 if it succeeded. " + local_note,
+    )
+    dev = commands.add_parser(
+        "dev",
+        help="keep an embedded cluster with the operator up, for kubectl",
+        description="Starts an embedded cluster, the operator and the demo data server, "
+        "prints a kubeconfig for kubectl, and runs until Ctrl-C. " + local_note,
+    )
     for sub, handler in ((demo, cmd_demo), (dev, cmd_dev)):
-        sub.add_argument("--workdir", metavar="DIR",
-                         help="folder for volumes, pods, results and logs (default: a new temporary folder)")
-        sub.add_argument("--data-port", type=int, default=8765, metavar="PORT",
-                         help="port of the demo data server on 127.0.0.1 (default 8765, the port the sample "
-                              "Workflow names)")
+        sub.add_argument(
+            "--workdir",
+            metavar="DIR",
+            help="folder for volumes, pods, results and logs (default: a new temporary folder)",
+        )
+        sub.add_argument(
+            "--data-port",
+            type=int,
+            default=8765,
+            metavar="PORT",
+            help="port of the demo data server on 127.0.0.1 (default 8765, the port the sample Workflow names)",
+        )
         sub.set_defaults(handler=handler)
-    dev.add_argument("--control-plane", choices=("embedded", "real"), default="embedded",
-                     help="embedded (default): the project's own API server, starts at once; real: etcd, "
-                          "kube-apiserver, kube-controller-manager and kube-scheduler built by "
-                          "scripts/control-plane.sh (or KUBEBUILDER_ASSETS), a node that runs pods as local "
-                          "processes, and the operator as its ServiceAccount")
+    dev.add_argument(
+        "--control-plane",
+        choices=("embedded", "real"),
+        default="embedded",
+        help="embedded (default): the project's own API server, starts at once; real: etcd, "
+        "kube-apiserver, kube-controller-manager and kube-scheduler built by "
+        "scripts/control-plane.sh (or KUBEBUILDER_ASSETS), a node that runs pods as local "
+        "processes, and the operator as its ServiceAccount",
+    )
     return parser
 
 

@@ -236,7 +236,9 @@ VARIABLES: tuple[Variable, ...] = (
     # --- the operator
     Variable("OPERATOR_PRIVATE_KEY", _private_key, None, "Key that signs notifications (hex)", secret=True),
     Variable("OPERATOR_NAMESPACE", _namespace, "ocean-compute", "Namespace the operator watches and runs pods in"),
-    Variable("IPFS_TYPE", _choice("CLIENT", "CLUSTER"), "CLIENT", "IPFS API: CLIENT (ipfs node) or CLUSTER (ipfs-cluster)"),
+    Variable(
+        "IPFS_TYPE", _choice("CLIENT", "CLUSTER"), "CLIENT", "IPFS API: CLIENT (ipfs node) or CLUSTER (ipfs-cluster)"
+    ),
     Variable("IPFS_OUTPUT", _host_or_url, None, "IPFS API for outputs and the algorithm log"),
     Variable("IPFS_ADMINLOGS", _host_or_url, None, "IPFS API for the admin logs (configure and publish)"),
     Variable("IPFS_OUTPUT_PREFIX", _single_line, None, "Prefix of returned output URLs (default ipfs://)"),
@@ -254,37 +256,79 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("NOTIFY_STOP_URL", _http_url, None, "URL that receives the stop notification (POST JSON)"),
     Variable("SERVICE_ACCOUNT", _k8s_name, "default", "Service account of the workflow pods"),
     Variable("NODE_SELECTOR", _label_value, None, "Pods get the required node affinity scope In [value]"),
-    Variable("PULL_SECRET", _k8s_name, None,
-             "imagePullSecrets name for the provider's own pods (configure, filter, publish), never the algorithm's"),
-    Variable("ALGORITHM_PULL_SECRET", _k8s_name, None,
-             "imagePullSecrets name for the algorithm pods (the consumer's image); unset: none"),
+    Variable(
+        "PULL_SECRET",
+        _k8s_name,
+        None,
+        "imagePullSecrets name for the provider's own pods (configure, filter, publish), never the algorithm's",
+    ),
+    Variable(
+        "ALGORITHM_PULL_SECRET",
+        _k8s_name,
+        None,
+        "imagePullSecrets name for the algorithm pods (the consumer's image); unset: none",
+    ),
     Variable("PULL_POLICY", _choice("Always", "IfNotPresent", "Never"), None, "imagePullPolicy for every container"),
-    Variable("EPHEMERAL_STORAGE", _quantity, "1Gi",
-             "ephemeral-storage request and limit of every workflow pod, also the size limit of its /tmp"),
+    Variable(
+        "EPHEMERAL_STORAGE",
+        _quantity,
+        "1Gi",
+        "ephemeral-storage request and limit of every workflow pod, also the size limit of its /tmp",
+    ),
     Variable("FILTERING_CONTAINER", _image, None, "Image of the optional filter stage, run after the algorithm"),
     Variable("POD_CONFIGURATION_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the configure pod"),
     Variable("POD_PUBLISH_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the publish pod"),
     Variable("LOG_CFG", _log_config_file, None, "A logging configuration file (YAML, logging.config dictConfig)"),
     Variable("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO", "Log level"),
-    Variable("LOG_FORMAT", _choice("json", "console"), None,
-             "Log lines as JSON objects or console text (unset: console on a terminal, else json)"),
+    Variable(
+        "LOG_FORMAT",
+        _choice("json", "console"),
+        None,
+        "Log lines as JSON objects or console text (unset: console on a terminal, else json)",
+    ),
     Variable("DEBUG_NO_CLEANUP", _boolean, False, "Keep Jobs, volumes, ConfigMap and Secrets after the end"),
     Variable("TEMPLATES_DIR", _existing_dir, str(PACKAGED_TEMPLATES_DIR), "Folder of the manifest templates"),
     Variable("LOCAL_STORAGE_DIR", _single_line, None, "Publish into this folder (embedded cluster only)"),
-    Variable("CONFIGURE_ALLOWED_NETWORKS", _allow_list, None,
-             "Networks (CIDRs) and host names the configure pod may fetch from although they are "
-             "loopback, link-local, private, CGNAT or reserved (refused by default)"),
-    Variable("CONFIGURE_TOTAL_TIMEOUT", _integer(0), None,
-             "Seconds one download of the configure pod may take in all (unset: 1800; 0: no limit)"),
-    Variable("CONFIGURE_OVERALL_TIMEOUT", _integer(0), None,
-             "Seconds all downloads of a workflow may take together (unset: 3000; 0: no limit)"),
-    Variable("METRICS_PORT", _integer(0, 65535), 9100,
-             "Port of the Prometheus /metrics endpoint on every interface; 0 turns the metrics off"),
-    Variable("OPERATOR_BACKSTOP_SECONDS", _integer(1), 30, "Interval of the timer that catches missed events and deadlines"),
-    Variable("LEADER_ELECTION", _boolean, False,
-             "Act only while holding the Lease operator-engine-leader (for more than one replica)"),
-    Variable("READINESS_ENDPOINT", _http_endpoint, None,
-             "Where to answer readiness, http://HOST:PORT/PATH: 200 while this replica acts, else 503"),
+    Variable(
+        "CONFIGURE_ALLOWED_NETWORKS",
+        _allow_list,
+        None,
+        "Networks (CIDRs) and host names the configure pod may fetch from although they are "
+        "loopback, link-local, private, CGNAT or reserved (refused by default)",
+    ),
+    Variable(
+        "CONFIGURE_TOTAL_TIMEOUT",
+        _integer(0),
+        None,
+        "Seconds one download of the configure pod may take in all (unset: 1800; 0: no limit)",
+    ),
+    Variable(
+        "CONFIGURE_OVERALL_TIMEOUT",
+        _integer(0),
+        None,
+        "Seconds all downloads of a workflow may take together (unset: 3000; 0: no limit)",
+    ),
+    Variable(
+        "METRICS_PORT",
+        _integer(0, 65535),
+        9100,
+        "Port of the Prometheus /metrics endpoint on every interface; 0 turns the metrics off",
+    ),
+    Variable(
+        "OPERATOR_BACKSTOP_SECONDS", _integer(1), 30, "Interval of the timer that catches missed events and deadlines"
+    ),
+    Variable(
+        "LEADER_ELECTION",
+        _boolean,
+        False,
+        "Act only while holding the Lease operator-engine-leader (for more than one replica)",
+    ),
+    Variable(
+        "READINESS_ENDPOINT",
+        _http_endpoint,
+        None,
+        "Where to answer readiness, http://HOST:PORT/PATH: 200 while this replica acts, else 503",
+    ),
 )
 
 VARIABLE_NAMES = frozenset(v.name for v in VARIABLES)

@@ -51,14 +51,22 @@ STAGE_OF_CODE = {20: "configure", 40: "algorithm", 50: "filter", 60: "publish"}
 # stopped its Jobs, cleaned up and sent the stop notification.
 FINALIZER = "oceanprotocol.com/operator-engine"
 # The `stage` field of a workflow's log lines, by its status code (terminal: "finished").
-LOG_STAGE_OF_CODE = {None: "queue", 1: "queue", 10: "configure", 20: "configure", 30: "algorithm",
-                     40: "algorithm", 50: "filter", 60: "publish"}
+LOG_STAGE_OF_CODE = {
+    None: "queue",
+    1: "queue",
+    10: "configure",
+    20: "configure",
+    30: "algorithm",
+    40: "algorithm",
+    50: "filter",
+    60: "publish",
+}
 
 log = logs.get()
 
 
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(value: str | None) -> datetime.datetime | None:
@@ -75,19 +83,23 @@ EventPoster = Callable[[dict[str, Any], str, str, str], None]
 
 def _about_workflow(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Every line logged while `method(self, namespace, name, ...)` runs carries `workflow=name` (logs.bound)."""
+
     @functools.wraps(method)
     async def wrapper(self: Any, namespace: str, name: str, *args: Any, **kwargs: Any) -> Any:
         with logs.bound(workflow=name):
             return await method(self, namespace, name, *args, **kwargs)
+
     return wrapper
 
 
 def _about_the_queue(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Lines logged while admitting are about the queue, not the workflow whose handling called `admit`."""
+
     @functools.wraps(method)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         with logs.bound(stage="admission"):
             return await method(self, *args, **kwargs)
+
     return wrapper
 
 
@@ -98,8 +110,9 @@ def _log_stage(status: dict[str, Any]) -> str:
 
 
 class Engine:
-    def __init__(self, config: Config, kube: Kube, post_event: EventPoster | None = None,
-                 notify_deadline: float = 300.0) -> None:
+    def __init__(
+        self, config: Config, kube: Kube, post_event: EventPoster | None = None, notify_deadline: float = 300.0
+    ) -> None:
         self.config = config
         self.kube = kube
         self.renderer = Renderer(config)
@@ -129,8 +142,9 @@ class Engine:
             body = await self.kube.get_workflow(namespace, name)
             if body is None:
                 return
-            logs.bind(stage="delete" if body["metadata"].get("deletionTimestamp")
-                      else _log_stage(body.get("status") or {}))
+            logs.bind(
+                stage="delete" if body["metadata"].get("deletionTimestamp") else _log_stage(body.get("status") or {})
+            )
             if body["metadata"].get("deletionTimestamp"):
                 finalizing = FINALIZER in (body["metadata"].get("finalizers") or [])
             else:
@@ -182,24 +196,34 @@ class Engine:
         if backstop and status.get("statusCode") == 40:
             started = _parse_time(status.get("algorithmStarted"))
             deadline = self.renderer.limits(workflow).algorithm_deadline
-            overdue = bool(started) and (
-                datetime.datetime.now(datetime.timezone.utc) - started
-            ).total_seconds() > deadline + DEADLINE_GRACE_SECONDS
+            overdue = (
+                bool(started)
+                and (datetime.datetime.now(datetime.UTC) - started).total_seconds() > deadline + DEADLINE_GRACE_SECONDS
+            )
         code = status.get("statusCode")
         current = jobs.get(STAGE_OF_CODE.get(code, ""))
         lingering: frozenset[str] = frozenset()
         if code in STAGE_OF_CODE and (current is None or current.finished or workflow.stop_requested or overdue):
             lingering = await self._lingering(namespace, name)  # the step may start the filter or publish
-        step = decide(status, jobs, stop_requested=workflow.stop_requested,
-                      filtering=bool(self.config.FILTERING_CONTAINER), now=now_rfc3339(), overdue=overdue,
-                      lingering=lingering)
+        step = decide(
+            status,
+            jobs,
+            stop_requested=workflow.stop_requested,
+            filtering=bool(self.config.FILTERING_CONTAINER),
+            now=now_rfc3339(),
+            overdue=overdue,
+            lingering=lingering,
+        )
         if step:
             # The stage whose end this step follows: the current one, or at code 30 (provisioned) configure.
-            await self._apply(body, workflow, step, current if code in STAGE_OF_CODE else
-                              jobs.get("configure") if code == 30 else None)
+            await self._apply(
+                body,
+                workflow,
+                step,
+                current if code in STAGE_OF_CODE else jobs.get("configure") if code == 30 else None,
+            )
 
-    async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step,
-                     ended: JobView | None = None) -> None:
+    async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step, ended: JobView | None = None) -> None:
         """Apply one step. `ended`: the current stage's Job, whose end this step may follow (for the metrics)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         outcome = step.status.get("outcome", (body.get("status") or {}).get("outcome")) or {}
@@ -209,8 +233,12 @@ class Engine:
             # In the foreground: the Job goes only once its pods are gone (see pipeline.decide).
             if await self.kube.delete("Job", namespace, names[component], foreground=True):
                 log.info(f"Job {names[component]} deleted", workflow=name)
-                if ended and ended.created and not (ended.finished or ended.deleting) and component == \
-                        STAGE_OF_CODE.get((body.get("status") or {}).get("statusCode")):
+                if (
+                    ended
+                    and ended.created
+                    and not (ended.finished or ended.deleting)
+                    and component == STAGE_OF_CODE.get((body.get("status") or {}).get("statusCode"))
+                ):
                     _observe_stage(component, ended.created, None)  # a stopped stage ends now
         for item in step.create:
             for child in (c for c in children if c.step == item):
@@ -227,8 +255,9 @@ class Engine:
             _observe_step(body, status, ended)
             if step.event:
                 reason, message = step.event
-                self.post_event(body, "Normal" if status.get("phase") not in ("Failed", "TimedOut") else "Warning",
-                                reason, message)
+                self.post_event(
+                    body, "Normal" if status.get("phase") not in ("Failed", "TimedOut") else "Warning", reason, message
+                )
             if status.get("dateFinished"):
                 ending = f": {status['message']}" if status.get("message") else ""
                 log.info(f"Workflow {name} finished {status['phase']}{ending}", workflow=name)
@@ -255,14 +284,21 @@ class Engine:
             # A Job has failed once its Failed condition is there, and only then: since Kubernetes 1.31
             # the Job controller first adds FailureTarget, counts the failed pod (status.failed) and
             # only once every pod is gone adds Failed, with the reason (DeadlineExceeded, ...).
-            failed_condition = next((c for c in (job_status.conditions or []) if c.type == "Failed"
-                                     and c.status == "True"), None) if job_status else None
+            failed_condition = (
+                next((c for c in (job_status.conditions or []) if c.type == "Failed" and c.status == "True"), None)
+                if job_status
+                else None
+            )
             failed = bool(failed_condition)
-            view = JobView(exists=True, succeeded=succeeded, failed=failed and not succeeded,
-                           reason=failed_condition.reason if failed_condition else None,
-                           deleting=job.metadata.deletion_timestamp is not None,
-                           created=job.metadata.creation_timestamp,
-                           ended=_job_end(job_status))
+            view = JobView(
+                exists=True,
+                succeeded=succeeded,
+                failed=failed and not succeeded,
+                reason=failed_condition.reason if failed_condition else None,
+                deleting=job.metadata.deletion_timestamp is not None,
+                created=job.metadata.creation_timestamp,
+                ended=_job_end(job_status),
+            )
             if view.finished and component == current:
                 view = await self._with_termination(namespace, job.metadata.name, view)
             views[component] = view
@@ -296,16 +332,23 @@ class Engine:
                         message = json.loads(message)
                     except ValueError:
                         pass
-                return dataclasses.replace(view, exit_code=terminated.exit_code, message=message,
-                                           ended=terminated.finished_at)
+                return dataclasses.replace(
+                    view, exit_code=terminated.exit_code, message=message, ended=terminated.finished_at
+                )
         return view
 
     # --- admission
 
     async def _queue(self, body: dict[str, Any], workflow: Workflow) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        status = code_status(1, phase="Queued", stopreq=0, dateCreated=body["metadata"].get("creationTimestamp")
-                             or now_rfc3339(), owner=workflow.owner, agreementId=workflow.agreement_id)
+        status = code_status(
+            1,
+            phase="Queued",
+            stopreq=0,
+            dateCreated=body["metadata"].get("creationTimestamp") or now_rfc3339(),
+            owner=workflow.owner,
+            agreementId=workflow.agreement_id,
+        )
         notes = self.renderer.limits(workflow).notes
         if notes:
             status["message"] = "; ".join(notes)
@@ -320,10 +363,14 @@ class Engine:
         """Admit the oldest Queued workflows while fewer than maxJobs run. The count is read from the cluster."""
         async with self._admission_lock:
             workflows = await self.kube.list_workflows(namespace)
-            running = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
-                          and not w["metadata"].get("deletionTimestamp"))
-            queue = [w for w in workflows if (w["metadata"].get("uid") or w["metadata"]["name"])
-                     not in self._unadmittable]
+            running = sum(
+                1
+                for w in workflows
+                if (w.get("status") or {}).get("phase") == "Running" and not w["metadata"].get("deletionTimestamp")
+            )
+            queue = [
+                w for w in workflows if (w["metadata"].get("uid") or w["metadata"]["name"]) not in self._unadmittable
+            ]
             admitted: list[str] = []
             for name in admission(queue, self.config.maxJobs):
                 try:
@@ -344,8 +391,11 @@ class Engine:
         logs.bind(stage="admission")
         async with self._lock(namespace, name):
             body = await self.kube.get_workflow(namespace, name)
-            if (body is None or body["metadata"].get("deletionTimestamp")
-                    or (body.get("status") or {}).get("phase") != "Queued"):
+            if (
+                body is None
+                or body["metadata"].get("deletionTimestamp")
+                or (body.get("status") or {}).get("phase") != "Queued"
+            ):
                 return False
             status = code_status(10, phase="Running", dateStarted=now_rfc3339())
             status["conditions"] = _with_condition(body, ("Started", "admitted; the pipeline starts"), status)
@@ -359,13 +409,17 @@ class Engine:
         """Keep the environment ConfigMap (check-config's JSON with a live currentJobs) up to date."""
         if current_jobs is None:
             workflows = await self.kube.list_workflows(namespace)
-            current_jobs = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
-                               and not w["metadata"].get("deletionTimestamp"))
+            current_jobs = sum(
+                1
+                for w in workflows
+                if (w.get("status") or {}).get("phase") == "Running" and not w["metadata"].get("deletionTimestamp")
+            )
         if current_jobs == self._current_jobs:
             return
         environment = json.dumps(self.config.environment(current_jobs), indent=2)
-        await self.kube.apply_config_map(self.config.OPERATOR_NAMESPACE, ENVIRONMENT_CONFIGMAP,
-                                         {"environment.json": environment})
+        await self.kube.apply_config_map(
+            self.config.OPERATOR_NAMESPACE, ENVIRONMENT_CONFIGMAP, {"environment.json": environment}
+        )
         self._current_jobs = current_jobs
 
     # --- endings
@@ -374,8 +428,7 @@ class Engine:
         """End a workflow outside the pipeline (code 70): its status, condition and Event. False if gone."""
         status = code_status(70, message=message, dateFinished=now_rfc3339(), **status_fields)
         status["conditions"] = _with_condition(body, (reason, message), status)
-        if not await self.kube.patch_workflow_status(body["metadata"]["namespace"], body["metadata"]["name"],
-                                                     status):
+        if not await self.kube.patch_workflow_status(body["metadata"]["namespace"], body["metadata"]["name"], status):
             return False
         _observe_step(body, status, None)
         self.post_event(body, "Normal" if status["phase"] == "Stopped" else "Warning", reason, message[:1000])
@@ -384,8 +437,14 @@ class Engine:
 
     async def _reject(self, body: dict[str, Any], exc: InvalidWorkflow) -> None:
         name = body["metadata"]["name"]
-        if await self._end_early(body, "Rejected", f"invalid Workflow: {exc}", phase="Failed", stopreq=0,
-                                 dateCreated=body["metadata"].get("creationTimestamp") or now_rfc3339()):
+        if await self._end_early(
+            body,
+            "Rejected",
+            f"invalid Workflow: {exc}",
+            phase="Failed",
+            stopreq=0,
+            dateCreated=body["metadata"].get("creationTimestamp") or now_rfc3339(),
+        ):
             log.warning(f"Workflow {name} rejected: {exc.first}", workflow=name)
 
     async def _internal_error(self, body: dict[str, Any], exc: Exception) -> bool:
@@ -413,15 +472,25 @@ class Engine:
             return False  # it has its ending already; the backstop retries the clean-up
         message = f"internal error ({type(exc).__name__}) in the operator; the operator log has the details"
         try:
-            if await self._end_early(body, "InternalError", message, phase="Failed", stopreq=0,
-                                     dateCreated=(body.get("status") or {}).get("dateCreated")
-                                     or body["metadata"].get("creationTimestamp") or now_rfc3339()):
+            if await self._end_early(
+                body,
+                "InternalError",
+                message,
+                phase="Failed",
+                stopreq=0,
+                dateCreated=(body.get("status") or {}).get("dateCreated")
+                or body["metadata"].get("creationTimestamp")
+                or now_rfc3339(),
+            ):
                 self._unadmittable.discard(key)
                 await self._after_terminal(body)
         except Exception as again:  # noqa: BLE001 (the queue must not wait on this workflow)
             self._unadmittable.add(key)
-            log.error(f"Workflow {name}: could not be ended Failed either ({type(again).__name__}: {again}); "
-                      "it is left out of admission until it can be", workflow=name)
+            log.error(
+                f"Workflow {name}: could not be ended Failed either ({type(again).__name__}: {again}); "
+                "it is left out of admission until it can be",
+                workflow=name,
+            )
         return True
 
     async def _finish_unstarted(self, body: dict[str, Any], message: str) -> None:
@@ -489,8 +558,9 @@ class Engine:
             return True
         return ((body.get("status") or {}).get("notifications") or {}).get(kind) == "delivered"
 
-    def _ensure_notification(self, body: dict[str, Any], workflow: Workflow, kind: str,
-                             record: bool = True) -> asyncio.Task[str] | None:
+    def _ensure_notification(
+        self, body: dict[str, Any], workflow: Workflow, kind: str, record: bool = True
+    ) -> asyncio.Task[str] | None:
         """Start delivering a notification unless it was delivered, given up on, or is on its way."""
         url = self.config.NOTIFY_START_URL if kind == "start" else self.config.NOTIFY_STOP_URL
         uid = body["metadata"].get("uid", body["metadata"]["name"])
@@ -505,15 +575,26 @@ class Engine:
         self._notifications[key] = task
         return task
 
-    async def _notify(self, body: dict[str, Any], workflow: Workflow, kind: str, url: str,
-                      after: asyncio.Task[str] | None, record: bool) -> str:
+    async def _notify(
+        self,
+        body: dict[str, Any],
+        workflow: Workflow,
+        kind: str,
+        url: str,
+        after: asyncio.Task[str] | None,
+        record: bool,
+    ) -> str:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         key = (body["metadata"].get("uid", name), kind)
         try:
             if after is not None:
                 await asyncio.shield(after)  # the stop notification never overtakes the start one
-            result = await notify.deliver(url, notify.payload(workflow, self.config.OPERATOR_PRIVATE_KEY),
-                                          deadline=self.notify_deadline, kind=kind)
+            result = await notify.deliver(
+                url,
+                notify.payload(workflow, self.config.OPERATOR_PRIVATE_KEY),
+                deadline=self.notify_deadline,
+                kind=kind,
+            )
             self._delivered.add(key)
             if result == "delivered":
                 log.info(f"{kind} notification for {name} delivered", workflow=name)
@@ -557,8 +638,7 @@ class Engine:
                 if not self._settled(body):
                     await self.reconcile(namespace, name, backstop=True)
             except Exception as exc:  # one workflow's failure never ends the pass for the others
-                log.warning(f"backstop: workflow {name} failed, will retry: {type(exc).__name__}: {exc}",
-                            workflow=name)
+                log.warning(f"backstop: workflow {name} failed, will retry: {type(exc).__name__}: {exc}", workflow=name)
         return True
 
     def _settled(self, body: dict[str, Any]) -> bool:
@@ -566,9 +646,11 @@ class Engine:
         if body["metadata"].get("deletionTimestamp") or not is_terminal(status):
             return False
         notified = status.get("notifications") or {}
-        pending = [kind for kind, url in (("start", self.config.NOTIFY_START_URL),
-                                          ("stop", self.config.NOTIFY_STOP_URL))
-                   if url and status.get("dateStarted") and kind not in notified]
+        pending = [
+            kind
+            for kind, url in (("start", self.config.NOTIFY_START_URL), ("stop", self.config.NOTIFY_STOP_URL))
+            if url and status.get("dateStarted") and kind not in notified
+        ]
         return not pending and bool(status.get("cleanedUp") or self.config.DEBUG_NO_CLEANUP)
 
     async def close(self) -> None:
@@ -582,8 +664,8 @@ class Engine:
 def _seconds_since(moment: datetime.datetime) -> float:
     """Seconds from a Kubernetes timestamp (whole seconds) to now; never below 0."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, (datetime.datetime.now(datetime.timezone.utc) - moment).total_seconds())
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return max(0.0, (datetime.datetime.now(datetime.UTC) - moment).total_seconds())
 
 
 def _job_end(job_status: Any) -> datetime.datetime | None:
@@ -594,15 +676,21 @@ def _job_end(job_status: Any) -> datetime.datetime | None:
         return None
     if job_status.completion_time:
         return job_status.completion_time
-    return next((c.last_transition_time for c in job_status.conditions or []
-                 if c.type in ("SuccessCriteriaMet", "FailureTarget") and c.status == "True"), None)
+    return next(
+        (
+            c.last_transition_time
+            for c in job_status.conditions or []
+            if c.type in ("SuccessCriteriaMet", "FailureTarget") and c.status == "True"
+        ),
+        None,
+    )
 
 
 def _observe_stage(stage: str, created: datetime.datetime, ended: datetime.datetime | None) -> None:
     """One stage run: from its Job's creation to its pod's end (now, if no pod ended)."""
-    end = ended or datetime.datetime.now(datetime.timezone.utc)
-    start = created if created.tzinfo else created.replace(tzinfo=datetime.timezone.utc)
-    end = end if end.tzinfo else end.replace(tzinfo=datetime.timezone.utc)
+    end = ended or datetime.datetime.now(datetime.UTC)
+    start = created if created.tzinfo else created.replace(tzinfo=datetime.UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=datetime.UTC)
     metrics.STAGE_DURATION.labels(stage=stage).observe(max(0.0, (end - start).total_seconds()))
 
 
@@ -617,8 +705,15 @@ def _observe_step(body: dict[str, Any], status: dict[str, Any], ended: JobView |
     metrics.CENSUS.update(body, status)
     previous = (body.get("status") or {}).get("statusCode")
     stage = STAGE_OF_CODE.get(previous)
-    if (stage and "statusCode" in status and status["statusCode"] != previous and ended and ended.created
-            and ended.finished and not ended.deleting):
+    if (
+        stage
+        and "statusCode" in status
+        and status["statusCode"] != previous
+        and ended
+        and ended.created
+        and ended.finished
+        and not ended.deleting
+    ):
         _observe_stage(stage, ended.created, ended.ended)
     if status.get("dateFinished") and status.get("phase"):
         metrics.workflow_finished(status["phase"])
@@ -639,9 +734,15 @@ def _with_condition(body: dict[str, Any], event: tuple[str, str], status: dict[s
     reason, message = event
     conditions = [c for c in ((body.get("status") or {}).get("conditions") or []) if c.get("type") != reason]
     failed = status.get("phase") in ("Failed", "TimedOut")
-    conditions.append({"type": reason, "status": "True", "reason": reason, "message": message[:1000],
-                       "lastTransitionTime": now_rfc3339()})
+    conditions.append(
+        {
+            "type": reason,
+            "status": "True",
+            "reason": reason,
+            "message": message[:1000],
+            "lastTransitionTime": now_rfc3339(),
+        }
+    )
     if failed:
         conditions[-1]["reason"] = status["phase"]
     return conditions[-10:]
-

@@ -63,8 +63,14 @@ def new_api_client() -> kubernetes.client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient, attempts: int = 8, base_delay: float = 0.1,
-                 max_delay: float = 2.0, request_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        attempts: int = 8,
+        base_delay: float = 0.1,
+        max_delay: float = 2.0,
+        request_timeout: float = 15.0,
+    ) -> None:
         self.client = api_client
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
@@ -77,8 +83,11 @@ class Kube:
         self.child_apis: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any] | None]] = {
             "ConfigMap": (core.create_namespaced_config_map, core.delete_namespaced_config_map, None),
             "Secret": (core.create_namespaced_secret, core.delete_namespaced_secret, None),
-            "PersistentVolumeClaim": (core.create_namespaced_persistent_volume_claim,
-                                      core.delete_namespaced_persistent_volume_claim, None),
+            "PersistentVolumeClaim": (
+                core.create_namespaced_persistent_volume_claim,
+                core.delete_namespaced_persistent_volume_claim,
+                None,
+            ),
             "Job": (batch.create_namespaced_job, batch.delete_namespaced_job, batch.list_namespaced_job),
         }
         self.attempts = attempts
@@ -117,8 +126,9 @@ class Kube:
     # --- Workflows
 
     async def get_workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                               ok=(404,))
+        return await self.call(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, ok=(404,)
+        )
 
     async def list_workflows(self, namespace: str) -> list[dict[str, Any]]:
         result = await self.call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
@@ -126,8 +136,16 @@ class Kube:
 
     async def patch_workflow_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge `status` into the Workflow's status; False if the Workflow is gone."""
-        result = await self.call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
-                                 PLURAL, name, {"status": status}, ok=(404,))
+        result = await self.call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            ok=(404,),
+        )
         return result is not None
 
     async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
@@ -138,13 +156,24 @@ class Kube:
         # JSON patch guarded by a test of the list as read: another controller's
         # finalizer added meanwhile is never overwritten (422, retried on the next event).
         ops: list[dict[str, Any]] = (
-            [{"op": "test", "path": "/metadata/finalizers", "value": current},
-             {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}]
-            if current else [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
+            [
+                {"op": "test", "path": "/metadata/finalizers", "value": current},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
+            ]
+            if current
+            else [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
         )
-        await self.call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, ops,
-                        _content_type="application/json-patch+json",
-                        ok=(404, 422))
+        await self.call(
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            ops,
+            _content_type="application/json-patch+json",
+            ok=(404, 422),
+        )
 
     async def remove_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -152,11 +181,21 @@ class Kube:
         if finalizer not in current:
             return
         index = current.index(finalizer)
-        ops = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
-               {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
-        await self.call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, ops,
-                        _content_type="application/json-patch+json",
-                        ok=(404, 422))
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        await self.call(
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            ops,
+            _content_type="application/json-patch+json",
+            ok=(404, 422),
+        )
 
     # --- children
 
@@ -180,8 +219,9 @@ class Kube:
         lister = self.child_apis[kind][2]
         if lister is None:
             raise ValueError(f"{kind} children are never listed; delete them by name")
-        result = await self.call(lister, namespace,
-                                 label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
+        result = await self.call(
+            lister, namespace, label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine"
+        )
         return list(result.items) if result else []
 
     async def list_pods(self, namespace: str, job_name: str) -> list[Any]:
@@ -190,16 +230,25 @@ class Kube:
 
     async def list_workflow_pods(self, namespace: str, workflow: str) -> list[Any]:
         """The pods of all the workflow's Jobs (their templates carry the children's labels)."""
-        result = await self.call(self.core.list_namespaced_pod, namespace,
-                                 label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine")
+        result = await self.call(
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine",
+        )
         return list(result.items) if result else []
 
     async def apply_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
         """Create or replace a ConfigMap the operator owns (the environment ConfigMap)."""
-        body = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": namespace,
-                             "labels": {"app.kubernetes.io/managed-by": "operator-engine"}},
-                "data": data}
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "operator-engine"},
+            },
+            "data": data,
+        }
         created = await self.call(self.core.create_namespaced_config_map, namespace, body, ok=(409,))
         if created is None:
             await self.call(self.core.patch_namespaced_config_map, name, namespace, {"data": data})

@@ -67,15 +67,21 @@ def hard_exit() -> None:
 
 
 def _now_micro() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 class LeaderElector:
     """Competes for the Lease; calls `on_acquired` (from its thread) once it holds it, `on_lost` if it loses it."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str, identity: str,
-                 on_acquired: Callable[[], None], on_lost: Callable[[], None] = hard_exit,
-                 lease_name: str = LEASE_NAME) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        namespace: str,
+        identity: str,
+        on_acquired: Callable[[], None],
+        on_lost: Callable[[], None] = hard_exit,
+        lease_name: str = LEASE_NAME,
+    ) -> None:
         self.api = kubernetes.client.CoordinationV1Api(api_client)
         self.namespace = namespace
         self.identity = identity
@@ -88,8 +94,10 @@ class LeaderElector:
         self._observed_at = 0.0
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name="leader-election", daemon=True),
-                         threading.Thread(target=self._watchdog, name="leader-deadline", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._run, name="leader-election", daemon=True),
+            threading.Thread(target=self._watchdog, name="leader-deadline", daemon=True),
+        ]
 
     @property
     def is_leader(self) -> bool:
@@ -164,7 +172,8 @@ class LeaderElector:
         if lease is None:
             body = kubernetes.client.V1Lease(
                 metadata=kubernetes.client.V1ObjectMeta(name=self.lease_name, namespace=self.namespace),
-                spec=self._spec(now, now, 0))
+                spec=self._spec(now, now, 0),
+            )
             try:
                 self.api.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
             except ApiException as exc:
@@ -201,11 +210,16 @@ class LeaderElector:
             raise
         return True
 
-    def _spec(self, acquired: datetime.datetime, renewed: datetime.datetime,
-              transitions: int) -> kubernetes.client.V1LeaseSpec:
+    def _spec(
+        self, acquired: datetime.datetime, renewed: datetime.datetime, transitions: int
+    ) -> kubernetes.client.V1LeaseSpec:
         return kubernetes.client.V1LeaseSpec(
-            holder_identity=self.identity, lease_duration_seconds=LEASE_DURATION,
-            acquire_time=acquired, renew_time=renewed, lease_transitions=transitions)
+            holder_identity=self.identity,
+            lease_duration_seconds=LEASE_DURATION,
+            acquire_time=acquired,
+            renew_time=renewed,
+            lease_transitions=transitions,
+        )
 
     def _get(self) -> Any:
         try:

@@ -36,8 +36,19 @@ from typing import Any, TextIO
 import structlog
 import yaml
 
-SECRET_KEYS = frozenset({"secret", "private_key", "OPERATOR_PRIVATE_KEY", "AWS_SECRET_ACCESS_KEY",
-                         "AWS_ACCESS_KEY_ID", "IPFS_API_KEY", "IPFS_API_CLIENT", "signature", "payload"})
+SECRET_KEYS = frozenset(
+    {
+        "secret",
+        "private_key",
+        "OPERATOR_PRIVATE_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "IPFS_API_KEY",
+        "IPFS_API_CLIENT",
+        "signature",
+        "payload",
+    }
+)
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +85,7 @@ def _kopf_object(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     elif kind == "Job" and isinstance(name, str):
         for suffix, stage in _job_suffixes().items():
             if name.endswith(suffix) and len(name) > len(suffix):
-                event.setdefault("workflow", name[:-len(suffix)])
+                event.setdefault("workflow", name[: -len(suffix)])
                 event.setdefault("stage", stage)
                 break
     return event
@@ -84,8 +95,9 @@ def _timestamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     """When the line was logged (a standard library record's own time: the same in every handler's output)."""
     record = event.get("_record")
     moment = record.created if isinstance(record, logging.LogRecord) else time.time()
-    event.setdefault("timestamp", datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
-                     .isoformat().replace("+00:00", "Z"))
+    event.setdefault(
+        "timestamp", datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat().replace("+00:00", "Z")
+    )
     return event
 
 
@@ -115,12 +127,16 @@ def _formatter(renderer: Any, *, extra: tuple[Any, ...] = ()) -> structlog.stdli
 
 
 def json_formatter() -> logging.Formatter:
-    """One JSON object per line. Usable from a LOG_CFG file: `formatters: {json: {(): operator_engine.logs.json_formatter}}`."""
+    """One JSON object per line.
+
+    Usable from a LOG_CFG file: `formatters: {json: {(): operator_engine.logs.json_formatter}}`.
+    """
     # format_exc_info: the traceback as plain text in `exception`, without the
     # frames' local variables (a Workflow body, the configuration's keys).
-    return _formatter(structlog.processors.JSONRenderer(sort_keys=False),
-                      extra=(structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info,
-                             _leading_fields_first))
+    return _formatter(
+        structlog.processors.JSONRenderer(sort_keys=False),
+        extra=(structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info, _leading_fields_first),
+    )
 
 
 def console_formatter(colors: bool = False) -> logging.Formatter:
@@ -166,8 +182,9 @@ _CLAMP = _Clamp()
 
 def _apply_clamp() -> None:
     """Run after any configuration: the clamp wins over the levels and handlers it set."""
-    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(logger, logging.Logger)]
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
     for logger in loggers:
         for handler in logger.handlers:
             handler.addFilter(_CLAMP)  # a no-op when already there
@@ -202,8 +219,11 @@ def setup(level: str = "INFO", config_file: str | None = None, log_format: str |
     stream = sys.stderr
     chosen = log_format or default_format(stream)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(json_formatter() if chosen == "json" else console_formatter(
-        colors=stream.isatty() and not os.environ.get("NO_COLOR")))
+    handler.setFormatter(
+        json_formatter()
+        if chosen == "json"
+        else console_formatter(colors=stream.isatty() and not os.environ.get("NO_COLOR"))
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -225,11 +245,11 @@ def _apply_file(config_file: str) -> None:
             raise ValueError("not a YAML mapping")
         settings.setdefault("disable_existing_loggers", False)
         logging.config.dictConfig(settings)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError, AttributeError,
-            ImportError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError, AttributeError, ImportError) as exc:
         problem = " ".join(str(exc).splitlines())[:300] or type(exc).__name__
-        raise ConfigError([f"LOG_CFG={config_file!r}: not a usable logging configuration "
-                           f"(logging.config.dictConfig): {problem}"]) from None
+        raise ConfigError(
+            [f"LOG_CFG={config_file!r}: not a usable logging configuration (logging.config.dictConfig): {problem}"]
+        ) from None
 
 
 def get(name: str = "operator-engine") -> Any:

@@ -28,44 +28,74 @@ from operator_engine.pipeline import STATUS_TEXT, TERMINAL_PHASES
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 WORKFLOWS_FINISHED = Counter(
-    "operator_engine_workflows_finished", "Workflows that reached a terminal phase, by phase",
-    ["phase"], registry=REGISTRY)
+    "operator_engine_workflows_finished",
+    "Workflows that reached a terminal phase, by phase",
+    ["phase"],
+    registry=REGISTRY,
+)
 WORKFLOWS_IN_FLIGHT = Gauge(
-    "operator_engine_workflows_in_flight", "Workflows not yet terminal, by status code (1 = queued)",
-    ["status_code"], registry=REGISTRY)
+    "operator_engine_workflows_in_flight",
+    "Workflows not yet terminal, by status code (1 = queued)",
+    ["status_code"],
+    registry=REGISTRY,
+)
 QUEUE_LENGTH = Gauge(
-    "operator_engine_queue_length", "Workflows waiting Queued for a free slot (maxJobs)", registry=REGISTRY)
+    "operator_engine_queue_length", "Workflows waiting Queued for a free slot (maxJobs)", registry=REGISTRY
+)
 RUNNING_JOBS = Gauge(
-    "operator_engine_running_jobs", "Workflows admitted and running (what maxJobs limits; currentJobs)",
-    registry=REGISTRY)
-MAX_JOBS = Gauge(
-    "operator_engine_max_jobs", "The configured maxJobs", registry=REGISTRY)
+    "operator_engine_running_jobs",
+    "Workflows admitted and running (what maxJobs limits; currentJobs)",
+    registry=REGISTRY,
+)
+MAX_JOBS = Gauge("operator_engine_max_jobs", "The configured maxJobs", registry=REGISTRY)
 STAGE_DURATION = Histogram(
     "operator_engine_stage_duration_seconds",
     "From a stage Job's creation to the end of its pod, one observation per stage run, by stage",
-    ["stage"], registry=REGISTRY,
-    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400))
+    ["stage"],
+    registry=REGISTRY,
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+)
 TRANSITION_LATENCY = Histogram(
     "operator_engine_transition_latency_seconds",
     "From the end of a stage's pod to the creation of the next stage's Job",
     registry=REGISTRY,
-    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300))
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300),
+)
 NOTIFICATIONS = Counter(
-    "operator_engine_notifications", "Start and stop notifications, by kind and result",
-    ["kind", "result"], registry=REGISTRY)
+    "operator_engine_notifications",
+    "Start and stop notifications, by kind and result",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
 API_ERRORS = Counter(
-    "operator_engine_api_errors", "Kubernetes API requests that failed, by reason (each attempt counts)",
-    ["reason"], registry=REGISTRY)
+    "operator_engine_api_errors",
+    "Kubernetes API requests that failed, by reason (each attempt counts)",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 # The status codes a workflow in flight can have (the terminal 70 is not one).
 IN_FLIGHT_CODES = tuple(code for code in STATUS_TEXT if code != 70)
 # Kubernetes' StatusReason for the HTTP statuses the API server answers (metav1.StatusReason),
 # so that the api_errors label has a small, fixed set of values.
 API_REASONS = {
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
-    406: "NotAcceptable", 408: "Timeout", 409: "Conflict", 410: "Expired", 413: "RequestEntityTooLarge",
-    415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
-    502: "BadGateway", 503: "ServiceUnavailable", 504: "Timeout",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    408: "Timeout",
+    409: "Conflict",
+    410: "Expired",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "Timeout",
 }
 NOTIFICATION_RESULTS = ("delivered", "refused", "gave_up")
 

@@ -90,7 +90,9 @@ def check_did(value: str) -> str:
 def check_image_reference(value: str) -> str:
     """Accept exactly what a container runtime would parse as an image reference."""
     if len(value) > 512 or not _REFERENCE.fullmatch(value) or len(_REFERENCE.fullmatch(value)["name"]) > 255:
-        raise ValueError("must be a valid image reference, such as python:3.11-slim or registry:5000/team/algo@sha256:<64 hex>")
+        raise ValueError(
+            "must be a valid image reference, such as python:3.11-slim or registry:5000/team/algo@sha256:<64 hex>"
+        )
     return value
 
 
@@ -168,8 +170,10 @@ def check_json_document(value: Any, path: str, depth: int = 1) -> list[str]:
             if isinstance(item, dict):
                 for key, child in item.items():
                     if not isinstance(key, str):
-                        return [f"{_short(where)}: keys must be strings, found the {type(key).__name__} "
-                                f"key {repr(key)[:40]}"]
+                        return [
+                            f"{_short(where)}: keys must be strings, found the {type(key).__name__} "
+                            f"key {repr(key)[:40]}"
+                        ]
                     if not _is_unicode(key):
                         return [f"{_short(where + path_part(key))}: the key is not valid Unicode (a lone surrogate)"]
                     stack.append((child, where + path_part(key), level + 1))
@@ -187,8 +191,10 @@ def check_json_document(value: Any, path: str, depth: int = 1) -> list[str]:
             if not math.isfinite(item):
                 return [f"{_short(where)}: must be a finite number"]
         else:
-            return [f"{_short(where)}: must be a JSON value (string, number, true/false, null, list or object), "
-                    f"not {type(item).__name__} (quote it if it is text)"]
+            return [
+                f"{_short(where)}: must be a JSON value (string, number, true/false, null, list or object), "
+                f"not {type(item).__name__} (quote it if it is text)"
+            ]
     return []
 
 
@@ -376,8 +382,9 @@ def parse_workflow(body: Mapping[str, Any]) -> Workflow:
             f"{MAX_CHILD_NAME} ({len(longest)} here)"
         )
     namespace = meta.get("namespace")
-    if namespace is not None and (not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace)
-                                  or len(namespace) > 63):
+    if namespace is not None and (
+        not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63
+    ):
         problems.append("metadata.namespace: must be a namespace name (lowercase letters, digits and '-')")
     for field in ("uid", "creationTimestamp"):
         if meta.get(field) is not None and not isinstance(meta.get(field), str):
@@ -424,10 +431,14 @@ def _parse_stage(document: Mapping[str, Any]) -> tuple[dict[str, Any] | None, st
         return _parse_service_shape(document)
     if "service" in document:
         return _parse_ddo_shape(document)
-    return None, "", [
-        "spec.metadata.stages: required (or, in the 2019 shape, "
-        "spec.metadata.service[type=Metadata].attributes.workflow.stages)"
-    ]
+    return (
+        None,
+        "",
+        [
+            "spec.metadata.stages: required (or, in the 2019 shape, "
+            "spec.metadata.service[type=Metadata].attributes.workflow.stages)"
+        ],
+    )
 
 
 def _parse_service_shape(document: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str, list[str]]:

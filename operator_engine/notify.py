@@ -45,20 +45,28 @@ def payload(workflow: Workflow, private_key: str | None) -> dict[str, Any]:
     }
 
 
-async def deliver(url: str, body: dict[str, Any], *, kind: str, deadline: float = 300.0, timeout: float = 10.0,
-                  first_delay: float = 0.5, max_delay: float = 30.0) -> str:
+async def deliver(
+    url: str,
+    body: dict[str, Any],
+    *,
+    kind: str,
+    deadline: float = 300.0,
+    timeout: float = 10.0,
+    first_delay: float = 0.5,
+    max_delay: float = 30.0,
+) -> str:
     """POST body to url until a 2xx answer or `deadline` seconds pass. Returns what happened, for the status.
 
     `kind` ("start" or "stop") labels the outcome in the notifications metric.
     """
-    result = await _deliver(url, body, deadline=deadline, timeout=timeout, first_delay=first_delay,
-                            max_delay=max_delay)
+    result = await _deliver(url, body, deadline=deadline, timeout=timeout, first_delay=first_delay, max_delay=max_delay)
     metrics.notification(kind, result)
     return result
 
 
-async def _deliver(url: str, body: dict[str, Any], *, deadline: float, timeout: float, first_delay: float,
-                   max_delay: float) -> str:
+async def _deliver(
+    url: str, body: dict[str, Any], *, deadline: float, timeout: float, first_delay: float, max_delay: float
+) -> str:
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + deadline
     delay, attempts, last = first_delay, 0, ""
@@ -72,7 +80,7 @@ async def _deliver(url: str, body: dict[str, Any], *, deadline: float, timeout: 
                     last = f"HTTP {response.status}"
                     if 400 <= response.status < 500 and response.status not in (408, 429):
                         return f"refused: {last}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 last = type(exc).__name__
             if loop.time() + delay > give_up_at:
                 return f"gave up after {attempts} attempts: {last}"

@@ -79,8 +79,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     readiness = health.Readiness(lambda: memo.elector is None or memo.elector.is_leader)
     if config.LEADER_ELECTION:
         memo.elector = leader.LeaderElector(
-            new_api_client(), config.OPERATOR_NAMESPACE, leader.holder_identity(),
-            on_acquired=lambda: loop.call_soon_threadsafe(_start_take_over, config, memo, readiness))
+            new_api_client(),
+            config.OPERATOR_NAMESPACE,
+            leader.holder_identity(),
+            on_acquired=lambda: loop.call_soon_threadsafe(_start_take_over, config, memo, readiness),
+        )
     if config.READINESS_ENDPOINT:
         memo.readiness_server = await health.serve(config.READINESS_ENDPOINT, readiness)
     if memo.elector is not None:
@@ -94,8 +97,7 @@ def _start_take_over(config: _config.Config, memo: kopf.Memo, readiness: health.
     memo.take_over = asyncio.ensure_future(_take_over(config, memo, readiness))  # a reference keeps it running
 
 
-async def _take_over(config: _config.Config, memo: kopf.Memo, readiness: health.Readiness,
-                     first: bool = False) -> None:
+async def _take_over(config: _config.Config, memo: kopf.Memo, readiness: health.Readiness, first: bool = False) -> None:
     """Start acting: admit what the queue allows, carry every workflow on from the cluster's state, then the backstop.
 
     On a single operator this runs at start (where kopf's watch events also

@@ -119,13 +119,12 @@ def decide(
         writers = [c for c in OUTPUT_WRITERS if c in lingering or c in stopping]
         if not writers or not any(c in OUTPUT_READERS for c in step.create):
             return step
-        delete = [*step.delete, *(c for c in writers if c not in step.delete
-                                  and job(c).exists and not job(c).deleting)]
-        return dataclasses.replace(step, create=[c for c in step.create if c not in OUTPUT_READERS],
-                                   delete=delete)
+        delete = [*step.delete, *(c for c in writers if c not in step.delete and job(c).exists and not job(c).deleting)]
+        return dataclasses.replace(step, create=[c for c in step.create if c not in OUTPUT_READERS], delete=delete)
 
-    def to_output_stages(outcome: dict[str, Any], algorithm_ran: bool, event: tuple[str, str],
-                         stopping: Sequence[str] = ()) -> Step:
+    def to_output_stages(
+        outcome: dict[str, Any], algorithm_ran: bool, event: tuple[str, str], stopping: Sequence[str] = ()
+    ) -> Step:
         # Outputs always pass the filter before they are published, whatever the algorithm's end.
         kept = {"outcome": outcome} if outcome else {}
         if filtering and algorithm_ran:
@@ -135,8 +134,11 @@ def decide(
         return gated(dataclasses.replace(step, delete=list(stopping)), stopping)
 
     if code == 10:
-        return Step(create=["setup", "configure"], status=code_status(20),
-                    event=("Configuring", "volumes, ConfigMap and configure Job created"))
+        return Step(
+            create=["setup", "configure"],
+            status=code_status(20),
+            event=("Configuring", "volumes, ConfigMap and configure Job created"),
+        )
 
     if code == 20:
         configure = job("configure")
@@ -156,8 +158,11 @@ def decide(
         if stop_requested:
             stopped = {"phase": "Stopped", "stopreq": 1, "message": "stop requested before the algorithm started"}
             return to_output_stages(stopped, False, ("Stopped", stopped["message"]))
-        return Step(create=["algorithm"], status=code_status(40, algorithmStarted=now),
-                    event=("AlgorithmStarted", "algorithm Job created"))
+        return Step(
+            create=["algorithm"],
+            status=code_status(40, algorithmStarted=now),
+            event=("AlgorithmStarted", "algorithm Job created"),
+        )
 
     if code == 40:
         algorithm = job("algorithm")
@@ -165,14 +170,20 @@ def decide(
             return to_output_stages({}, True, ("AlgorithmFinished", "the algorithm succeeded"))
         if algorithm.failed:
             if algorithm.reason == "DeadlineExceeded":
-                ended = {"phase": "TimedOut", "stopreq": 2,
-                         "message": "the algorithm exceeded its maximum duration and was stopped"}
+                ended = {
+                    "phase": "TimedOut",
+                    "stopreq": 2,
+                    "message": "the algorithm exceeded its maximum duration and was stopped",
+                }
             else:
                 ended = {"phase": "Failed", "message": _algorithm_failure(algorithm)}
             return to_output_stages(ended, True, ("AlgorithmFinished", ended["message"]))
         if overdue:  # the backstop for a Job whose activeDeadlineSeconds did not fire
-            ended = {"phase": "TimedOut", "stopreq": 2,
-                     "message": "the algorithm exceeded its maximum duration and was stopped"}
+            ended = {
+                "phase": "TimedOut",
+                "stopreq": 2,
+                "message": "the algorithm exceeded its maximum duration and was stopped",
+            }
             return to_output_stages(ended, True, ("AlgorithmFinished", ended["message"]), stopping=["algorithm"])
         if stop_requested:
             stopped = {"phase": "Stopped", "stopreq": 1, "message": "stopped on request"}
@@ -193,8 +204,13 @@ def decide(
                 outcome.update(phase="Failed", message=f"the filter stage failed{_exit(filtered)}; outputs withheld")
         if filtered.finished:
             kept = {"outcome": outcome} if outcome else {}
-            return gated(Step(create=["publish"], status=code_status(60, **kept),
-                              event=("Filtered", "outputs checked by the filter")))
+            return gated(
+                Step(
+                    create=["publish"],
+                    status=code_status(60, **kept),
+                    event=("Filtered", "outputs checked by the filter"),
+                )
+            )
         return Step()
 
     if code == 60:
@@ -213,7 +229,8 @@ def _provisioning_failure(configure: JobView) -> dict[str, Any]:
     message = configure.message if isinstance(configure.message, Mapping) else {}
     code = message.get("statusCode") if message.get("statusCode") in (31, 32) else 31
     reason = message.get("message") or (
-        "the configure pod exceeded its deadline" if configure.reason == "DeadlineExceeded"
+        "the configure pod exceeded its deadline"
+        if configure.reason == "DeadlineExceeded"
         else f"the configure pod failed{_exit(configure)}"
     )
     return {"phase": "Failed", "statusCode": code, "message": str(reason)}
@@ -231,8 +248,9 @@ def _exit(job: JobView) -> str:
 
 def _final_status(outcome: Mapping[str, Any], publish: JobView, now: str) -> dict[str, Any]:
     code = outcome.get("statusCode", 70)
-    final = code_status(code, phase=outcome.get("phase", "Succeeded"), stopreq=outcome.get("stopreq", 0),
-                        dateFinished=now)
+    final = code_status(
+        code, phase=outcome.get("phase", "Succeeded"), stopreq=outcome.get("stopreq", 0), dateFinished=now
+    )
     message = outcome.get("message")
     results = publish.message if isinstance(publish.message, Mapping) else {}
     for field in RESULT_FIELDS:
@@ -256,13 +274,19 @@ def admission(workflows: Sequence[Mapping[str, Any]], max_jobs: int) -> list[str
     name breaks ties, the same way on every run and after a restart.
     """
     # A Running workflow that is being deleted is on its way out: its slot is free.
-    running = sum(1 for w in workflows if (w.get("status") or {}).get("phase") == "Running"
-                  and not (w.get("metadata") or {}).get("deletionTimestamp"))
+    running = sum(
+        1
+        for w in workflows
+        if (w.get("status") or {}).get("phase") == "Running" and not (w.get("metadata") or {}).get("deletionTimestamp")
+    )
     # The queue holds the Queued workflows and those the operator has not looked at
     # yet (no statusCode): an older unchecked workflow must not be overtaken.
-    waiting = [w for w in workflows if not (w.get("metadata") or {}).get("deletionTimestamp")
-               and ((w.get("status") or {}).get("phase") == "Queued"
-                    or "statusCode" not in (w.get("status") or {}))]
+    waiting = [
+        w
+        for w in workflows
+        if not (w.get("metadata") or {}).get("deletionTimestamp")
+        and ((w.get("status") or {}).get("phase") == "Queued" or "statusCode" not in (w.get("status") or {}))
+    ]
     waiting.sort(key=lambda w: (w["metadata"].get("creationTimestamp") or "", w["metadata"]["name"]))
     admitted = []
     for workflow in waiting[: max(0, max_jobs - running)]:

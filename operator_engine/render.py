@@ -63,9 +63,17 @@ ALGORITHM_WRAPPER = (
 
 # Publish-pod settings that are not secret (the secret ones go through a Secret).
 PUBLISH_SETTINGS = (
-    "STORAGE_EXPIRY", "IPFS_TYPE", "IPFS_OUTPUT", "IPFS_ADMINLOGS", "IPFS_OUTPUT_PREFIX",
-    "IPFS_ADMINLOGS_PREFIX", "IPFS_EXPIRY_TIME", "AWS_REGION", "AWS_BUCKET_OUTPUT",
-    "AWS_BUCKET_ADMINLOGS", "LOCAL_STORAGE_DIR",
+    "STORAGE_EXPIRY",
+    "IPFS_TYPE",
+    "IPFS_OUTPUT",
+    "IPFS_ADMINLOGS",
+    "IPFS_OUTPUT_PREFIX",
+    "IPFS_ADMINLOGS_PREFIX",
+    "IPFS_EXPIRY_TIME",
+    "AWS_REGION",
+    "AWS_BUCKET_OUTPUT",
+    "AWS_BUCKET_ADMINLOGS",
+    "LOCAL_STORAGE_DIR",
 )
 #: The operator settings the configure pod reads (where it may fetch from, and for how long).
 CONFIGURE_SETTINGS = ("CONFIGURE_ALLOWED_NETWORKS", "CONFIGURE_TOTAL_TIMEOUT", "CONFIGURE_OVERALL_TIMEOUT")
@@ -116,10 +124,16 @@ def redacted_document(workflow: Workflow) -> dict[str, Any]:
     """
     stage = workflow.stage
     algorithm = stage["algorithm"]
-    container = {key: algorithm["container"][key] for key in ("image", "tag", "entrypoint", "checksum")
-                 if algorithm["container"].get(key) is not None}
-    compute = {key: stage.get("compute", {})[key] for key in ("Instances", "maxtime")
-               if isinstance(stage.get("compute", {}).get(key), int)}
+    container = {
+        key: algorithm["container"][key]
+        for key in ("image", "tag", "entrypoint", "checksum")
+        if algorithm["container"].get(key) is not None
+    }
+    compute = {
+        key: stage.get("compute", {})[key]
+        for key in ("Instances", "maxtime")
+        if isinstance(stage.get("compute", {}).get(key), int)
+    }
     redacted_stage: dict[str, Any] = {}
     if isinstance(stage.get("index"), int):
         redacted_stage["index"] = stage["index"]
@@ -158,12 +172,24 @@ def check_templates(directory: Path) -> None:
 # A Workflow rendered once at start with the templates in TEMPLATES_DIR, to see
 # what each pod would be given (see `_document_exposure`).
 _PROBE_WORKFLOW = {
-    "apiVersion": "oceanprotocol.com/v1alpha", "kind": "WorkFlow",
+    "apiVersion": "oceanprotocol.com/v1alpha",
+    "kind": "WorkFlow",
     "metadata": {"name": "probe", "namespace": "probe"},
-    "spec": {"secret": "probe", "metadata": {"stages": [{
-        "input": [{"id": "did:op:probe", "url": ["https://probe.invalid/data"]}],
-        "algorithm": {"id": "did:op:probe", "url": "https://probe.invalid/algorithm",
-                      "container": {"image": "probe", "tag": "1"}}}]}},
+    "spec": {
+        "secret": "probe",
+        "metadata": {
+            "stages": [
+                {
+                    "input": [{"id": "did:op:probe", "url": ["https://probe.invalid/data"]}],
+                    "algorithm": {
+                        "id": "did:op:probe",
+                        "url": "https://probe.invalid/algorithm",
+                        "container": {"image": "probe", "tag": "1"},
+                    },
+                }
+            ]
+        },
+    },
 }
 
 
@@ -206,9 +232,12 @@ def _reads_full_document(pod: dict[str, Any], configmap: str) -> bool:
         sources += (volume.get("projected") or {}).get("sources") or []
     for source in sources:
         ref = source.get("configMap")
-        if ref and ref.get("name") == configmap:
-            if not ref.get("items") or {item.get("key") for item in ref["items"]} - allowed:
-                return True
+        if (
+            ref
+            and ref.get("name") == configmap
+            and (not ref.get("items") or {item.get("key") for item in ref["items"]} - allowed)
+        ):
+            return True
     for container in (pod.get("initContainers") or []) + (pod.get("containers") or []):
         for env_from in container.get("envFrom") or []:
             if (env_from.get("configMapRef") or {}).get("name") == configmap:
@@ -285,18 +314,44 @@ class Renderer:
             data[keys["workflow.yaml"]] = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
         children = [self._child("configmap.yaml.j2", "setup", base, data=data)]
         for volume in ("data", "adminlogs"):
-            children.append(self._child("pvc.yaml.j2", "setup", base, volume=volume,
-                                        storage_class=self.config.STORAGE_CLASS, disk=limits.disk))
+            children.append(
+                self._child(
+                    "pvc.yaml.j2",
+                    "setup",
+                    base,
+                    volume=volume,
+                    storage_class=self.config.STORAGE_CLASS,
+                    disk=limits.disk,
+                )
+            )
         if workflow.secret is not None:
-            children.append(self._child("secret.yaml.j2", "setup", base, secret_name=names["algorithm_secret"],
-                                        secret_data={"secret": workflow.secret}))
+            children.append(
+                self._child(
+                    "secret.yaml.j2",
+                    "setup",
+                    base,
+                    secret_name=names["algorithm_secret"],
+                    secret_data={"secret": workflow.secret},
+                )
+            )
         credentials = {key: getattr(self.config, key) for key in PUBLISH_CREDENTIALS if getattr(self.config, key)}
         if credentials:
-            children.append(self._child("secret.yaml.j2", "setup", base, secret_name=names["publish_secret"],
-                                        secret_data=credentials))
+            children.append(
+                self._child(
+                    "secret.yaml.j2", "setup", base, secret_name=names["publish_secret"], secret_data=credentials
+                )
+            )
         for component in job_components(self.config):
-            children.append(self._job(workflow, component, base, limits, has_credentials=bool(credentials),
-                                      withhold_outputs=withhold_outputs))
+            children.append(
+                self._job(
+                    workflow,
+                    component,
+                    base,
+                    limits,
+                    has_credentials=bool(credentials),
+                    withhold_outputs=withhold_outputs,
+                )
+            )
         if workflow.uid:
             for child in children:
                 child.manifest["metadata"]["ownerReferences"] = [owner_reference(workflow)]
@@ -316,11 +371,19 @@ class Renderer:
             raise ConfigError([f"TEMPLATES_DIR: {template} does not render to valid YAML: {exc}"]) from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("metadata"), dict):
             raise ConfigError([f"TEMPLATES_DIR: {template} must render one Kubernetes object"])
-        return Child(kind=str(manifest.get("kind")), name=str(manifest["metadata"].get("name")), step=step,
-                     manifest=manifest)
+        return Child(
+            kind=str(manifest.get("kind")), name=str(manifest["metadata"].get("name")), step=step, manifest=manifest
+        )
 
-    def _job(self, workflow: Workflow, component: str, base: dict[str, Any], limits: Limits,
-             has_credentials: bool, withhold_outputs: bool) -> Child:
+    def _job(
+        self,
+        workflow: Workflow,
+        component: str,
+        base: dict[str, Any],
+        limits: Limits,
+        has_credentials: bool,
+        withhold_outputs: bool,
+    ) -> Child:
         config = self.config
         names = base["names"]
         if component == "algorithm":
@@ -346,14 +409,24 @@ class Renderer:
             # private image that the provider's own pods left on the node without being allowed to pull it.
             pull_secret, pull_policy = config.ALGORITHM_PULL_SECRET, config.PULL_POLICY or "Always"
         child = self._child(
-            f"job-{component}.yaml.j2", component, base,
-            labels=self._labels(workflow, component), job_name=names[component], component=component,
-            image=image, command=command, env=env, resources=with_ephemeral_storage(resources, config),
-            deadline=deadline, admin_logs=component in ("configure", "publish"),
+            f"job-{component}.yaml.j2",
+            component,
+            base,
+            labels=self._labels(workflow, component),
+            job_name=names[component],
+            component=component,
+            image=image,
+            command=command,
+            env=env,
+            resources=with_ephemeral_storage(resources, config),
+            deadline=deadline,
+            admin_logs=component in ("configure", "publish"),
             document_items=[{"key": key, "path": path} for path, key in document_keys.items()],
             tmp_size=config.EPHEMERAL_STORAGE,
-            service_account=config.SERVICE_ACCOUNT, node_selector=config.NODE_SELECTOR,
-            pull_secret=pull_secret, pull_policy=pull_policy,
+            service_account=config.SERVICE_ACCOUNT,
+            node_selector=config.NODE_SELECTOR,
+            pull_secret=pull_secret,
+            pull_policy=pull_policy,
         )
         container = child.manifest["spec"]["template"]["spec"]["containers"][0]
         if container.get("command") is None:  # the filter image runs its own entrypoint
@@ -371,11 +444,14 @@ class Renderer:
             {"name": "OUTPUTS", "value": f"{DATA}/outputs"},
         ]
         if with_secret and workflow.secret is not None:
-            env.append({"name": "secret", "valueFrom": {"secretKeyRef": {"name": names["algorithm_secret"], "key": "secret"}}})
+            env.append(
+                {"name": "secret", "valueFrom": {"secretKeyRef": {"name": names["algorithm_secret"], "key": "secret"}}}
+            )
         return env
 
-    def _system_env(self, workflow: Workflow, component: str, names: dict[str, str],
-                    has_credentials: bool) -> list[dict[str, Any]]:
+    def _system_env(
+        self, workflow: Workflow, component: str, names: dict[str, str], has_credentials: bool
+    ) -> list[dict[str, Any]]:
         env = [
             {"name": "VOLUME", "value": DATA},
             {"name": "ADMINLOGS", "value": f"{DATA}/adminlogs"},
@@ -396,7 +472,9 @@ class Renderer:
         if has_credentials:
             for key in PUBLISH_CREDENTIALS:
                 if getattr(self.config, key):
-                    env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": names["publish_secret"], "key": key}}})
+                    env.append(
+                        {"name": key, "valueFrom": {"secretKeyRef": {"name": names["publish_secret"], "key": key}}}
+                    )
         return env
 
 

@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh requirements_dev.txt
 bash scripts/setup-checkov.sh   # checkov, for tests/security/test_checkov.py (a venv of its own)
+# Lint and format first: a finding fails the run in seconds, before the long tiers.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

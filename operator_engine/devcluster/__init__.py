@@ -13,8 +13,15 @@ Pod runtimes: :class:`ScriptedRuntime` (tests decide each outcome) and
 :class:`ProcessRuntime`, which runs each pod's command as a LOCAL PROCESS
 without container isolation, for trying and developing only.
 """
-from operator_engine.devcluster.apiserver import (BYPASS_FAULTS_HEADER, ApiError, ApiServer, FaultInjector,
-                                                  RequestRecord, WatchEvent)
+
+from operator_engine.devcluster.apiserver import (
+    BYPASS_FAULTS_HEADER,
+    ApiError,
+    ApiServer,
+    FaultInjector,
+    RequestRecord,
+    WatchEvent,
+)
 from operator_engine.devcluster.cluster import EmbeddedCluster, ThreadedCluster, kubeconfig
 from operator_engine.devcluster.controllers import GarbageCollector, JobController
 from operator_engine.devcluster.process import PathMapper, PodSetupError, ProcessRuntime
@@ -23,8 +30,26 @@ from operator_engine.devcluster.runtime import Outcome, Result, Runtime, Scripte
 from operator_engine.devcluster.selectors import FieldSelector, LabelSelector
 
 __all__ = [
-    'ApiError', 'ApiServer', 'BYPASS_FAULTS_HEADER', 'DEFAULT_RESOURCES', 'EmbeddedCluster', 'FaultInjector',
-    'FieldSelector', 'GarbageCollector', 'JobController', 'LabelSelector', 'Outcome', 'PathMapper',
-    'PodSetupError', 'ProcessRuntime', 'RequestRecord',
-    'ResourceSpec', 'Result', 'Runtime', 'ScriptedRuntime', 'ThreadedCluster', 'WatchEvent', 'kubeconfig',
+    "ApiError",
+    "ApiServer",
+    "BYPASS_FAULTS_HEADER",
+    "DEFAULT_RESOURCES",
+    "EmbeddedCluster",
+    "FaultInjector",
+    "FieldSelector",
+    "GarbageCollector",
+    "JobController",
+    "LabelSelector",
+    "Outcome",
+    "PathMapper",
+    "PodSetupError",
+    "ProcessRuntime",
+    "RequestRecord",
+    "ResourceSpec",
+    "Result",
+    "Runtime",
+    "ScriptedRuntime",
+    "ThreadedCluster",
+    "WatchEvent",
+    "kubeconfig",
 ]

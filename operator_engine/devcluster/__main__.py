@@ -1,4 +1,5 @@
 """``python -m operator_engine.devcluster --port N --kubeconfig PATH``: serve until killed."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,19 +17,22 @@ async def serve(port: int | None, kubeconfig_path: str | None, namespace: str) -
     async with EmbeddedCluster(namespace=namespace, port=port) as cluster:
         if kubeconfig_path:
             cluster.write_kubeconfig(kubeconfig_path)
-        print(f'embedded cluster serving at {cluster.url}'
-              + (f'; kubeconfig: {kubeconfig_path}' if kubeconfig_path else ''), flush=True)
+        print(
+            f"embedded cluster serving at {cluster.url}"
+            + (f"; kubeconfig: {kubeconfig_path}" if kubeconfig_path else ""),
+            flush=True,
+        )
         await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog='python -m operator_engine.devcluster', description=__doc__)
-    parser.add_argument('--port', type=int, default=None, help='TCP port on 127.0.0.1 (default: a free one)')
-    parser.add_argument('--kubeconfig', default=None, help='write a kubeconfig for this cluster here')
-    parser.add_argument('--namespace', default='ocean-compute', help='namespace to create (default: %(default)s)')
+    parser = argparse.ArgumentParser(prog="python -m operator_engine.devcluster", description=__doc__)
+    parser.add_argument("--port", type=int, default=None, help="TCP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--kubeconfig", default=None, help="write a kubeconfig for this cluster here")
+    parser.add_argument("--namespace", default="ocean-compute", help="namespace to create (default: %(default)s)")
     args = parser.parse_args(argv)
     asyncio.run(serve(args.port, args.kubeconfig, args.namespace))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

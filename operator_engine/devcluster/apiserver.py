@@ -17,6 +17,7 @@ Writes made in-process through :meth:`ApiServer.create` and friends follow the
 same rules as HTTP writes, but are never logged or faulted: that is the
 "admin" path used by the controllers and by tests.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,17 +41,25 @@ import attrs
 import kmock
 
 from operator_engine.devcluster import patches
-from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 from operator_engine.devcluster.openapi import OPENAPI_V2_PROTOBUF, openapi_v3_group_version, openapi_v3_index
 from operator_engine.devcluster.resources import DEFAULT_RESOURCES, NAMESPACES, PODS, ResourceSpec
 from operator_engine.devcluster.selectors import FieldSelector, LabelSelector, SelectorError
 from operator_engine.devcluster.tables import to_table, wants_table
+from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 
-__all__ = ['ApiServer', 'ApiError', 'FOREGROUND_FINALIZER', 'RequestRecord', 'WatchEvent', 'FaultInjector',
-           'BYPASS_FAULTS_HEADER', 'now_rfc3339']
+__all__ = [
+    "ApiServer",
+    "ApiError",
+    "FOREGROUND_FINALIZER",
+    "RequestRecord",
+    "WatchEvent",
+    "FaultInjector",
+    "BYPASS_FAULTS_HEADER",
+    "now_rfc3339",
+]
 
 #: Requests carrying this header (any value) are never faulted: for a test's own HTTP client.
-BYPASS_FAULTS_HEADER = 'X-Devcluster-Bypass-Faults'
+BYPASS_FAULTS_HEADER = "X-Devcluster-Bypass-Faults"
 
 #: How many watch events are kept for watches that resume from a resourceVersion.
 #: Real Kubernetes keeps a similar window (etcd compaction, the watch cache)
@@ -60,7 +69,7 @@ HISTORY_LIMIT = 50_000
 _NAME_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 #: The finalizer a foreground deletion puts on the owner until its dependents are gone.
-FOREGROUND_FINALIZER = 'foregroundDeletion'
+FOREGROUND_FINALIZER = "foregroundDeletion"
 #: A pod's terminationGracePeriodSeconds when its spec gives none.
 DEFAULT_GRACE_PERIOD = 30
 
@@ -70,8 +79,14 @@ ObjKey = tuple[tuple[str, str, str], str | None, str]
 class ApiError(Exception):
     """An error answered as a Kubernetes ``Status`` object, as the real API server does."""
 
-    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
@@ -80,16 +95,27 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def status_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure',
-                                'message': self.message, 'reason': self.reason, 'code': self.code}
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details is not None:
-            body['details'] = self.details
+            body["details"] = self.details
         return body
 
     @classmethod
     def not_found(cls, spec: ResourceSpec, name: str) -> ApiError:
-        return cls(404, 'NotFound', f'{spec.plural}{"." + spec.group if spec.group else ""} "{name}" not found',
-                   {'name': name, 'group': spec.group, 'kind': spec.plural})
+        return cls(
+            404,
+            "NotFound",
+            f'{spec.plural}{"." + spec.group if spec.group else ""} "{name}" not found',
+            {"name": name, "group": spec.group, "kind": spec.plural},
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +129,7 @@ class RequestRecord:
     time: float  # time.monotonic() when answered (for watches: when the stream started)
     body: Any = None  # the parsed JSON body of writes (POST/PUT/PATCH/DELETE), else None
     faulted: bool = False  # answered by the fault injector, never reached the store
-    user_agent: str = ''  # the client's User-Agent header (tells apart clients of one server)
+    user_agent: str = ""  # the client's User-Agent header (tells apart clients of one server)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,14 +173,20 @@ class FaultInjector:
         self._rule: _FaultRule | None = None
         self.injected = 0  # how many requests were faulted since the last inject()
 
-    def inject(self, rate: float, statuses: Iterable[int] = (500, 429),
-               methods: Collection[str] = ('POST', 'PUT', 'PATCH', 'DELETE'),
-               seed: int = 0, path_contains: str | None = None) -> None:
+    def inject(
+        self,
+        rate: float,
+        statuses: Iterable[int] = (500, 429),
+        methods: Collection[str] = ("POST", "PUT", "PATCH", "DELETE"),
+        seed: int = 0,
+        path_contains: str | None = None,
+    ) -> None:
         """Fault a fraction ``rate`` of matching requests, answering with one of ``statuses`` in turn."""
         if not 0.0 <= rate <= 1.0:
-            raise ValueError(f'rate must be within [0, 1], got {rate}')
-        self._rule = _FaultRule(rate, tuple(statuses), frozenset(m.upper() for m in methods), path_contains,
-                                random.Random(seed))
+            raise ValueError(f"rate must be within [0, 1], got {rate}")
+        self._rule = _FaultRule(
+            rate, tuple(statuses), frozenset(m.upper() for m in methods), path_contains, random.Random(seed)
+        )
         self.injected = 0
 
     def clear(self) -> None:
@@ -177,7 +209,7 @@ class FaultInjector:
 
 def _json_depth(raw: bytes) -> int:
     """How deeply a JSON text nests (brackets inside strings do not count), scanned without recursion."""
-    if raw.count(b'[') + raw.count(b'{') <= MAX_JSON_DEPTH:
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
         return 0  # cannot be too deep: the common case, answered without a scan
     depth = deepest = 0
     in_string = escaped = False
@@ -201,7 +233,7 @@ def _json_depth(raw: bytes) -> int:
 
 def now_rfc3339(clock: Callable[[], datetime.datetime]) -> str:
     # Kubernetes serialises metav1.Time with second precision, UTC, 'Z'.
-    return clock().astimezone(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+    return clock().astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _utcnow() -> datetime.datetime:
@@ -248,9 +280,12 @@ class ApiServer(kmock.KubernetesScaffold):
         self.specs[spec.key] = spec
         # The 3-argument form: the string form misparses versions like `v1alpha`.
         self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = {
-            'kind': spec.kind, 'namespaced': spec.namespaced, 'singular': spec.singular,
-            'shortnames': set(spec.shortnames), 'subresources': {'status'} if spec.has_status else set(),
-            'verbs': {'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
+            "kind": spec.kind,
+            "namespaced": spec.namespaced,
+            "singular": spec.singular,
+            "shortnames": set(spec.shortnames),
+            "subresources": {"status"} if spec.has_status else set(),
+            "verbs": {"create", "delete", "get", "list", "patch", "update", "watch"},
         }
 
     async def _serve_version(self, request: kmock.Request) -> dict[str, Any]:
@@ -258,15 +293,15 @@ class ApiServer(kmock.KubernetesScaffold):
         payload: dict[str, Any] = await super()._serve_version(request)  # type: ignore[assignment]
         # KMock names the core group's version '/v1'; kubectl then finds no core
         # resources at all. Real servers say 'v1'.
-        payload['groupVersion'] = payload['groupVersion'].lstrip('/')
+        payload["groupVersion"] = payload["groupVersion"].lstrip("/")
         # Real subresources (jobs/status) support only get, patch and update,
         # and have neither short names nor a singular name (else kubectl warns that
         # `wf` "could also match lower priority resource workflows/status").
-        for resource in payload['resources']:
-            if '/' in resource['name']:
-                resource['verbs'] = ['get', 'patch', 'update']
-                resource['singularName'] = ''
-                resource.pop('shortNames', None)
+        for resource in payload["resources"]:
+            if "/" in resource["name"]:
+                resource["verbs"] = ["get", "patch", "update"]
+                resource["singularName"] = ""
+                resource.pop("shortNames", None)
         return payload
 
     def spec_for(self, kind_or_plural: str) -> ResourceSpec:
@@ -274,10 +309,10 @@ class ApiServer(kmock.KubernetesScaffold):
         wanted = kind_or_plural.lower()
         for spec in self.specs.values():
             if wanted in {spec.kind.lower(), spec.plural, spec.singular, *spec.shortnames}:
-                if spec.group == 'events.k8s.io':
+                if spec.group == "events.k8s.io":
                     continue  # `event` means the core v1 Event, as in kubectl
                 return spec
-        raise KeyError(f'unknown resource: {kind_or_plural!r}')
+        raise KeyError(f"unknown resource: {kind_or_plural!r}")
 
     # ------------------------------------------------------------------ reading
 
@@ -299,24 +334,32 @@ class ApiServer(kmock.KubernetesScaffold):
         key = self._uids.get(uid)
         return None if key is None else self._store[key]
 
-    def list(self, spec: ResourceSpec, namespace: str | None = None,
-             labels: LabelSelector | str | None = None, fields: FieldSelector | str | None = None,
-             ) -> list[dict[str, Any]]:
+    def list(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None = None,
+        labels: LabelSelector | str | None = None,
+        fields: FieldSelector | str | None = None,
+    ) -> list[dict[str, Any]]:
         """Copies of the matching objects, sorted by namespace and name (etcd key order, as real lists)."""
         labels = labels if isinstance(labels, LabelSelector) else LabelSelector.parse(labels)
         fields = fields if isinstance(fields, FieldSelector) else FieldSelector.parse(fields)
         result = [
-            copy.deepcopy(obj) for (skey, ns, _), obj in sorted(self._store.items(), key=_sort_key)
-            if skey == spec.key and (namespace is None or ns == namespace)
-            and labels.matches(obj) and fields.matches(obj)
+            copy.deepcopy(obj)
+            for (skey, ns, _), obj in sorted(self._store.items(), key=_sort_key)
+            if skey == spec.key
+            and (namespace is None or ns == namespace)
+            and labels.matches(obj)
+            and fields.matches(obj)
         ]
         return result
 
     def dependents(self, owner_uid: str) -> list[tuple[ResourceSpec, dict[str, Any]]]:
         """Objects with an ownerReference to this uid (for the garbage collector)."""
         return [
-            (self.specs[skey], obj) for (skey, _, _), obj in sorted(self._store.items(), key=_sort_key)
-            if any(ref.get('uid') == owner_uid for ref in obj.get('metadata', {}).get('ownerReferences') or [])
+            (self.specs[skey], obj)
+            for (skey, _, _), obj in sorted(self._store.items(), key=_sort_key)
+            if any(ref.get("uid") == owner_uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
         ]
 
     async def follow(self, since_rv: int) -> AsyncIterator[WatchEvent]:
@@ -327,7 +370,7 @@ class ApiServer(kmock.KubernetesScaffold):
         sets. ApiError 410 if ``since_rv`` is older than the kept history.
         """
         if self._history_rvs and since_rv < self._history_rvs[0] - 1:
-            raise ApiError(410, 'Expired', f'too old resource version: {since_rv} ({self._history_rvs[0] - 1})')
+            raise ApiError(410, "Expired", f"too old resource version: {since_rv} ({self._history_rvs[0] - 1})")
         position = since_rv
         while not self._closing:
             changed = self._changed
@@ -350,51 +393,64 @@ class ApiServer(kmock.KubernetesScaffold):
     def create(self, spec: ResourceSpec, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         """Create an object as POST does; returns a copy of the stored object."""
         obj = copy.deepcopy(obj)
-        meta = obj.setdefault('metadata', {})
+        meta = obj.setdefault("metadata", {})
         if spec.namespaced:
-            body_ns = meta.get('namespace')
+            body_ns = meta.get("namespace")
             if namespace is not None and body_ns not in (None, namespace):
-                raise ApiError(400, 'BadRequest', 'the namespace of the provided object does not match '
-                                                  'the namespace sent on the request')
-            namespace = namespace or body_ns or 'default'
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
+            namespace = namespace or body_ns or "default"
             if self._store.get(self._key(NAMESPACES, None, namespace)) is None:
                 raise ApiError.not_found(NAMESPACES, namespace)
-            meta['namespace'] = namespace
+            meta["namespace"] = namespace
         else:
             namespace = None
-            meta.pop('namespace', None)
-        if not meta.get('name'):
-            if not meta.get('generateName'):
-                raise ApiError(422, 'Invalid', 'metadata.name: Required value: name or generateName is required')
+            meta.pop("namespace", None)
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
             # Real Kubernetes appends 5 random alphanumeric characters to generateName.
-            meta['name'] = meta['generateName'] + ''.join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
-        key = self._key(spec, namespace, meta['name'])
+            meta["name"] = meta["generateName"] + "".join(secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
+        key = self._key(spec, namespace, meta["name"])
         if key in self._store:
-            raise ApiError(409, 'AlreadyExists', f'{spec.plural}{"." + spec.group if spec.group else ""} '
-                                                 f'"{meta["name"]}" already exists',
-                           {'name': meta['name'], 'group': spec.group, 'kind': spec.plural})
-        obj['apiVersion'] = spec.api_version
-        obj['kind'] = spec.kind
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{spec.plural}{"." + spec.group if spec.group else ""} "{meta["name"]}" already exists',
+                {"name": meta["name"], "group": spec.group, "kind": spec.plural},
+            )
+        obj["apiVersion"] = spec.api_version
+        obj["kind"] = spec.kind
         # Fields the API server owns: clients cannot choose them.
-        meta['uid'] = str(uuid.uuid4())
-        meta['creationTimestamp'] = now_rfc3339(self.clock)
-        meta['generation'] = 1
-        for owned in ('deletionTimestamp', 'deletionGracePeriodSeconds', 'resourceVersion'):
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339(self.clock)
+        meta["generation"] = 1
+        for owned in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
             meta.pop(owned, None)
         if spec.has_status:
             # The registry strategies reset status on create (PrepareForCreate).
-            obj.pop('status', None)
+            obj.pop("status", None)
             if spec.key == PODS.key:
-                obj['status'] = {'phase': 'Pending', 'qosClass': 'BestEffort'}
+                obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
             elif spec.key == NAMESPACES.key:
-                obj['status'] = {'phase': 'Active'}
+                obj["status"] = {"phase": "Active"}
         self._creation_counter += 1
-        self._creation_indexes[meta['uid']] = self._creation_counter
-        self._uids[meta['uid']] = key
-        return copy.deepcopy(self._commit(spec, key, obj, None, 'ADDED'))
+        self._creation_indexes[meta["uid"]] = self._creation_counter
+        self._uids[meta["uid"]] = key
+        return copy.deepcopy(self._commit(spec, key, obj, None, "ADDED"))
 
-    def update(self, spec: ResourceSpec, namespace: str | None, name: str,
-               change: Callable[[dict[str, Any]], dict[str, Any]], *, status: bool = False) -> dict[str, Any]:
+    def update(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        status: bool = False,
+    ) -> dict[str, Any]:
         """
         Apply ``change`` (old object copy -> new object) with the rules of PUT/PATCH.
 
@@ -408,53 +464,72 @@ class ApiServer(kmock.KubernetesScaffold):
             raise ApiError.not_found(spec, name)
         new = change(copy.deepcopy(old))
         if not isinstance(new, dict):
-            raise ApiError(422, 'Invalid', 'the object must be a JSON object')
-        new_meta = new.setdefault('metadata', {})
-        old_meta = old['metadata']
+            raise ApiError(422, "Invalid", "the object must be a JSON object")
+        new_meta = new.setdefault("metadata", {})
+        old_meta = old["metadata"]
         # Optimistic concurrency: a stated resourceVersion must be the current one.
-        wanted_rv = new_meta.get('resourceVersion')
-        if wanted_rv not in (None, '') and str(wanted_rv) != old_meta['resourceVersion']:
-            raise ApiError(409, 'Conflict', f'Operation cannot be fulfilled on {spec.plural} "{name}": the object '
-                                            f'has been modified; please apply your changes to the latest version '
-                                            f'and try again', {'name': name, 'kind': spec.plural})
+        wanted_rv = new_meta.get("resourceVersion")
+        if wanted_rv not in (None, "") and str(wanted_rv) != old_meta["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {spec.plural} "{name}": the object '
+                f"has been modified; please apply your changes to the latest version "
+                f"and try again",
+                {"name": name, "kind": spec.plural},
+            )
         if status:
             result = copy.deepcopy(old)
-            if 'status' in new:
-                result['status'] = new['status']
+            if "status" in new:
+                result["status"] = new["status"]
             else:
-                result.pop('status', None)
+                result.pop("status", None)
         else:
             result = new
             if spec.has_status:
-                if 'status' in old:
-                    result['status'] = copy.deepcopy(old['status'])
+                if "status" in old:
+                    result["status"] = copy.deepcopy(old["status"])
                 else:
-                    result.pop('status', None)
-            meta = result['metadata']
+                    result.pop("status", None)
+            meta = result["metadata"]
             # Immutable or server-owned metadata keeps its stored value.
-            for owned in ('name', 'namespace', 'uid', 'creationTimestamp', 'deletionTimestamp',
-                          'deletionGracePeriodSeconds', 'generation'):
+            for owned in (
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ):
                 if owned in old_meta:
                     meta[owned] = old_meta[owned]
                 else:
                     meta.pop(owned, None)
-            if old_meta.get('deletionTimestamp'):
+            if old_meta.get("deletionTimestamp"):
                 # Once deleting, finalizers can only be removed, never added.
-                meta['finalizers'] = [f for f in meta.get('finalizers') or [] if f in old_meta.get('finalizers', [])]
-        result['apiVersion'] = spec.api_version
-        result['kind'] = spec.kind
-        result['metadata']['resourceVersion'] = old_meta['resourceVersion']
-        if result.get('spec') != old.get('spec'):
-            result['metadata']['generation'] = old_meta.get('generation', 1) + 1
+                meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f in old_meta.get("finalizers", [])]
+        result["apiVersion"] = spec.api_version
+        result["kind"] = spec.kind
+        result["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
+        if result.get("spec") != old.get("spec"):
+            result["metadata"]["generation"] = old_meta.get("generation", 1) + 1
         if result == old:
             return copy.deepcopy(old)  # a no-op write: no new resourceVersion, no watch event
-        committed = self._commit(spec, key, result, old, 'MODIFIED')
-        if _deletion_complete(committed['metadata']):
+        committed = self._commit(spec, key, result, old, "MODIFIED")
+        if _deletion_complete(committed["metadata"]):
             self._remove(spec, key)  # the last finalizer is gone: the deletion completes
         return copy.deepcopy(committed)
 
-    def delete(self, spec: ResourceSpec, namespace: str | None, name: str, *, propagation: str | None = None,
-               grace_period: int | None = None) -> dict[str, Any]:
+    def delete(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None,
+        name: str,
+        *,
+        propagation: str | None = None,
+        grace_period: int | None = None,
+    ) -> dict[str, Any]:
         """
         Delete as DELETE does: remove the object, or mark it (``deletionTimestamp``) while something must happen first.
 
@@ -480,39 +555,40 @@ class ApiServer(kmock.KubernetesScaffold):
         old = self._store.get(key)
         if old is None:
             raise ApiError.not_found(spec, name)
-        meta = old['metadata']
+        meta = old["metadata"]
         grace = self._grace_period(old, grace_period) if spec.key == PODS.key else 0
-        if meta.get('deletionTimestamp'):
+        if meta.get("deletionTimestamp"):
             # Deleting already: a later request may only shorten the grace period.
-            if grace >= (meta.get('deletionGracePeriodSeconds') or 0):
+            if grace >= (meta.get("deletionGracePeriodSeconds") or 0):
                 return copy.deepcopy(old)
             marked = copy.deepcopy(old)
-            marked['metadata']['deletionGracePeriodSeconds'] = grace
-            if _deletion_complete(marked['metadata']):
+            marked["metadata"]["deletionGracePeriodSeconds"] = grace
+            if _deletion_complete(marked["metadata"]):
                 return copy.deepcopy(self._remove(spec, key))
-            return copy.deepcopy(self._commit(spec, key, marked, old, 'MODIFIED'))
-        finalizers = list(meta.get('finalizers') or [])
-        if propagation == 'Foreground' and FOREGROUND_FINALIZER not in finalizers:
+            return copy.deepcopy(self._commit(spec, key, marked, old, "MODIFIED"))
+        finalizers = list(meta.get("finalizers") or [])
+        if propagation == "Foreground" and FOREGROUND_FINALIZER not in finalizers:
             finalizers.append(FOREGROUND_FINALIZER)
         if finalizers or grace > 0:
             marked = copy.deepcopy(old)
-            marked['metadata']['deletionTimestamp'] = now_rfc3339(
-                lambda: self.clock() + datetime.timedelta(seconds=grace))
-            marked['metadata']['deletionGracePeriodSeconds'] = grace
+            marked["metadata"]["deletionTimestamp"] = now_rfc3339(
+                lambda: self.clock() + datetime.timedelta(seconds=grace)
+            )
+            marked["metadata"]["deletionGracePeriodSeconds"] = grace
             if finalizers:
-                marked['metadata']['finalizers'] = finalizers
-            return copy.deepcopy(self._commit(spec, key, marked, old, 'MODIFIED'))
+                marked["metadata"]["finalizers"] = finalizers
+            return copy.deepcopy(self._commit(spec, key, marked, old, "MODIFIED"))
         return copy.deepcopy(self._remove(spec, key))
 
     @staticmethod
     def _grace_period(pod: dict[str, Any], requested: int | None) -> int:
         """The pod registry's rule (CheckGracefulDelete): unbound or finished pods have none."""
-        spec = pod.get('spec') or {}
-        if not spec.get('nodeName') or (pod.get('status') or {}).get('phase') in ('Succeeded', 'Failed'):
+        spec = pod.get("spec") or {}
+        if not spec.get("nodeName") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             return 0
         if requested is not None:
             return max(0, int(requested))
-        return max(0, int(spec.get('terminationGracePeriodSeconds', DEFAULT_GRACE_PERIOD)))
+        return max(0, int(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD)))
 
     def locate(self, uid: str) -> tuple[ResourceSpec, dict[str, Any]] | None:
         """The resource and a copy of the object with this uid, or None (for the garbage collector)."""
@@ -526,17 +602,18 @@ class ApiServer(kmock.KubernetesScaffold):
         # The DELETED event carries the final state with a new resourceVersion.
         final = copy.deepcopy(old)
         self._rv += 1
-        final['metadata']['resourceVersion'] = str(self._rv)
+        final["metadata"]["resourceVersion"] = str(self._rv)
         del self._store[key]
-        self._uids.pop(old['metadata']['uid'], None)
-        self._record(WatchEvent(self._rv, spec, 'DELETED', final, old))
+        self._uids.pop(old["metadata"]["uid"], None)
+        self._record(WatchEvent(self._rv, spec, "DELETED", final, old))
         return final
 
-    def _commit(self, spec: ResourceSpec, key: ObjKey, obj: dict[str, Any], old: dict[str, Any] | None,
-                type_: str) -> dict[str, Any]:
+    def _commit(
+        self, spec: ResourceSpec, key: ObjKey, obj: dict[str, Any], old: dict[str, Any] | None, type_: str
+    ) -> dict[str, Any]:
         # A single global counter, as etcd's revision: every write bumps it.
         self._rv += 1
-        obj['metadata']['resourceVersion'] = str(self._rv)
+        obj["metadata"]["resourceVersion"] = str(self._rv)
         self._store[key] = obj
         self._record(WatchEvent(self._rv, spec, type_, obj, old))
         return obj
@@ -545,8 +622,8 @@ class ApiServer(kmock.KubernetesScaffold):
         self._history.append(event)
         self._history_rvs.append(event.rv)
         if len(self._history) > HISTORY_LIMIT:
-            del self._history[:len(self._history) - HISTORY_LIMIT]
-            del self._history_rvs[:len(self._history_rvs) - HISTORY_LIMIT]
+            del self._history[: len(self._history) - HISTORY_LIMIT]
+            del self._history_rvs[: len(self._history_rvs) - HISTORY_LIMIT]
         self._signal()
 
     def _signal(self) -> None:
@@ -568,7 +645,7 @@ class ApiServer(kmock.KubernetesScaffold):
         a 500 on ``/api/v1/namespaces`` and keeps every request in memory.
         """
         method = raw.method.upper()
-        agent = raw.headers.get('User-Agent', '')
+        agent = raw.headers.get("User-Agent", "")
         query = dict(raw.query)
         raw_body = await raw.read()
         too_deep = _json_depth(raw_body) > MAX_JSON_DEPTH
@@ -576,19 +653,25 @@ class ApiServer(kmock.KubernetesScaffold):
             data: Any = json.loads(raw_body) if raw_body and not too_deep else None
         except ValueError:
             data = None
-        body = data if method in ('POST', 'PUT', 'PATCH', 'DELETE') else None
+        body = data if method in ("POST", "PUT", "PATCH", "DELETE") else None
         status_code = self.faults.decide(method, raw.path) if BYPASS_FAULTS_HEADER not in raw.headers else None
         if status_code is not None:
             self._log(method, raw.path, query, status_code, body, faulted=True, user_agent=agent)
-            reason = 'TooManyRequests' if status_code == 429 else 'InternalError'
-            headers = {'Retry-After': '1'} if status_code == 429 else {}
-            return self._error_response(ApiError(status_code, reason, f'injected fault ({status_code})',
-                                                 {'retryAfterSeconds': 1} if status_code == 429 else None,
-                                                 headers))
+            reason = "TooManyRequests" if status_code == 429 else "InternalError"
+            headers = {"Retry-After": "1"} if status_code == 429 else {}
+            return self._error_response(
+                ApiError(
+                    status_code,
+                    reason,
+                    f"injected fault ({status_code})",
+                    {"retryAfterSeconds": 1} if status_code == 429 else None,
+                    headers,
+                )
+            )
         if too_deep:
             self._log(method, raw.path, query, 400, None, user_agent=agent)
-            return self._error_response(ApiError(400, 'BadRequest', 'json: exceeded max depth'))
-        if method == 'GET' and (raw.path == '/openapi/v2' or raw.path.startswith('/openapi/v3')):
+            return self._error_response(ApiError(400, "BadRequest", "json: exceeded max depth"))
+        if method == "GET" and (raw.path == "/openapi/v2" or raw.path.startswith("/openapi/v3")):
             response = self._serve_openapi(raw.path)
             self._log(method, raw.path, query, response.status, body, user_agent=agent)
             return response
@@ -599,147 +682,184 @@ class ApiServer(kmock.KubernetesScaffold):
             self._log(method, raw.path, query, response.status, body, user_agent=agent)
             return response
         try:
-            table = method == 'GET' and wants_table(raw.headers.get('Accept', ''))
-            if method == 'GET' and query.get('watch') in ('true', '1'):
+            table = method == "GET" and wants_table(raw.headers.get("Accept", ""))
+            if method == "GET" and query.get("watch") in ("true", "1"):
                 return await self._serve_watch(raw, spec, target, query, table)
-            response = self._serve(method, spec, target, query, raw.headers.get('Content-Type', ''), data)
+            response = self._serve(method, spec, target, query, raw.headers.get("Content-Type", ""), data)
             if table and target.subresource is None and response.status == 200:
                 response = self._as_table(spec, target, query, response)
         except ApiError as e:
             response = self._error_response(e)
         except SelectorError as e:
-            response = self._error_response(ApiError(400, 'BadRequest', str(e)))
+            response = self._error_response(ApiError(400, "BadRequest", str(e)))
         self._log(method, raw.path, query, response.status, body, user_agent=agent)
         return response
 
-    def _serve(self, method: str, spec: ResourceSpec, target: _Target, query: dict[str, str],
-               content_type: str, data: Any) -> aiohttp.web.StreamResponse:
+    def _serve(
+        self, method: str, spec: ResourceSpec, target: _Target, query: dict[str, str], content_type: str, data: Any
+    ) -> aiohttp.web.StreamResponse:
         ns, name, sub = target.namespace, target.name, target.subresource
-        if sub not in (None, 'status', 'log') or (sub == 'status' and not spec.has_status) \
-                or (sub == 'log' and (spec.key != PODS.key or method != 'GET')):
-            raise ApiError(404, 'NotFound', 'the server could not find the requested resource')
+        if (
+            sub not in (None, "status", "log")
+            or (sub == "status" and not spec.has_status)
+            or (sub == "log" and (spec.key != PODS.key or method != "GET"))
+        ):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if name is None:
-            if method == 'GET':
-                items = self.list(spec, ns, query.get('labelSelector'), query.get('fieldSelector'))
+            if method == "GET":
+                items = self.list(spec, ns, query.get("labelSelector"), query.get("fieldSelector"))
                 # Real list responses name their kind and carry the collection's resourceVersion.
-                return aiohttp.web.json_response({
-                    'kind': f'{spec.kind}List', 'apiVersion': spec.api_version,
-                    'metadata': {'resourceVersion': str(self._rv)}, 'items': items,
-                })
-            if method == 'POST':
+                return aiohttp.web.json_response(
+                    {
+                        "kind": f"{spec.kind}List",
+                        "apiVersion": spec.api_version,
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": items,
+                    }
+                )
+            if method == "POST":
                 if not isinstance(data, dict):
-                    raise ApiError(400, 'BadRequest', 'the body of the request must be a JSON object')
+                    raise ApiError(400, "BadRequest", "the body of the request must be a JSON object")
                 return aiohttp.web.json_response(self.create(spec, data, ns), status=201)
-            raise ApiError(405, 'MethodNotAllowed', f'the server does not allow this method on {spec.plural}')
-        if method == 'GET' and sub == 'log':
+            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on {spec.plural}")
+        if method == "GET" and sub == "log":
             self.get(spec, ns, name)
-            return aiohttp.web.Response(text=self.pod_logs.get((ns or '', name), ''))
-        if method == 'GET':
+            return aiohttp.web.Response(text=self.pod_logs.get((ns or "", name), ""))
+        if method == "GET":
             return aiohttp.web.json_response(self.get(spec, ns, name))
-        if method == 'DELETE':
+        if method == "DELETE":
             # DeleteOptions come in the body (the kubernetes client, kubectl) or the query.
             options = {**query, **(data if isinstance(data, dict) else {})}
-            grace = options.get('gracePeriodSeconds')
+            grace = options.get("gracePeriodSeconds")
             try:
-                grace_period = None if grace in (None, '') else int(grace)
+                grace_period = None if grace in (None, "") else int(grace)
             except (TypeError, ValueError):
-                raise ApiError(400, 'BadRequest', f'gracePeriodSeconds: invalid value {grace!r}') from None
-            return aiohttp.web.json_response(self.delete(spec, ns, name, propagation=options.get('propagationPolicy'),
-                                                         grace_period=grace_period))
-        if method == 'PUT':
+                raise ApiError(400, "BadRequest", f"gracePeriodSeconds: invalid value {grace!r}") from None
+            return aiohttp.web.json_response(
+                self.delete(spec, ns, name, propagation=options.get("propagationPolicy"), grace_period=grace_period)
+            )
+        if method == "PUT":
             if not isinstance(data, dict):
-                raise ApiError(400, 'BadRequest', 'the body of the request must be a JSON object')
+                raise ApiError(400, "BadRequest", "the body of the request must be a JSON object")
             replacement: dict[str, Any] = data
             return aiohttp.web.json_response(
-                self.update(spec, ns, name, lambda _old: copy.deepcopy(replacement), status=sub == 'status'))
-        if method == 'PATCH':
-            apply = self._patcher(spec, content_type.split(';')[0].strip().lower(), data)
-            return aiohttp.web.json_response(self.update(spec, ns, name, apply, status=sub == 'status'))
-        raise ApiError(405, 'MethodNotAllowed', f'the server does not allow this method on {spec.plural}')
+                self.update(spec, ns, name, lambda _old: copy.deepcopy(replacement), status=sub == "status")
+            )
+        if method == "PATCH":
+            apply = self._patcher(spec, content_type.split(";")[0].strip().lower(), data)
+            return aiohttp.web.json_response(self.update(spec, ns, name, apply, status=sub == "status"))
+        raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on {spec.plural}")
 
     def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
         """Just enough OpenAPI for kubectl's validation (see openapi.py)."""
-        if path == '/openapi/v2':
-            return aiohttp.web.Response(body=OPENAPI_V2_PROTOBUF, content_type='application/octet-stream')
-        if path.rstrip('/') == '/openapi/v3':
+        if path == "/openapi/v2":
+            return aiohttp.web.Response(body=OPENAPI_V2_PROTOBUF, content_type="application/octet-stream")
+        if path.rstrip("/") == "/openapi/v3":
             return aiohttp.web.json_response(openapi_v3_index(self.specs.values()))
-        doc = openapi_v3_group_version(self.specs.values(), path[len('/openapi/v3/'):])
+        doc = openapi_v3_group_version(self.specs.values(), path[len("/openapi/v3/") :])
         if doc is None:
-            return self._error_response(ApiError(404, 'NotFound', 'the server could not find the requested resource'))
+            return self._error_response(ApiError(404, "NotFound", "the server could not find the requested resource"))
         return aiohttp.web.json_response(doc)
 
-    def table(self, spec: ResourceSpec, objects: list[dict[str, Any]], include_object: str = 'Metadata',
-              ) -> dict[str, Any]:
+    def table(
+        self,
+        spec: ResourceSpec,
+        objects: list[dict[str, Any]],
+        include_object: str = "Metadata",
+    ) -> dict[str, Any]:
         """A meta.k8s.io/v1 Table of objects, with the resource's printer columns (see tables.py)."""
-        crd_spec = self.specs.get(('apiextensions.k8s.io', 'v1', 'customresourcedefinitions'))
+        crd_spec = self.specs.get(("apiextensions.k8s.io", "v1", "customresourcedefinitions"))
         crds = self.list(crd_spec) if crd_spec is not None and not spec.builtin else []
-        return to_table(spec, objects, resource_version=str(self._rv), now=self.clock(), crds=crds,
-                        include_object=include_object)
+        return to_table(
+            spec, objects, resource_version=str(self._rv), now=self.clock(), crds=crds, include_object=include_object
+        )
 
-    def _as_table(self, spec: ResourceSpec, target: _Target, query: dict[str, str],
-                  response: aiohttp.web.StreamResponse) -> aiohttp.web.StreamResponse:
+    def _as_table(
+        self, spec: ResourceSpec, target: _Target, query: dict[str, str], response: aiohttp.web.StreamResponse
+    ) -> aiohttp.web.StreamResponse:
         # kubectl get asks for `as=Table`: the real server prints rows server-side.
         assert isinstance(response, aiohttp.web.Response) and response.body is not None
         payload = json.loads(response.body.decode() if isinstance(response.body, bytes) else str(response.body))
-        objects = payload['items'] if target.name is None else [payload]
-        return aiohttp.web.json_response(self.table(spec, objects, query.get('includeObject', 'Metadata')))
+        objects = payload["items"] if target.name is None else [payload]
+        return aiohttp.web.json_response(self.table(spec, objects, query.get("includeObject", "Metadata")))
 
     @staticmethod
     def _patcher(spec: ResourceSpec, content_type: str, body: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
         def apply(old: dict[str, Any]) -> dict[str, Any]:
             try:
-                if content_type == 'application/json-patch+json':
+                if content_type == "application/json-patch+json":
                     return patches.json_patch(old, body)
                 if not isinstance(body, dict):
-                    raise ApiError(400, 'BadRequest', 'the body of a merge patch must be a JSON object')
-                if content_type == 'application/merge-patch+json':
+                    raise ApiError(400, "BadRequest", "the body of a merge patch must be a JSON object")
+                if content_type == "application/merge-patch+json":
                     return patches.merge_patch(old, body)
                 return patches.strategic_merge_patch(old, body)
             except patches.PatchError as e:
-                raise ApiError(422, 'Invalid', str(e)) from e
+                raise ApiError(422, "Invalid", str(e)) from e
 
-        if content_type == 'application/strategic-merge-patch+json' and not spec.builtin:
+        if content_type == "application/strategic-merge-patch+json" and not spec.builtin:
             # Custom resources have no Go schema, so the real server refuses strategic merge.
-            raise ApiError(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format - '
-                                                        'accepted media types include: application/json-patch+json, '
-                                                        'application/merge-patch+json')
-        if content_type not in ('application/json-patch+json', 'application/merge-patch+json',
-                                'application/strategic-merge-patch+json'):
-            raise ApiError(415, 'UnsupportedMediaType', f'unsupported patch type: {content_type!r}')
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - "
+                "accepted media types include: application/json-patch+json, "
+                "application/merge-patch+json",
+            )
+        if content_type not in (
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ):
+            raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type: {content_type!r}")
         return apply
 
-    async def _serve_watch(self, raw: aiohttp.web.BaseRequest, spec: ResourceSpec, target: _Target,
-                           query: dict[str, str], table: bool = False) -> aiohttp.web.StreamResponse:
-        labels = LabelSelector.parse(query.get('labelSelector'))
+    async def _serve_watch(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        spec: ResourceSpec,
+        target: _Target,
+        query: dict[str, str],
+        table: bool = False,
+    ) -> aiohttp.web.StreamResponse:
+        labels = LabelSelector.parse(query.get("labelSelector"))
         fields = FieldSelector.parse(
-            ','.join(filter(None, [query.get('fieldSelector'),
-                                   f'metadata.name={target.name}' if target.name else None])))
+            ",".join(
+                filter(None, [query.get("fieldSelector"), f"metadata.name={target.name}" if target.name else None])
+            )
+        )
         namespace = target.namespace if spec.namespaced else None
-        timeout = float(query['timeoutSeconds']) if query.get('timeoutSeconds') else None
+        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
 
         def visible(obj: dict[str, Any] | None) -> bool:
-            return (obj is not None and (namespace is None or obj['metadata'].get('namespace') == namespace)
-                    and labels.matches(obj) and fields.matches(obj))
+            return (
+                obj is not None
+                and (namespace is None or obj["metadata"].get("namespace") == namespace)
+                and labels.matches(obj)
+                and fields.matches(obj)
+            )
 
-        rv_param = query.get('resourceVersion')
+        rv_param = query.get("resourceVersion")
         initial: list[dict[str, Any]] = []
-        if rv_param in (None, '', '0'):
+        if rv_param in (None, "", "0"):
             # "Get state and start at most recent": synthetic ADDED for what exists now.
             since = self._rv
-            initial = [{'type': 'ADDED', 'object': obj} for obj in self.list(spec, namespace, labels, fields)]
+            initial = [{"type": "ADDED", "object": obj} for obj in self.list(spec, namespace, labels, fields)]
         else:
             since = int(rv_param)
 
-        response = aiohttp.web.StreamResponse(status=200, headers={'Content-Type': 'application/json'})
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(raw)
-        self._log('GET', raw.path, query, 200, None, user_agent=raw.headers.get('User-Agent', ''))
+        self._log("GET", raw.path, query, 200, None, user_agent=raw.headers.get("User-Agent", ""))
 
         async def send(event: dict[str, Any]) -> None:
-            if table and event.get('type') != 'ERROR':
+            if table and event.get("type") != "ERROR":
                 # Watches asked `as=Table` stream each object as a one-row Table, as the real server.
-                event = {'type': event['type'],
-                         'object': self.table(spec, [event['object']], query.get('includeObject', 'Metadata'))}
-            await response.write(json.dumps(event).encode() + b'\n')
+                event = {
+                    "type": event["type"],
+                    "object": self.table(spec, [event["object"]], query.get("includeObject", "Metadata")),
+                }
+            await response.write(json.dumps(event).encode() + b"\n")
 
         async def pump() -> None:
             for event in initial:
@@ -750,12 +870,12 @@ class ApiServer(kmock.KubernetesScaffold):
                 now_visible, was_visible = visible(change.object), visible(change.old)
                 # A label change moving an object in or out of the selector is
                 # seen by the watcher as ADDED / DELETED, as in real Kubernetes.
-                if change.type == 'DELETED' and was_visible:
-                    await send({'type': 'DELETED', 'object': change.object})
-                elif change.type != 'DELETED' and now_visible:
-                    await send({'type': 'ADDED' if not was_visible else change.type, 'object': change.object})
-                elif change.type == 'MODIFIED' and was_visible:
-                    await send({'type': 'DELETED', 'object': change.object})
+                if change.type == "DELETED" and was_visible:
+                    await send({"type": "DELETED", "object": change.object})
+                elif change.type != "DELETED" and now_visible:
+                    await send({"type": "ADDED" if not was_visible else change.type, "object": change.object})
+                elif change.type == "MODIFIED" and was_visible:
+                    await send({"type": "DELETED", "object": change.object})
 
         async def client_gone() -> None:
             # aiohttp does not cancel a handler when its client disconnects, and a quiet
@@ -773,7 +893,7 @@ class ApiServer(kmock.KubernetesScaffold):
             await asyncio.gather(pumping, watchdog, return_exceptions=True)
         if pumping.done() and not pumping.cancelled() and isinstance(pumping.exception(), ApiError):
             with contextlib.suppress(ConnectionResetError):
-                await send({'type': 'ERROR', 'object': pumping.exception().status_body()})  # type: ignore[union-attr]
+                await send({"type": "ERROR", "object": pumping.exception().status_body()})  # type: ignore[union-attr]
         with contextlib.suppress(ConnectionResetError):  # the client went away meanwhile
             await response.write_eof()
         return response
@@ -781,10 +901,17 @@ class ApiServer(kmock.KubernetesScaffold):
     def _error_response(self, error: ApiError) -> aiohttp.web.StreamResponse:
         return aiohttp.web.json_response(error.status_body(), status=error.code, headers=error.headers)
 
-    def _log(self, method: str, path: str, query: dict[str, str], status: int, body: Any,
-             faulted: bool = False, user_agent: str = '') -> None:
-        self.request_log.append(RequestRecord(method, path, query, status, time.monotonic(), body, faulted,
-                                              user_agent))
+    def _log(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        status: int,
+        body: Any,
+        faulted: bool = False,
+        user_agent: str = "",
+    ) -> None:
+        self.request_log.append(RequestRecord(method, path, query, status, time.monotonic(), body, faulted, user_agent))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -802,27 +929,30 @@ def _parse_path(path: str) -> _Target | None:
     Handles ``/api/v1/namespaces/NAME[/status]`` as the Namespace object,
     which KMock's parser reads as "namespace NAME, no resource".
     """
-    parts = [p for p in path.split('/') if p]
-    if len(parts) >= 3 and parts[0] == 'api':
-        group, version, rest = '', parts[1], parts[2:]
-    elif len(parts) >= 4 and parts[0] == 'apis':
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
         group, version, rest = parts[1], parts[2], parts[3:]
     else:
         return None
     namespace: str | None = None
-    if rest[0] == 'namespaces' and len(rest) >= 3 and rest[2] not in ('status', 'finalize'):
+    if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in ("status", "finalize"):
         namespace, rest = rest[1], rest[2:]
     plural, name = rest[0], rest[1] if len(rest) > 1 else None
-    subresource = '/'.join(rest[2:]) or None
+    subresource = "/".join(rest[2:]) or None
     return _Target((group, version, plural), namespace, name, subresource)
 
 
 def _deletion_complete(meta: dict[str, Any]) -> bool:
     """A marked object goes once no finalizer is left and no grace period runs (real: the same rule on update)."""
-    return bool(meta.get('deletionTimestamp')) and not meta.get('finalizers') \
-        and not meta.get('deletionGracePeriodSeconds')
+    return (
+        bool(meta.get("deletionTimestamp"))
+        and not meta.get("finalizers")
+        and not meta.get("deletionGracePeriodSeconds")
+    )
 
 
 def _sort_key(item: tuple[ObjKey, dict[str, Any]]) -> tuple[str, str]:
     (_, namespace, name), _ = item
-    return (namespace or '', name)
+    return (namespace or "", name)

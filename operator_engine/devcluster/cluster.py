@@ -11,6 +11,7 @@ For synchronous callers and subprocess-based operators, run it in a thread:
     with EmbeddedCluster.start_in_thread() as handle:
         handle.write_kubeconfig('/tmp/kubeconfig')
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,20 +31,23 @@ from operator_engine.devcluster.controllers import GarbageCollector, JobControll
 from operator_engine.devcluster.resources import NAMESPACES, ResourceSpec
 from operator_engine.devcluster.runtime import Runtime, ScriptedRuntime
 
-__all__ = ['EmbeddedCluster', 'ThreadedCluster', 'kubeconfig']
+__all__ = ["EmbeddedCluster", "ThreadedCluster", "kubeconfig"]
 
-T = TypeVar('T')
+T = TypeVar("T")
 
 
 def kubeconfig(url: str, namespace: str) -> dict[str, Any]:
     """A kubeconfig for a server without auth, with ``namespace`` as the context's default."""
     return {
-        'apiVersion': 'v1', 'kind': 'Config', 'preferences': {},
-        'clusters': [{'name': 'devcluster', 'cluster': {'server': url}}],
-        'users': [{'name': 'devcluster', 'user': {}}],
-        'contexts': [{'name': 'devcluster',
-                      'context': {'cluster': 'devcluster', 'user': 'devcluster', 'namespace': namespace}}],
-        'current-context': 'devcluster',
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [{"name": "devcluster", "cluster": {"server": url}}],
+        "users": [{"name": "devcluster", "user": {}}],
+        "contexts": [
+            {"name": "devcluster", "context": {"cluster": "devcluster", "user": "devcluster", "namespace": namespace}}
+        ],
+        "current-context": "devcluster",
     }
 
 
@@ -55,9 +59,15 @@ class EmbeddedCluster:
     :meth:`wait_for`) act on the store directly: never faulted, never logged.
     """
 
-    def __init__(self, namespace: str = 'ocean-compute', *, runtime: Runtime | None = None,
-                 host: str = '127.0.0.1', port: int | None = None,
-                 clock: Callable[[], datetime.datetime] | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str = "ocean-compute",
+        *,
+        runtime: Runtime | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        clock: Callable[[], datetime.datetime] | None = None,
+    ) -> None:
         self.namespace = namespace
         self.runtime: Runtime = runtime if runtime is not None else ScriptedRuntime()
         self.api = ApiServer(clock=clock) if clock is not None else ApiServer()
@@ -70,19 +80,21 @@ class EmbeddedCluster:
 
     async def __aenter__(self) -> Self:
         await self._stack.enter_async_context(self.api)
-        self._server = await self._stack.enter_async_context(
-            kmock.Server(self.api, host=self._host, port=self._port))
+        self._server = await self._stack.enter_async_context(kmock.Server(self.api, host=self._host, port=self._port))
         self._stack.push_async_callback(self._stop_controllers)
-        self.api.create(NAMESPACES, {'metadata': {'name': 'default'}})
-        if self.namespace != 'default':
-            self.api.create(NAMESPACES, {'metadata': {'name': self.namespace}})
-        for name, controller in (('garbage-collector', GarbageCollector(self.api)),
-                                 ('job-controller', JobController(self.api, self.runtime))):
+        self.api.create(NAMESPACES, {"metadata": {"name": "default"}})
+        if self.namespace != "default":
+            self.api.create(NAMESPACES, {"metadata": {"name": self.namespace}})
+        for name, controller in (
+            ("garbage-collector", GarbageCollector(self.api)),
+            ("job-controller", JobController(self.api, self.runtime)),
+        ):
             self._tasks.append(asyncio.create_task(controller.run(), name=name))
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self._stack.aclose()
 
     async def _stop_controllers(self) -> None:
@@ -94,7 +106,7 @@ class EmbeddedCluster:
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
-            raise ExceptionGroup('embedded cluster controllers crashed', errors)
+            raise ExceptionGroup("embedded cluster controllers crashed", errors)
 
     # ------------------------------------------------------------------ addresses
 
@@ -102,8 +114,8 @@ class EmbeddedCluster:
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` (no trailing slash)."""
         if self._server is None:
-            raise RuntimeError('the cluster is not running')
-        return str(self._server.url).rstrip('/')
+            raise RuntimeError("the cluster is not running")
+        return str(self._server.url).rstrip("/")
 
     @property
     def request_log(self) -> list[RequestRecord]:
@@ -134,24 +146,34 @@ class EmbeddedCluster:
                 return None
             raise
 
-    async def list(self, kind: str, labels: str | dict[str, str] | None = None, fields: str | None = None,
-                   namespace: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self,
+        kind: str,
+        labels: str | dict[str, str] | None = None,
+        fields: str | None = None,
+        namespace: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Objects of a kind in the cluster's namespace; ``labels`` as a selector or a dict of equalities."""
         if isinstance(labels, dict):
-            labels = ','.join(f'{k}={v}' for k, v in labels.items())
+            labels = ",".join(f"{k}={v}" for k, v in labels.items())
         return self.api.list(self.spec(kind), namespace or self.namespace, labels, fields)
 
     async def create(self, manifest: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         """Create an object from a manifest; the resource comes from its ``kind``."""
-        spec = self.spec(manifest['kind'])
+        spec = self.spec(manifest["kind"])
         return self.api.create(spec, manifest, (namespace or self.namespace) if spec.namespaced else None)
 
     async def delete(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         return self.api.delete(self.spec(kind), namespace or self.namespace, name)
 
-    async def wait_for(self, kind: str, name: str,
-                       predicate: Callable[[dict[str, Any] | None], Any] = lambda obj: obj is not None,
-                       timeout: float = 10.0, namespace: str | None = None) -> dict[str, Any] | None:
+    async def wait_for(
+        self,
+        kind: str,
+        name: str,
+        predicate: Callable[[dict[str, Any] | None], Any] = lambda obj: obj is not None,
+        timeout: float = 10.0,
+        namespace: str | None = None,
+    ) -> dict[str, Any] | None:
         """
         Wait until ``predicate(object or None)`` is truthy; returns that object.
 
@@ -166,12 +188,12 @@ class EmbeddedCluster:
                 obj = await self.get(kind, name, namespace)
                 if predicate(obj):
                     return obj
-        raise RuntimeError('the cluster was closed while waiting')
+        raise RuntimeError("the cluster was closed while waiting")
 
     # ------------------------------------------------------------------ threads
 
     @classmethod
-    def start_in_thread(cls, namespace: str = 'ocean-compute', **kwargs: Any) -> ThreadedCluster:
+    def start_in_thread(cls, namespace: str = "ocean-compute", **kwargs: Any) -> ThreadedCluster:
         """Run a cluster on its own event loop in a daemon thread; returns once it serves."""
         handle = ThreadedCluster(cls(namespace, **kwargs))
         handle.start()
@@ -187,7 +209,7 @@ class ThreadedCluster:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name='devcluster', daemon=True)
+        self._thread = threading.Thread(target=self._main, name="devcluster", daemon=True)
 
     @property
     def url(self) -> str:
@@ -199,9 +221,9 @@ class ThreadedCluster:
     def start(self, timeout: float = 30.0) -> None:
         self._thread.start()
         if not self._ready.wait(timeout):
-            raise TimeoutError('the embedded cluster did not start')
+            raise TimeoutError("the embedded cluster did not start")
         if self._error is not None:
-            raise RuntimeError('the embedded cluster failed to start') from self._error
+            raise RuntimeError("the embedded cluster failed to start") from self._error
 
     def call(self, fn: Callable[[EmbeddedCluster], Awaitable[T]], timeout: float = 30.0) -> T:
         """Run ``await fn(cluster)`` on the cluster's loop, e.g. ``handle.call(lambda c: c.get('job', 'x'))``."""
@@ -218,13 +240,14 @@ class ThreadedCluster:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
         if self._error is not None:
-            raise RuntimeError('the embedded cluster failed') from self._error
+            raise RuntimeError("the embedded cluster failed") from self._error
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _main(self) -> None:

@@ -34,6 +34,7 @@ again on ``410 Gone`` (an expired resourceVersion) or a broken connection,
 comparing the new list with what it knew: a watch that reconnects misses
 nothing. The watches use the official ``kubernetes`` client, in threads.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,12 +56,12 @@ from kubernetes.client.rest import ApiException
 from operator_engine.devcluster.process import PodSetupError, ProcessRuntime
 from operator_engine.devcluster.runtime import Result, kubelet_pod_status, terminated_state
 
-__all__ = ['Informer', 'ProcessNode', 'NodeRuntime', 'PROVISIONER']
+__all__ = ["Informer", "ProcessNode", "NodeRuntime", "PROVISIONER"]
 
 logger = logging.getLogger(__name__)
 
 #: The provisioner name of the node's StorageClass (what ``pv.kubernetes.io/provisioned-by`` says).
-PROVISIONER = 'operator-engine.oceanprotocol.com/process-node'
+PROVISIONER = "operator-engine.oceanprotocol.com/process-node"
 #: Seconds between Lease renewals (the kubelet's default: a quarter of the 40 s lease).
 LEASE_RENEW = 10.0
 LEASE_SECONDS = 40
@@ -68,7 +69,7 @@ LEASE_SECONDS = 40
 STATUS_EVERY = 60.0
 #: Server-side timeout of each watch request; the watch then resumes from its last resourceVersion.
 WATCH_SECONDS = 60
-TERMINAL = ('Succeeded', 'Failed')
+TERMINAL = ("Succeeded", "Failed")
 #: Seconds between attempts to report a pod's status the API server did not take.
 STATUS_RETRY = 1.0
 #: When the node stops, a pod's process gets at most this long between SIGTERM and SIGKILL.
@@ -76,15 +77,18 @@ STOP_GRACE = 5.0
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _micro_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _ignore(*codes: int) -> Callable[[ApiException], bool]:
     return lambda e: e.status in codes
+
+
+_IGNORE_NOTHING = _ignore()
 
 
 class NodeRuntime(ProcessRuntime):
@@ -102,8 +106,11 @@ class NodeRuntime(ProcessRuntime):
     def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         # Called from the node's event loop while a pod starts: short loopback
         # requests, so a blocking call is acceptable here.
-        read = {'configmap': self.core.read_namespaced_config_map, 'secret': self.core.read_namespaced_secret,
-                'persistentvolumeclaim': self.core.read_namespaced_persistent_volume_claim}[kind]
+        read = {
+            "configmap": self.core.read_namespaced_config_map,
+            "secret": self.core.read_namespaced_secret,
+            "persistentvolumeclaim": self.core.read_namespaced_persistent_volume_claim,
+        }[kind]
         try:
             response = read(name, namespace, _preload_content=False)
         except ApiException as e:
@@ -117,23 +124,25 @@ class NodeRuntime(ProcessRuntime):
         """Nothing to publish: this node serves no log endpoint (the output is in the pod folder)."""
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
-        pvc = self.get_object('persistentvolumeclaim', namespace, claim)
+        pvc = self.get_object("persistentvolumeclaim", namespace, claim)
         if pvc is None:
-            raise PodSetupError('CreateContainerConfigError', f'persistentvolumeclaim "{claim}" not found')
-        volume = (pvc.get('spec') or {}).get('volumeName')
-        if not volume or (pvc.get('status') or {}).get('phase') != 'Bound':
-            raise PodSetupError('CreateContainerConfigError', f'persistentvolumeclaim "{claim}" is not bound')
+            raise PodSetupError("CreateContainerConfigError", f'persistentvolumeclaim "{claim}" not found')
+        volume = (pvc.get("spec") or {}).get("volumeName")
+        if not volume or (pvc.get("status") or {}).get("phase") != "Bound":
+            raise PodSetupError("CreateContainerConfigError", f'persistentvolumeclaim "{claim}" is not bound')
         pv = self.core.read_persistent_volume(volume)
         source = pv.spec.local or pv.spec.host_path
         if source is None:
-            raise PodSetupError('CreateContainerConfigError',
-                                f'volume "{volume}" is neither local nor hostPath: this node cannot mount it')
+            raise PodSetupError(
+                "CreateContainerConfigError",
+                f'volume "{volume}" is neither local nor hostPath: this node cannot mount it',
+            )
         folder = Path(source.path)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def grace_period(self, pod: dict[str, Any]) -> float:
-        uid = pod['metadata'].get('uid', '')
+        uid = pod["metadata"].get("uid", "")
         if uid in self.grace_overrides:
             return min(self.grace_overrides[uid], self.max_grace)
         return super().grace_period(pod)
@@ -142,8 +151,14 @@ class NodeRuntime(ProcessRuntime):
 class Informer:
     """List, then watch from the list's resourceVersion; list again on 410 Gone or a lost connection."""
 
-    def __init__(self, name: str, list_call: Callable[..., Any], deliver: Callable[[str, dict[str, Any]], None],
-                 stopping: threading.Event, **selectors: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        list_call: Callable[..., Any],
+        deliver: Callable[[str, dict[str, Any]], None],
+        stopping: threading.Event,
+        **selectors: Any,
+    ) -> None:
         self.name = name
         self.list_call = list_call
         self.deliver = deliver
@@ -152,20 +167,20 @@ class Informer:
         self.known: dict[str, dict[str, Any]] = {}  # uid -> latest object
         self.relists = 0
         self.watch: watch.Watch | None = None
-        self.thread = threading.Thread(target=self._main, name=f'node-watch-{name}', daemon=True)
+        self.thread = threading.Thread(target=self._main, name=f"node-watch-{name}", daemon=True)
 
     def _list(self) -> str:
         response = self.list_call(_preload_content=False, **self.selectors)
         listing = json.loads(response.data)
-        current = {item['metadata']['uid']: item for item in listing.get('items') or []}
+        current = {item["metadata"]["uid"]: item for item in listing.get("items") or []}
         for uid, old in list(self.known.items()):
             if uid not in current:
-                self.deliver('DELETED', old)
+                self.deliver("DELETED", old)
         for item in current.values():
-            self.deliver('ADDED' if item['metadata']['uid'] not in self.known else 'MODIFIED', item)
+            self.deliver("ADDED" if item["metadata"]["uid"] not in self.known else "MODIFIED", item)
         self.known = current
         self.relists += 1
-        return str(listing['metadata']['resourceVersion'])
+        return str(listing["metadata"]["resourceVersion"])
 
     def _main(self) -> None:
         version: str | None = None
@@ -174,33 +189,39 @@ class Informer:
                 if version is None:
                     version = self._list()
                 self.watch = watch.Watch()
-                for event in self.watch.stream(self.list_call, resource_version=version, timeout_seconds=WATCH_SECONDS,
-                                               allow_watch_bookmarks=True, deserialize=False, **self.selectors):
-                    obj = event.get('raw_object') or event.get('object') or {}
-                    if event['type'] == 'ERROR':
-                        raise ApiException(status=obj.get('code', 500), reason=obj.get('message', 'watch error'))
-                    version = obj.get('metadata', {}).get('resourceVersion') or version
-                    if event['type'] == 'BOOKMARK':
+                for event in self.watch.stream(
+                    self.list_call,
+                    resource_version=version,
+                    timeout_seconds=WATCH_SECONDS,
+                    allow_watch_bookmarks=True,
+                    deserialize=False,
+                    **self.selectors,
+                ):
+                    obj = event.get("raw_object") or event.get("object") or {}
+                    if event["type"] == "ERROR":
+                        raise ApiException(status=obj.get("code", 500), reason=obj.get("message", "watch error"))
+                    version = obj.get("metadata", {}).get("resourceVersion") or version
+                    if event["type"] == "BOOKMARK":
                         continue
-                    uid = obj['metadata']['uid']
-                    if event['type'] == 'DELETED':
+                    uid = obj["metadata"]["uid"]
+                    if event["type"] == "DELETED":
                         self.known.pop(uid, None)
                     else:
                         self.known[uid] = obj
-                    self.deliver(event['type'], obj)
+                    self.deliver(event["type"], obj)
                     if self.stopping.is_set():
                         return
             except ApiException as e:
                 if e.status == 410:
-                    logger.info('%s watch: resourceVersion %s expired (410 Gone): listing again', self.name, version)
+                    logger.info("%s watch: resourceVersion %s expired (410 Gone): listing again", self.name, version)
                 else:
-                    logger.warning('%s watch failed (%s): listing again', self.name, e.status)
+                    logger.warning("%s watch failed (%s): listing again", self.name, e.status)
                     self.stopping.wait(1.0)
                 version = None
             except Exception as e:  # a lost connection (API server restarting): list again once it is back
                 if self.stopping.is_set():
                     return
-                logger.info('%s watch interrupted (%s): listing again', self.name, type(e).__name__)
+                logger.info("%s watch interrupted (%s): listing again", self.name, type(e).__name__)
                 self.stopping.wait(1.0)
                 version = None
 
@@ -215,19 +236,37 @@ class ProcessNode:
     limits it to its own Node, Lease and pods.
     """
 
-    def __init__(self, kubeconfig: Path, root: Path, *, name: str = 'process-node', cpu: str = '4',
-                 memory: str = '8Gi', gpus: int = 0, ephemeral_storage: str = '50Gi', pods: int = 110,
-                 storage_class: str = 'local-path', max_grace: float = 30.0,
-                 labels: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        root: Path,
+        *,
+        name: str = "process-node",
+        cpu: str = "4",
+        memory: str = "8Gi",
+        gpus: int = 0,
+        ephemeral_storage: str = "50Gi",
+        pods: int = 110,
+        storage_class: str = "local-path",
+        max_grace: float = 30.0,
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.root = Path(root).absolute()
         self.storage_class = storage_class
-        self.capacity = {'cpu': str(cpu), 'memory': str(memory), 'nvidia.com/gpu': str(gpus),
-                         'ephemeral-storage': str(ephemeral_storage), 'pods': str(pods)}
-        self.labels = {'kubernetes.io/hostname': name, 'kubernetes.io/os': 'linux',
-                       'kubernetes.io/arch': {'x86_64': 'amd64', 'aarch64': 'arm64'}.get(platform.machine(),
-                                                                                          platform.machine()),
-                       **(labels or {})}
+        self.capacity = {
+            "cpu": str(cpu),
+            "memory": str(memory),
+            "nvidia.com/gpu": str(gpus),
+            "ephemeral-storage": str(ephemeral_storage),
+            "pods": str(pods),
+        }
+        self.labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
+            **(labels or {}),
+        }
         self.api_client = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api_client)
         self.runtime = NodeRuntime(self.root, self.core, max_grace=max_grace)
@@ -249,14 +288,28 @@ class ProcessNode:
         self.root.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._register)
         await asyncio.to_thread(self._storage_class)
-        self._tasks = [asyncio.create_task(self._heartbeat(), name='node-heartbeat')]
+        self._tasks = [asyncio.create_task(self._heartbeat(), name="node-heartbeat")]
         self._informers = [
-            Informer('pods', self.core.list_pod_for_all_namespaces, self._from_thread(self._on_pod),
-                      self._stopping, field_selector=f'spec.nodeName={self.name}'),
-            Informer('claims', self.core.list_persistent_volume_claim_for_all_namespaces,
-                      self._from_thread(self._on_claim), self._stopping),
-            Informer('volumes', self.core.list_persistent_volume, self._from_thread(self._on_volume),
-                      self._stopping, label_selector=f'operator-engine.oceanprotocol.com/node={self.name}'),
+            Informer(
+                "pods",
+                self.core.list_pod_for_all_namespaces,
+                self._from_thread(self._on_pod),
+                self._stopping,
+                field_selector=f"spec.nodeName={self.name}",
+            ),
+            Informer(
+                "claims",
+                self.core.list_persistent_volume_claim_for_all_namespaces,
+                self._from_thread(self._on_claim),
+                self._stopping,
+            ),
+            Informer(
+                "volumes",
+                self.core.list_persistent_volume,
+                self._from_thread(self._on_volume),
+                self._stopping,
+                label_selector=f"operator-engine.oceanprotocol.com/node={self.name}",
+            ),
         ]
         for informer in self._informers:
             informer.thread.start()
@@ -296,19 +349,26 @@ class ProcessNode:
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
                 self._loop.call_soon_threadsafe(handler, kind, obj)
+
         return deliver
 
-    async def _call(self, what: str, function: Callable[..., Any], *args: Any,
-                    ignore: Callable[[ApiException], bool] = _ignore(), **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        what: str,
+        function: Callable[..., Any],
+        *args: Any,
+        ignore: Callable[[ApiException], bool] = _IGNORE_NOTHING,
+        **kwargs: Any,
+    ) -> Any:
         """A client call in a thread; errors it expects are ignored, others logged (the next event retries)."""
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
         except ApiException as e:
             if not ignore(e):
-                logger.warning('node %s: %s failed: %s %s', self.name, what, e.status, e.reason)
+                logger.warning("node %s: %s failed: %s %s", self.name, what, e.status, e.reason)
         except Exception as e:  # the API server is unreachable (restarting): the next heartbeat or event retries
             if not self._stopping.is_set():
-                logger.warning('node %s: %s failed: %r', self.name, what, e)
+                logger.warning("node %s: %s failed: %r", self.name, what, e)
         return None
 
     # ---------------------------------------------------------------- the Node and its Lease
@@ -317,195 +377,309 @@ class ProcessNode:
         now = _now()
 
         def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-            return {'type': kind, 'status': 'True' if ok else 'False', 'reason': reason, 'message': message,
-                    'lastHeartbeatTime': now, 'lastTransitionTime': now}
+            return {
+                "type": kind,
+                "status": "True" if ok else "False",
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
 
         return {
-            'capacity': self.capacity, 'allocatable': self.capacity,
-            'conditions': [
-                condition('MemoryPressure', False, 'KubeletHasSufficientMemory', 'kubelet has sufficient memory'),
-                condition('DiskPressure', False, 'KubeletHasNoDiskPressure', 'kubelet has no disk pressure'),
-                condition('PIDPressure', False, 'KubeletHasSufficientPID', 'kubelet has sufficient PID available'),
-                condition('Ready', True, 'KubeletReady', 'process node is posting ready status'),
+            "capacity": self.capacity,
+            "allocatable": self.capacity,
+            "conditions": [
+                condition("MemoryPressure", False, "KubeletHasSufficientMemory", "kubelet has sufficient memory"),
+                condition("DiskPressure", False, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                condition("PIDPressure", False, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                condition("Ready", True, "KubeletReady", "process node is posting ready status"),
             ],
-            'addresses': [{'type': 'InternalIP', 'address': '127.0.0.1'}, {'type': 'Hostname', 'address': self.name}],
-            'daemonEndpoints': {'kubeletEndpoint': {'Port': 0}},
-            'nodeInfo': {
-                'machineID': self.boot_id.replace('-', ''), 'systemUUID': self.boot_id, 'bootID': self.boot_id,
-                'kernelVersion': platform.release(), 'osImage': f'{platform.system()} (process node)',
-                'containerRuntimeVersion': 'process://operator-engine', 'kubeletVersion': 'v0.0.0-process-node',
-                'kubeProxyVersion': '', 'operatingSystem': 'linux', 'architecture': self.labels['kubernetes.io/arch'],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "nodeInfo": {
+                "machineID": self.boot_id.replace("-", ""),
+                "systemUUID": self.boot_id,
+                "bootID": self.boot_id,
+                "kernelVersion": platform.release(),
+                "osImage": f"{platform.system()} (process node)",
+                "containerRuntimeVersion": "process://operator-engine",
+                "kubeletVersion": "v0.0.0-process-node",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": self.labels["kubernetes.io/arch"],
             },
         }
 
     def _register(self) -> None:
-        body = {'apiVersion': 'v1', 'kind': 'Node', 'metadata': {'name': self.name, 'labels': self.labels}}
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": self.labels}}
         try:
             self.core.create_node(body)
         except ApiException as e:
             if e.status != 409:
                 raise
-            self.core.patch_node(self.name, {'metadata': {'labels': self.labels}},
-                                 _content_type='application/merge-patch+json')
-        self.core.patch_node_status(self.name, {'status': self._node_status()},
-                                    _content_type='application/merge-patch+json')
+            self.core.patch_node(
+                self.name, {"metadata": {"labels": self.labels}}, _content_type="application/merge-patch+json"
+            )
+        self.core.patch_node_status(
+            self.name, {"status": self._node_status()}, _content_type="application/merge-patch+json"
+        )
         self._renew_lease()
 
     def _renew_lease(self) -> None:
         coordination = client.CoordinationV1Api(self.api_client)
         node = self.core.read_node(self.name)
-        spec = {'holderIdentity': self.name, 'leaseDurationSeconds': LEASE_SECONDS, 'renewTime': _micro_now()}
+        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _micro_now()}
         try:
-            coordination.patch_namespaced_lease(self.name, 'kube-node-lease', {'spec': spec},
-                                                _content_type='application/merge-patch+json')
+            coordination.patch_namespaced_lease(
+                self.name, "kube-node-lease", {"spec": spec}, _content_type="application/merge-patch+json"
+            )
         except ApiException as e:
             if e.status != 404:
                 raise
-            coordination.create_namespaced_lease('kube-node-lease', {
-                'apiVersion': 'coordination.k8s.io/v1', 'kind': 'Lease',
-                'metadata': {'name': self.name, 'namespace': 'kube-node-lease', 'ownerReferences': [{
-                    'apiVersion': 'v1', 'kind': 'Node', 'name': self.name, 'uid': node.metadata.uid}]},
-                'spec': spec})
+            coordination.create_namespaced_lease(
+                "kube-node-lease",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "namespace": "kube-node-lease",
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": node.metadata.uid}
+                        ],
+                    },
+                    "spec": spec,
+                },
+            )
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
         last_status = loop.time()
         while True:
             await asyncio.sleep(LEASE_RENEW)
-            await self._call('renew the lease', self._renew_lease)
+            await self._call("renew the lease", self._renew_lease)
             if loop.time() - last_status >= STATUS_EVERY:
                 last_status = loop.time()
-                await self._call('report the node status', self.core.patch_node_status, self.name,
-                                 {'status': self._node_status()}, _content_type='application/merge-patch+json')
+                await self._call(
+                    "report the node status",
+                    self.core.patch_node_status,
+                    self.name,
+                    {"status": self._node_status()},
+                    _content_type="application/merge-patch+json",
+                )
 
     # ---------------------------------------------------------------- volumes
 
     def _storage_class(self) -> None:
         storage = client.StorageV1Api(self.api_client)
         with contextlib.suppress(ApiException):  # 409: it exists (a restart of the node)
-            storage.create_storage_class({
-                'apiVersion': 'storage.k8s.io/v1', 'kind': 'StorageClass',
-                'metadata': {'name': self.storage_class},
-                'provisioner': PROVISIONER, 'reclaimPolicy': 'Delete', 'volumeBindingMode': 'Immediate'})
+            storage.create_storage_class(
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "StorageClass",
+                    "metadata": {"name": self.storage_class},
+                    "provisioner": PROVISIONER,
+                    "reclaimPolicy": "Delete",
+                    "volumeBindingMode": "Immediate",
+                }
+            )
 
     def _on_claim(self, kind: str, pvc: dict[str, Any]) -> None:
-        spec, meta = pvc.get('spec') or {}, pvc['metadata']
-        if (kind == 'DELETED' or meta.get('deletionTimestamp') or spec.get('volumeName')
-                or spec.get('storageClassName') != self.storage_class):
+        spec, meta = pvc.get("spec") or {}, pvc["metadata"]
+        if (
+            kind == "DELETED"
+            or meta.get("deletionTimestamp")
+            or spec.get("volumeName")
+            or spec.get("storageClassName") != self.storage_class
+        ):
             return
-        folder = self.root / 'volumes' / f'pvc-{meta["uid"]}'
+        folder = self.root / "volumes" / f"pvc-{meta['uid']}"
         folder.mkdir(parents=True, exist_ok=True)
-        size = ((spec.get('resources') or {}).get('requests') or {}).get('storage', '1Gi')
+        size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")
         pv = {
-            'apiVersion': 'v1', 'kind': 'PersistentVolume',
-            'metadata': {'name': f'pvc-{meta["uid"]}', 'annotations': {'pv.kubernetes.io/provisioned-by': PROVISIONER},
-                         'labels': {'operator-engine.oceanprotocol.com/node': self.name}},
-            'spec': {
-                'capacity': {'storage': size}, 'accessModes': spec.get('accessModes') or ['ReadWriteOnce'],
-                'persistentVolumeReclaimPolicy': 'Delete', 'storageClassName': self.storage_class,
-                'volumeMode': 'Filesystem', 'local': {'path': str(folder)},
-                'claimRef': {'apiVersion': 'v1', 'kind': 'PersistentVolumeClaim', 'namespace': meta['namespace'],
-                             'name': meta['name'], 'uid': meta['uid']},
-                'nodeAffinity': {'required': {'nodeSelectorTerms': [{'matchExpressions': [
-                    {'key': 'kubernetes.io/hostname', 'operator': 'In', 'values': [self.name]}]}]}},
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {
+                "name": f"pvc-{meta['uid']}",
+                "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+                "labels": {"operator-engine.oceanprotocol.com/node": self.name},
+            },
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": self.storage_class,
+                "volumeMode": "Filesystem",
+                "local": {"path": str(folder)},
+                "claimRef": {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "namespace": meta["namespace"],
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.name]}
+                                ]
+                            }
+                        ]
+                    }
+                },
             },
         }
-        self._spawn(self._call(f'provision a volume for {meta["namespace"]}/{meta["name"]}',
-                                       self.core.create_persistent_volume, pv, ignore=_ignore(409)))
+        self._spawn(
+            self._call(
+                f"provision a volume for {meta['namespace']}/{meta['name']}",
+                self.core.create_persistent_volume,
+                pv,
+                ignore=_ignore(409),
+            )
+        )
 
     def _on_volume(self, kind: str, pv: dict[str, Any]) -> None:
         """A Released volume of ours (its claim is gone): remove its folder, then the PersistentVolume."""
-        if kind == 'DELETED' or (pv.get('status') or {}).get('phase') != 'Released':
+        if kind == "DELETED" or (pv.get("status") or {}).get("phase") != "Released":
             return
-        if (pv.get('spec') or {}).get('persistentVolumeReclaimPolicy') != 'Delete':
+        if (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") != "Delete":
             return
-        path = ((pv.get('spec') or {}).get('local') or {}).get('path')
-        if path and Path(path).parent == self.root / 'volumes':
+        path = ((pv.get("spec") or {}).get("local") or {}).get("path")
+        if path and Path(path).parent == self.root / "volumes":
             shutil.rmtree(path, ignore_errors=True)
-        self._spawn(self._call(f'delete volume {pv["metadata"]["name"]}', self.core.delete_persistent_volume,
-                                       pv['metadata']['name'], ignore=_ignore(404)))
+        self._spawn(
+            self._call(
+                f"delete volume {pv['metadata']['name']}",
+                self.core.delete_persistent_volume,
+                pv["metadata"]["name"],
+                ignore=_ignore(404),
+            )
+        )
 
     # ---------------------------------------------------------------- pods
 
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
-        meta = pod['metadata']
-        uid = meta['uid']
+        meta = pod["metadata"]
+        uid = meta["uid"]
         running = self._pods.get(uid)
-        if kind == 'DELETED':
+        if kind == "DELETED":
             if running is not None:
                 self.runtime.grace_overrides[uid] = 0.0  # removed without us: kill now
                 running.cancel()
             return
-        if meta.get('deletionTimestamp'):
+        if meta.get("deletionTimestamp"):
             if running is not None:
-                self.runtime.grace_overrides[uid] = float(meta.get('deletionGracePeriodSeconds') or 0)
+                self.runtime.grace_overrides[uid] = float(meta.get("deletionGracePeriodSeconds") or 0)
                 running.cancel()  # the task kills the process, then deletes the object
             elif uid not in self._finalizing:
                 self._finalizing.add(uid)
                 self._spawn(self._final_delete(pod))
             return
-        phase = (pod.get('status') or {}).get('phase')
+        phase = (pod.get("status") or {}).get("phase")
         if running is None and uid not in self._finished and phase not in TERMINAL:
-            self._pods[uid] = asyncio.create_task(self._run_pod(pod), name=f'pod {meta["namespace"]}/{meta["name"]}')
+            self._pods[uid] = asyncio.create_task(self._run_pod(pod), name=f"pod {meta['namespace']}/{meta['name']}")
 
     async def _final_delete(self, pod: dict[str, Any]) -> None:
         """The kubelet's last word on a deleted pod: remove the object at once (grace 0, this uid only)."""
-        meta = pod['metadata']
-        await self._call(f'delete pod {meta["namespace"]}/{meta["name"]}', self.core.delete_namespaced_pod,
-                         meta['name'], meta['namespace'], ignore=_ignore(404, 409),
-                         body=client.V1DeleteOptions(grace_period_seconds=0,
-                                                     preconditions=client.V1Preconditions(uid=meta['uid'])))
-        self.runtime.grace_overrides.pop(meta['uid'], None)
+        meta = pod["metadata"]
+        await self._call(
+            f"delete pod {meta['namespace']}/{meta['name']}",
+            self.core.delete_namespaced_pod,
+            meta["name"],
+            meta["namespace"],
+            ignore=_ignore(404, 409),
+            body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"])),
+        )
+        self.runtime.grace_overrides.pop(meta["uid"], None)
 
     async def _after_kill(self, pod: dict[str, Any], started: str) -> None:
         """A deleted pod's container was killed: report it Failed (143: SIGTERM), then the final delete."""
-        await self._pod_status(pod, 'Failed', started, {'terminated': {
-            'exitCode': 143, 'reason': 'Error', 'startedAt': started, 'finishedAt': _now()}})
+        await self._pod_status(
+            pod,
+            "Failed",
+            started,
+            {"terminated": {"exitCode": 143, "reason": "Error", "startedAt": started, "finishedAt": _now()}},
+        )
         await self._final_delete(pod)
 
-    async def _pod_status(self, pod: dict[str, Any], phase: str, started: str, state: dict[str, Any],
-                          reason: str | None = None, message: str | None = None) -> None:
-        meta = pod['metadata']
+    async def _pod_status(
+        self,
+        pod: dict[str, Any],
+        phase: str,
+        started: str,
+        state: dict[str, Any],
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        meta = pod["metadata"]
         status = kubelet_pod_status(pod, phase, started, _now(), state, reason, message)
         # As the kubelet's status manager: retried until the API server takes it (it may be restarting),
         # the pod is gone, or the node stops.
         while not self._stopping.is_set():
             try:
-                await asyncio.to_thread(self.core.patch_namespaced_pod_status, meta['name'], meta['namespace'],
-                                        {'status': status}, _content_type='application/merge-patch+json')
+                await asyncio.to_thread(
+                    self.core.patch_namespaced_pod_status,
+                    meta["name"],
+                    meta["namespace"],
+                    {"status": status},
+                    _content_type="application/merge-patch+json",
+                )
                 return
             except ApiException as e:
                 if e.status == 404:
                     return
-                logger.warning('node %s: report the status of pod %s/%s: %s %s (retrying)', self.name,
-                               meta['namespace'], meta['name'], e.status, e.reason)
+                logger.warning(
+                    "node %s: report the status of pod %s/%s: %s %s (retrying)",
+                    self.name,
+                    meta["namespace"],
+                    meta["name"],
+                    e.status,
+                    e.reason,
+                )
             except Exception as e:  # unreachable: the API server is restarting
-                logger.warning('node %s: report the status of pod %s/%s: %r (retrying)', self.name,
-                               meta['namespace'], meta['name'], e)
+                logger.warning(
+                    "node %s: report the status of pod %s/%s: %r (retrying)",
+                    self.name,
+                    meta["namespace"],
+                    meta["name"],
+                    e,
+                )
             await asyncio.sleep(STATUS_RETRY)
 
     async def _run_pod(self, pod: dict[str, Any]) -> None:
-        meta = pod['metadata']
-        uid = meta['uid']
+        meta = pod["metadata"]
+        uid = meta["uid"]
         started = _now()
-        deadline = (pod.get('spec') or {}).get('activeDeadlineSeconds')
+        deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
         run: asyncio.Task[Result] | None = None
         try:
-            await self._pod_status(pod, 'Running', started, {'running': {'startedAt': started}})
+            await self._pod_status(pod, "Running", started, {"running": {"startedAt": started}})
             run = asyncio.create_task(self.runtime.run(pod, pod))
             done, _ = await asyncio.wait({run}, timeout=deadline)
             if not done:
                 # The kubelet kills a pod past its activeDeadlineSeconds: phase Failed, reason DeadlineExceeded.
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
-                message = 'Pod was active on the node longer than the specified deadline'
-                await self._pod_status(pod, 'Failed', started, {'terminated': {
-                    'exitCode': 137, 'reason': 'Error', 'startedAt': started, 'finishedAt': _now()}},
-                    reason='DeadlineExceeded', message=message)
+                message = "Pod was active on the node longer than the specified deadline"
+                await self._pod_status(
+                    pod,
+                    "Failed",
+                    started,
+                    {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": started, "finishedAt": _now()}},
+                    reason="DeadlineExceeded",
+                    message=message,
+                )
             else:
                 result = run.result()
-                await self._pod_status(pod, 'Succeeded' if result.exit_code == 0 else 'Failed', started,
-                                       {'terminated': terminated_state(result, started, _now())})
+                await self._pod_status(
+                    pod,
+                    "Succeeded" if result.exit_code == 0 else "Failed",
+                    started,
+                    {"terminated": terminated_state(result, started, _now())},
+                )
             self._finished.add(uid)
         except asyncio.CancelledError:
             # Deleted (or the node stops): SIGTERM, SIGKILL after the grace period, then the final delete.

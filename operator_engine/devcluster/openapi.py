@@ -19,6 +19,7 @@ The embedded server does NOT enforce ``fieldValidation`` (unknown fields are
 kept, as with ``fieldValidation=Ignore``); real Kubernetes would reject them
 under ``Strict`` for resources with a structural schema.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,39 +29,58 @@ from typing import Any
 
 from operator_engine.devcluster.resources import ResourceSpec
 
-__all__ = ['openapi_v3_index', 'openapi_v3_group_version', 'OPENAPI_V2_PROTOBUF', 'gv_path']
+__all__ = ["openapi_v3_index", "openapi_v3_group_version", "OPENAPI_V2_PROTOBUF", "gv_path"]
 
 #: An openapi_v2.Document protobuf with only ``swagger: "2.0"`` (field 1) and an Info (field 2) titled Kubernetes.
-OPENAPI_V2_PROTOBUF = b'\n\x032.0' + b'\x12\x0e\n\nKubernetes\x12\x00'
+OPENAPI_V2_PROTOBUF = b"\n\x032.0" + b"\x12\x0e\n\nKubernetes\x12\x00"
 
 
 def gv_path(group: str, version: str) -> str:
-    return f'api/{version}' if not group else f'apis/{group}/{version}'
+    return f"api/{version}" if not group else f"apis/{group}/{version}"
 
 
 def _gv_doc(group: str, version: str, specs: Iterable[ResourceSpec]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    query = {'in': 'query', 'schema': {'type': 'string', 'uniqueItems': True}}
-    params_write = [{'name': 'fieldValidation', **query}, {'name': 'fieldManager', **query},
-                    {'name': 'dryRun', **query}]
+    query = {"in": "query", "schema": {"type": "string", "uniqueItems": True}}
+    params_write = [
+        {"name": "fieldValidation", **query},
+        {"name": "fieldManager", **query},
+        {"name": "dryRun", **query},
+    ]
     for spec in specs:
-        gvk = {'group': spec.group, 'version': spec.version, 'kind': spec.kind}
-        base = '/' + gv_path(group, version) + ('/namespaces/{namespace}' if spec.namespaced else '') + \
-            f'/{spec.plural}'
+        gvk = {"group": spec.group, "version": spec.version, "kind": spec.kind}
+        base = (
+            "/" + gv_path(group, version) + ("/namespaces/{namespace}" if spec.namespaced else "") + f"/{spec.plural}"
+        )
 
-        def op(action: str, writes: bool, name: str) -> dict[str, Any]:
-            return {'operationId': f'{action}{spec.kind}{name}', 'x-kubernetes-action': action,
-                    'x-kubernetes-group-version-kind': gvk, 'parameters': params_write if writes else [],
-                    'responses': {'200': {'description': 'OK'}}}
+        def op(action: str, writes: bool, name: str, spec: Any = spec, gvk: dict[str, str] = gvk) -> dict[str, Any]:
+            return {
+                "operationId": f"{action}{spec.kind}{name}",
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params_write if writes else [],
+                "responses": {"200": {"description": "OK"}},
+            }
 
-        paths[base] = {'get': op('list', False, 'List'), 'post': op('post', True, '')}
-        paths[base + '/{name}'] = {'get': op('get', False, ''), 'put': op('put', True, ''),
-                                   'patch': op('patch', True, ''), 'delete': op('delete', False, '')}
+        paths[base] = {"get": op("list", False, "List"), "post": op("post", True, "")}
+        paths[base + "/{name}"] = {
+            "get": op("get", False, ""),
+            "put": op("put", True, ""),
+            "patch": op("patch", True, ""),
+            "delete": op("delete", False, ""),
+        }
         if spec.has_status:
-            paths[base + '/{name}/status'] = {'get': op('get', False, 'Status'), 'put': op('put', True, 'Status'),
-                                              'patch': op('patch', True, 'Status')}
-    return {'openapi': '3.0.0', 'info': {'title': 'Kubernetes', 'version': 'v1.32.0'}, 'paths': paths,
-            'components': {'schemas': {}}}
+            paths[base + "/{name}/status"] = {
+                "get": op("get", False, "Status"),
+                "put": op("put", True, "Status"),
+                "patch": op("patch", True, "Status"),
+            }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def _group_versions(specs: Iterable[ResourceSpec]) -> dict[tuple[str, str], list[ResourceSpec]]:
@@ -75,13 +95,13 @@ def openapi_v3_index(specs: Iterable[ResourceSpec]) -> dict[str, Any]:
     for (group, version), members in sorted(_group_versions(specs).items()):
         doc = json.dumps(_gv_doc(group, version, members), sort_keys=True)
         digest = hashlib.sha512(doc.encode()).hexdigest()[:64].upper()
-        paths[gv_path(group, version)] = {'serverRelativeURL': f'/openapi/v3/{gv_path(group, version)}?hash={digest}'}
-    return {'paths': paths}
+        paths[gv_path(group, version)] = {"serverRelativeURL": f"/openapi/v3/{gv_path(group, version)}?hash={digest}"}
+    return {"paths": paths}
 
 
 def openapi_v3_group_version(specs: Iterable[ResourceSpec], path: str) -> dict[str, Any] | None:
     """The document of ``path`` (``api/v1`` or ``apis/<group>/<version>``), None if no such group-version."""
     for (group, version), members in _group_versions(specs).items():
-        if gv_path(group, version) == path.strip('/'):
+        if gv_path(group, version) == path.strip("/"):
             return _gv_doc(group, version, members)
     return None

@@ -11,6 +11,7 @@ KMock 0.8 applies every PATCH as a recursive dict merge whatever the
   ``kubernetes`` client's default for dict bodies, kubectl apply for built-in
   kinds): a merge patch in which lists of objects merge by their merge key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,7 @@ from typing import Any
 
 import jsonpatch
 
-__all__ = ['merge_patch', 'strategic_merge_patch', 'json_patch', 'PatchError']
+__all__ = ["merge_patch", "strategic_merge_patch", "json_patch", "PatchError"]
 
 
 class PatchError(ValueError):
@@ -42,7 +43,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 # (containers, env, volumes, volumeMounts, ports of services); `type` for
 # status conditions; `containerPort` for container ports. Lists of scalars
 # and lists without such a key are replaced, as in the real server.
-_MERGE_KEYS = ('name', 'type', 'containerPort', 'uid')
+_MERGE_KEYS = ("name", "type", "containerPort", "uid")
 
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
@@ -57,11 +58,11 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     """
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    if patch.get('$patch') == 'replace':
-        return {k: copy.deepcopy(v) for k, v in patch.items() if not k.startswith('$')}
+    if patch.get("$patch") == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if not k.startswith("$")}
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
-        if key.startswith('$'):
+        if key.startswith("$"):
             continue
         if value is None:
             result.pop(key, None)
@@ -75,14 +76,14 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
 def _merge_lists(old: list[Any], new: list[Any]) -> list[Any]:
     items = old + new
     if not items or not all(isinstance(item, dict) for item in items):
-        return copy.deepcopy([item for item in new if not (isinstance(item, dict) and '$patch' in item)])
+        return copy.deepcopy([item for item in new if not (isinstance(item, dict) and "$patch" in item)])
     merge_key = next((k for k in _MERGE_KEYS if all(k in item for item in items)), None)
     if merge_key is None:
         return copy.deepcopy(new)
     merged = [copy.deepcopy(item) for item in old]
     for item in new:
         index = next((i for i, o in enumerate(merged) if o[merge_key] == item[merge_key]), None)
-        if item.get('$patch') == 'delete':
+        if item.get("$patch") == "delete":
             if index is not None:
                 del merged[index]
         elif index is None:
@@ -95,11 +96,11 @@ def _merge_lists(old: list[Any], new: list[Any]) -> list[Any]:
 def json_patch(target: dict[str, Any], operations: Any) -> dict[str, Any]:
     """RFC 6902 JSON patch (via ``jsonpatch``, which kopf and kmock already depend on)."""
     if not isinstance(operations, list):
-        raise PatchError('a JSON patch must be a list of operations')
+        raise PatchError("a JSON patch must be a list of operations")
     try:
         result = jsonpatch.apply_patch(target, operations, in_place=False)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
         raise PatchError(str(e)) from e
     if not isinstance(result, dict):
-        raise PatchError('a JSON patch must leave an object')
+        raise PatchError("a JSON patch must leave an object")
     return result

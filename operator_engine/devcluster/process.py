@@ -59,6 +59,7 @@ Layout under ``root``: ``volumes/<namespace>/<claim>/`` and
 ``pods/<namespace>/<pod>/`` (``tmp/``, ``fs/`` symlink tree, ``files/`` for
 ConfigMap/Secret volumes, ``termination-log``, ``output.log``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -76,7 +77,7 @@ from typing import Any
 from operator_engine.devcluster.apiserver import ApiError
 from operator_engine.devcluster.runtime import Result, Runtime
 
-__all__ = ['ProcessRuntime', 'PodSetupError', 'PathMapper']
+__all__ = ["ProcessRuntime", "PodSetupError", "PathMapper"]
 
 #: The kubelet reads at most this many bytes of a termination message file.
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -84,7 +85,7 @@ TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LINES = 80
 FALLBACK_BYTES = 2048
 #: Default PATH after the running Python's folder (a container's usual one).
-DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Keep at most this much of a pod's output in the API server's memory.
 LOG_LIMIT = 4 * 1024 * 1024
 
@@ -94,9 +95,9 @@ LOG_LIMIT = 4 * 1024 * 1024
 #: grace period until SIGKILL, as it does on a real node. Here the first process starts with
 #: SIGTERM ignored (exec keeps the disposition; a program that installs a handler gets the signal).
 #: Unlike in a container, its children inherit the ignored SIGTERM; only the first process is signalled.
-AS_CONTAINER_INIT = ('/bin/sh', '-c', 'trap "" TERM; unset PWD; exec "$0" "$@"')  # (PWD: sh's, not the pod's)
+AS_CONTAINER_INIT = ("/bin/sh", "-c", 'trap "" TERM; unset PWD; exec "$0" "$@"')  # (PWD: sh's, not the pod's)
 
-_VAR_REF = re.compile(r'\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)')
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 class PodSetupError(Exception):
@@ -122,9 +123,8 @@ class PathMapper:
         self.mapping = {str(PurePosixPath(k)): str(v) for k, v in mapping.items()}
         keys = sorted(self.mapping, key=len, reverse=True)
         if keys:
-            alternatives = '|'.join(re.escape(k) for k in keys)
-            self._pattern: re.Pattern[str] | None = re.compile(
-                rf'(?<![\w.\-/:])({alternatives})(?![\w.\-])')
+            alternatives = "|".join(re.escape(k) for k in keys)
+            self._pattern: re.Pattern[str] | None = re.compile(rf"(?<![\w.\-/:])({alternatives})(?![\w.\-])")
         else:
             self._pattern = None
 
@@ -136,28 +136,30 @@ class PathMapper:
 
 def _expand(text: str, env: Mapping[str, str]) -> str:
     """Kubernetes ``$(VAR)`` expansion: defined variables are replaced, ``$$`` escapes, others stay."""
+
     def replace(m: re.Match[str]) -> str:
-        if m.group(0) == '$$':
-            return '$'
+        if m.group(0) == "$$":
+            return "$"
         return env.get(m.group(1), m.group(0))
+
     return _VAR_REF.sub(replace, text)
 
 
 def _decode_secret(secret: dict[str, Any]) -> dict[str, str]:
     """A Secret's values as text: ``data`` is base64; ``stringData`` (if the store kept it) wins."""
     values: dict[str, str] = {}
-    for key, encoded in (secret.get('data') or {}).items():
+    for key, encoded in (secret.get("data") or {}).items():
         try:
-            values[key] = base64.b64decode(encoded).decode('utf-8', errors='replace')
+            values[key] = base64.b64decode(encoded).decode("utf-8", errors="replace")
         except (ValueError, TypeError):
             values[key] = str(encoded)
-    values.update({k: str(v) for k, v in (secret.get('stringData') or {}).items()})
+    values.update({k: str(v) for k, v in (secret.get("stringData") or {}).items()})
     return values
 
 
 def _configmap_values(configmap: dict[str, Any]) -> dict[str, str | bytes]:
-    values: dict[str, str | bytes] = {k: str(v) for k, v in (configmap.get('data') or {}).items()}
-    for key, encoded in (configmap.get('binaryData') or {}).items():
+    values: dict[str, str | bytes] = {k: str(v) for k, v in (configmap.get("data") or {}).items()}
+    for key, encoded in (configmap.get("binaryData") or {}).items():
         values[key] = base64.b64decode(encoded)
     return values
 
@@ -168,8 +170,8 @@ def _exit_code(returncode: int) -> int:
 
 def _fallback_message(output: bytes) -> str:
     lines = output.splitlines(keepends=True)[-FALLBACK_LINES:]
-    tail = b''.join(lines)[-FALLBACK_BYTES:]
-    return tail.decode('utf-8', errors='replace')
+    tail = b"".join(lines)[-FALLBACK_BYTES:]
+    return tail.decode("utf-8", errors="replace")
 
 
 class ProcessRuntime(Runtime):
@@ -188,15 +190,14 @@ class ProcessRuntime(Runtime):
         self.keep_pod_dirs = keep_pod_dirs
         self.root.mkdir(parents=True, exist_ok=True)
 
-
     # ------------------------------------------------------------------ paths
 
     def volume_dir(self, namespace: str, claim: str) -> Path:
         """The host folder of a PersistentVolumeClaim."""
-        return self.root / 'volumes' / namespace / claim
+        return self.root / "volumes" / namespace / claim
 
     def pod_dir(self, namespace: str, pod_name: str) -> Path:
-        return self.root / 'pods' / namespace / pod_name
+        return self.root / "pods" / namespace / pod_name
 
     # ------------------------------------------------------------------ store
 
@@ -207,7 +208,7 @@ class ProcessRuntime(Runtime):
     def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A ConfigMap, Secret or PersistentVolumeClaim of the pod's namespace (``kind`` in lower case), or None."""
         if self.api is None:
-            raise RuntimeError('ProcessRuntime is not attached to an API server (use it through EmbeddedCluster)')
+            raise RuntimeError("ProcessRuntime is not attached to an API server (use it through EmbeddedCluster)")
         try:
             return self.api.get(self.api.spec_for(kind), namespace, name)
         except ApiError as e:
@@ -225,12 +226,12 @@ class ProcessRuntime(Runtime):
         The host folder of a PersistentVolumeClaim: ``volume_dir``, emptied when
         the claim's uid changes (a new claim of a reused name is a new volume).
         """
-        pvc = self.get_object('persistentvolumeclaim', namespace, claim)
+        pvc = self.get_object("persistentvolumeclaim", namespace, claim)
         if pvc is None:
-            raise PodSetupError('Unschedulable', f'persistentvolumeclaim "{claim}" not found')
+            raise PodSetupError("Unschedulable", f'persistentvolumeclaim "{claim}" not found')
         folder = self.volume_dir(namespace, claim)
-        marker = folder.parent / f'.{claim}.uid'
-        uid = pvc['metadata'].get('uid', '')
+        marker = folder.parent / f".{claim}.uid"
+        uid = pvc["metadata"].get("uid", "")
         known = marker.read_text() if marker.exists() else None
         if known != uid:
             if folder.exists():
@@ -241,19 +242,19 @@ class ProcessRuntime(Runtime):
         return folder
 
     def _configmap(self, namespace: str, name: str, optional: bool = False) -> dict[str, str | bytes] | None:
-        obj = self.get_object('configmap', namespace, name)
+        obj = self.get_object("configmap", namespace, name)
         if obj is None:
             if optional:
                 return None
-            raise PodSetupError('CreateContainerConfigError', f'configmap "{name}" not found')
+            raise PodSetupError("CreateContainerConfigError", f'configmap "{name}" not found')
         return _configmap_values(obj)
 
     def _secret(self, namespace: str, name: str, optional: bool = False) -> dict[str, str] | None:
-        obj = self.get_object('secret', namespace, name)
+        obj = self.get_object("secret", namespace, name)
         if obj is None:
             if optional:
                 return None
-            raise PodSetupError('CreateContainerConfigError', f'secret "{name}" not found')
+            raise PodSetupError("CreateContainerConfigError", f'secret "{name}" not found')
         return _decode_secret(obj)
 
     # ------------------------------------------------------------------ volumes
@@ -261,68 +262,76 @@ class ProcessRuntime(Runtime):
     @staticmethod
     def _write_files(folder: Path, values: Mapping[str, str | bytes], items: list[dict[str, Any]] | None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        selected = [(i['key'], i.get('path', i['key'])) for i in items] if items else [(k, k) for k in values]
+        selected = [(i["key"], i.get("path", i["key"])) for i in items] if items else [(k, k) for k in values]
         for key, rel in selected:
             if key not in values:
-                raise PodSetupError('CreateContainerConfigError', f'key "{key}" not found')
+                raise PodSetupError("CreateContainerConfigError", f'key "{key}" not found')
             target = folder / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             value = values[key]
             if isinstance(value, bytes):
                 target.write_bytes(value)
             else:
-                target.write_text(value, encoding='utf-8')
+                target.write_text(value, encoding="utf-8")
 
     def _mounts(self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path) -> dict[str, Path]:
         """Container mount path -> host path (a folder, or a file for a subPath of a ConfigMap/Secret)."""
-        namespace = pod['metadata']['namespace']
-        volumes = {v['name']: v for v in (pod.get('spec') or {}).get('volumes') or []}
+        namespace = pod["metadata"]["namespace"]
+        volumes = {v["name"]: v for v in (pod.get("spec") or {}).get("volumes") or []}
         mounts: dict[str, Path] = {}
         sources: dict[str, Path] = {}  # volume name -> its host folder
-        for mount in container.get('volumeMounts') or []:
-            volume = volumes.get(mount.get('name', ''))
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount.get("name", ""))
             if volume is None:
-                raise PodSetupError('CreateContainerConfigError', f'volume "{mount.get("name")}" not found')
-            name = volume['name']
+                raise PodSetupError("CreateContainerConfigError", f'volume "{mount.get("name")}" not found')
+            name = volume["name"]
             if name not in sources:
-                if 'persistentVolumeClaim' in volume:
-                    sources[name] = self.claim_dir(namespace, volume['persistentVolumeClaim']['claimName'])
-                elif 'configMap' in volume:
-                    ref = volume['configMap']
-                    values = self._configmap(namespace, ref['name'], ref.get('optional', False)) or {}
-                    sources[name] = pod_dir / 'files' / name
-                    self._write_files(sources[name], values, ref.get('items'))
-                elif 'secret' in volume:
-                    ref = volume['secret']
-                    svalues = self._secret(namespace, ref['secretName'], ref.get('optional', False)) or {}
-                    sources[name] = pod_dir / 'files' / name
-                    self._write_files(sources[name], svalues, ref.get('items'))
-                elif 'emptyDir' in volume:
-                    sources[name] = pod_dir / 'emptydir' / name
+                if "persistentVolumeClaim" in volume:
+                    sources[name] = self.claim_dir(namespace, volume["persistentVolumeClaim"]["claimName"])
+                elif "configMap" in volume:
+                    ref = volume["configMap"]
+                    values = self._configmap(namespace, ref["name"], ref.get("optional", False)) or {}
+                    sources[name] = pod_dir / "files" / name
+                    self._write_files(sources[name], values, ref.get("items"))
+                elif "secret" in volume:
+                    ref = volume["secret"]
+                    svalues = self._secret(namespace, ref["secretName"], ref.get("optional", False)) or {}
+                    sources[name] = pod_dir / "files" / name
+                    self._write_files(sources[name], svalues, ref.get("items"))
+                elif "emptyDir" in volume:
+                    sources[name] = pod_dir / "emptydir" / name
                     sources[name].mkdir(parents=True, exist_ok=True)
                 else:
-                    kinds = ', '.join(k for k in volume if k != 'name')
-                    raise PodSetupError('CreateContainerConfigError',
-                                        f'volume "{name}": type {kinds} is not supported by the process runtime')
+                    kinds = ", ".join(k for k in volume if k != "name")
+                    raise PodSetupError(
+                        "CreateContainerConfigError",
+                        f'volume "{name}": type {kinds} is not supported by the process runtime',
+                    )
             host = sources[name]
-            sub = mount.get('subPath')
+            sub = mount.get("subPath")
             if sub:
                 host = host / sub
-                if 'persistentVolumeClaim' in volume or 'emptyDir' in volume:
+                if "persistentVolumeClaim" in volume or "emptyDir" in volume:
                     host.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
                 elif not host.exists():
-                    raise PodSetupError('CreateContainerConfigError', f'subPath "{sub}" not found in volume "{name}"')
-            mounts[str(PurePosixPath(mount['mountPath']))] = host
+                    raise PodSetupError("CreateContainerConfigError", f'subPath "{sub}" not found in volume "{name}"')
+            mounts[str(PurePosixPath(mount["mountPath"]))] = host
         return mounts
 
     def _path_mapping(self, mounts: dict[str, Path], pod_dir: Path) -> dict[str, Path]:
         """Mounts, plus every directory above a mount mapped into a symlink tree ``<pod>/fs``."""
-        fs = pod_dir / 'fs'
+        fs = pod_dir / "fs"
         fs.mkdir(parents=True, exist_ok=True)
         mapping: dict[str, Path] = dict(mounts)
         for path in sorted(mounts, key=len):
-            outer = next((m for m in sorted(mounts, key=len, reverse=True)
-                          if m != path and path.startswith(m.rstrip('/') + '/')), None)
+            outer = next(
+                (
+                    m
+                    for m in sorted(mounts, key=len, reverse=True)
+                    if m != path and path.startswith(m.rstrip("/") + "/")
+                ),
+                None,
+            )
             if outer is not None:
                 # A mount inside another mount: its mount point appears in the outer volume.
                 inside = mounts[outer] / os.path.relpath(path, outer)
@@ -330,122 +339,155 @@ class ProcessRuntime(Runtime):
                     inside.parent.mkdir(parents=True, exist_ok=True)
                     inside.symlink_to(mounts[path])
                 continue
-            link = fs / path.lstrip('/')
+            link = fs / path.lstrip("/")
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink() and not link.exists():
                 link.symlink_to(mounts[path])
             for parent in PurePosixPath(path).parents:
-                if str(parent) != '/' and str(parent) not in mapping:
-                    mapping[str(parent)] = fs / str(parent).lstrip('/')
+                if str(parent) != "/" and str(parent) not in mapping:
+                    mapping[str(parent)] = fs / str(parent).lstrip("/")
         return mapping
 
     # ------------------------------------------------------------------ env
 
     def _env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-        namespace = pod['metadata']['namespace']
+        namespace = pod["metadata"]["namespace"]
         env: dict[str, str] = {}
-        for source in container.get('envFrom') or []:
-            prefix = source.get('prefix', '')
-            if 'configMapRef' in source:
-                ref = source['configMapRef']
-                values = self._configmap(namespace, ref['name'], ref.get('optional', False)) or {}
+        for source in container.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "configMapRef" in source:
+                ref = source["configMapRef"]
+                values = self._configmap(namespace, ref["name"], ref.get("optional", False)) or {}
                 env.update({prefix + k: v for k, v in values.items() if isinstance(v, str)})
-            elif 'secretRef' in source:
-                ref = source['secretRef']
-                env.update({prefix + k: v for k, v in
-                            (self._secret(namespace, ref['name'], ref.get('optional', False)) or {}).items()})
-        for item in container.get('env') or []:
-            name = item['name']
-            if 'valueFrom' not in item:
-                env[name] = _expand(str(item.get('value', '')), env)
+            elif "secretRef" in source:
+                ref = source["secretRef"]
+                env.update(
+                    {
+                        prefix + k: v
+                        for k, v in (self._secret(namespace, ref["name"], ref.get("optional", False)) or {}).items()
+                    }
+                )
+        for item in container.get("env") or []:
+            name = item["name"]
+            if "valueFrom" not in item:
+                env[name] = _expand(str(item.get("value", "")), env)
                 continue
-            source = item['valueFrom']
+            source = item["valueFrom"]
             value: str | bytes | None = None
-            key_ref = next(((kind, source[field], lookup) for field, kind, lookup in (
-                ('secretKeyRef', 'Secret', self._secret), ('configMapKeyRef', 'ConfigMap', self._configmap))
-                if field in source), None)
+            key_ref = next(
+                (
+                    (kind, source[field], lookup)
+                    for field, kind, lookup in (
+                        ("secretKeyRef", "Secret", self._secret),
+                        ("configMapKeyRef", "ConfigMap", self._configmap),
+                    )
+                    if field in source
+                ),
+                None,
+            )
             if key_ref is not None:
                 kind, ref, lookup = key_ref
-                values = lookup(namespace, ref['name'], ref.get('optional', False))
+                values = lookup(namespace, ref["name"], ref.get("optional", False))
                 if values is not None:
-                    value = values.get(ref['key'])
-                    if value is None and not ref.get('optional', False):
-                        raise PodSetupError('CreateContainerConfigError',
-                                            f'couldn\'t find key {ref["key"]} in {kind} {namespace}/{ref["name"]}')
-            elif 'fieldRef' in source:
-                field = source['fieldRef'].get('fieldPath', '')
-                meta = pod['metadata']
-                value = {'metadata.name': meta.get('name'), 'metadata.namespace': meta.get('namespace'),
-                         'metadata.uid': meta.get('uid'), 'status.podIP': '127.0.0.1',
-                         'status.hostIP': '127.0.0.1',
-                         'spec.nodeName': (pod.get('spec') or {}).get('nodeName') or 'localhost',
-                         'spec.serviceAccountName': (pod.get('spec') or {}).get('serviceAccountName')}.get(field)
+                    value = values.get(ref["key"])
+                    if value is None and not ref.get("optional", False):
+                        raise PodSetupError(
+                            "CreateContainerConfigError",
+                            f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}",
+                        )
+            elif "fieldRef" in source:
+                field = source["fieldRef"].get("fieldPath", "")
+                meta = pod["metadata"]
+                value = {
+                    "metadata.name": meta.get("name"),
+                    "metadata.namespace": meta.get("namespace"),
+                    "metadata.uid": meta.get("uid"),
+                    "status.podIP": "127.0.0.1",
+                    "status.hostIP": "127.0.0.1",
+                    "spec.nodeName": (pod.get("spec") or {}).get("nodeName") or "localhost",
+                    "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName"),
+                }.get(field)
             if value is not None:
-                env[name] = value.decode('utf-8', errors='replace') if isinstance(value, bytes) else value
+                env[name] = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
         return env
 
     # ------------------------------------------------------------------ running
 
     def prepare(self, pod: dict[str, Any]) -> tuple[list[str], dict[str, str], Path, Path]:
         """The argv, env and working directory of the pod's process, and its pod folder."""
-        meta = pod['metadata']
-        containers = (pod.get('spec') or {}).get('containers') or []
+        meta = pod["metadata"]
+        containers = (pod.get("spec") or {}).get("containers") or []
         if not containers:
-            raise PodSetupError('CreateContainerConfigError', 'the pod has no containers')
+            raise PodSetupError("CreateContainerConfigError", "the pod has no containers")
         container = containers[0]
-        pod_dir = self.pod_dir(meta['namespace'], meta['name'])
-        tmp = pod_dir / 'tmp'
+        pod_dir = self.pod_dir(meta["namespace"], meta["name"])
+        tmp = pod_dir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        termination_log = pod_dir / 'termination-log'
-        termination_log.write_bytes(b'')
+        termination_log = pod_dir / "termination-log"
+        termination_log.write_bytes(b"")
         mounts = self._mounts(pod, container, pod_dir)
-        if '/tmp' in mounts:  # a pod with a read-only root filesystem brings its own /tmp (an emptyDir)
-            tmp = mounts['/tmp']
+        if "/tmp" in mounts:  # a pod with a read-only root filesystem brings its own /tmp (an emptyDir)
+            tmp = mounts["/tmp"]
         mapping = self._path_mapping(mounts, pod_dir)
-        message_path = container.get('terminationMessagePath') or '/dev/termination-log'
+        message_path = container.get("terminationMessagePath") or "/dev/termination-log"
         mapping[message_path] = termination_log
         # Env values keep host paths under /tmp (a work directory such as LOCAL_STORAGE_DIR often is one),
         # even when the pod mounts its own /tmp: TMPDIR points there instead.
-        env_mapper = PathMapper({k: v for k, v in mapping.items() if k != '/tmp'})
-        arg_mapper = PathMapper({**mapping, '/tmp': tmp})
+        env_mapper = PathMapper({k: v for k, v in mapping.items() if k != "/tmp"})
+        arg_mapper = PathMapper({**mapping, "/tmp": tmp})
 
         pod_env = self._env(pod, container)
-        command = [_expand(str(a), pod_env) for a in container.get('command') or []]
-        args = [_expand(str(a), pod_env) for a in container.get('args') or []]
+        command = [_expand(str(a), pod_env) for a in container.get("command") or []]
+        args = [_expand(str(a), pod_env) for a in container.get("args") or []]
         if not command:
-            raise PodSetupError('StartError', f'container "{container.get("name")}" has no command: the process '
-                                              f'runtime ignores images, so it cannot use the image\'s entrypoint')
+            raise PodSetupError(
+                "StartError",
+                f'container "{container.get("name")}" has no command: the process '
+                f"runtime ignores images, so it cannot use the image's entrypoint",
+            )
         env = {k: env_mapper(v) for k, v in pod_env.items()}
-        env.update({
-            'PATH': os.pathsep.join([str(Path(sys.executable).parent), DEFAULT_PATH]),
-            'HOME': str(tmp), 'TMPDIR': str(tmp), 'LANG': 'C.UTF-8', 'PYTHONUNBUFFERED': '1',
-            'TERMINATION_LOG': str(termination_log),
-        })
+        env.update(
+            {
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), DEFAULT_PATH]),
+                "HOME": str(tmp),
+                "TMPDIR": str(tmp),
+                "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1",
+                "TERMINATION_LOG": str(termination_log),
+            }
+        )
         argv = [arg_mapper(a) for a in command + args]
-        executable = argv[0] if '/' in argv[0] else shutil.which(argv[0], path=env['PATH'])
+        executable = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env["PATH"])
         if executable is None or not os.access(executable, os.X_OK):
-            raise PodSetupError('StartError', f'exec: "{argv[0]}": executable file not found in $PATH')
+            raise PodSetupError("StartError", f'exec: "{argv[0]}": executable file not found in $PATH')
         argv[0] = executable
-        workdir = container.get('workingDir')
-        cwd = Path(arg_mapper(workdir)) if workdir else pod_dir / 'fs'
+        workdir = container.get("workingDir")
+        cwd = Path(arg_mapper(workdir)) if workdir else pod_dir / "fs"
         cwd.mkdir(parents=True, exist_ok=True)
         return argv, env, cwd, pod_dir
 
     async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
-        meta = pod['metadata']
-        log_key = (meta['namespace'], meta['name'])
+        meta = pod["metadata"]
+        log_key = (meta["namespace"], meta["name"])
         try:
             argv, env, cwd, pod_dir = self.prepare(pod)
         except (PodSetupError, OSError) as e:
-            message = e.message if isinstance(e, PodSetupError) else f'cannot set up the pod: {e}'
-            self.publish_log(*log_key, message + '\n')
-            return Result(exit_code=128, message=message, logs=message + '\n')
-        container = pod['spec']['containers'][0]
+            message = e.message if isinstance(e, PodSetupError) else f"cannot set up the pod: {e}"
+            self.publish_log(*log_key, message + "\n")
+            return Result(exit_code=128, message=message, logs=message + "\n")
+        container = pod["spec"]["containers"][0]
         output = bytearray()
-        log_file = (pod_dir / 'output.log').open('wb')
+        log_file = (pod_dir / "output.log").open("wb")
         process = await asyncio.create_subprocess_exec(
-            *AS_CONTAINER_INIT, *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            *AS_CONTAINER_INIT,
+            *argv,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         async def pump() -> None:
             assert process.stdout is not None
@@ -454,8 +496,8 @@ class ProcessRuntime(Runtime):
                 log_file.flush()
                 output.extend(chunk)
                 if len(output) > LOG_LIMIT:
-                    del output[:len(output) - LOG_LIMIT]
-                self.publish_log(*log_key, output.decode('utf-8', errors='replace'))
+                    del output[: len(output) - LOG_LIMIT]
+                self.publish_log(*log_key, output.decode("utf-8", errors="replace"))
 
         reader = asyncio.create_task(pump())
         try:
@@ -471,20 +513,23 @@ class ProcessRuntime(Runtime):
             await asyncio.gather(reader, return_exceptions=True)
             log_file.close()
         exit_code = _exit_code(returncode)
-        message_file = pod_dir / 'termination-log'
-        message = message_file.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode('utf-8', errors='replace') \
-            if message_file.exists() else ''
-        policy = container.get('terminationMessagePolicy', 'File')
-        if not message.strip() and exit_code != 0 and policy == 'FallbackToLogsOnError':
+        message_file = pod_dir / "termination-log"
+        message = (
+            message_file.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode("utf-8", errors="replace")
+            if message_file.exists()
+            else ""
+        )
+        policy = container.get("terminationMessagePolicy", "File")
+        if not message.strip() and exit_code != 0 and policy == "FallbackToLogsOnError":
             message = _fallback_message(bytes(output))
-        logs = output.decode('utf-8', errors='replace')
+        logs = output.decode("utf-8", errors="replace")
         if not self.keep_pod_dirs:
             shutil.rmtree(pod_dir, ignore_errors=True)
         return Result(exit_code=exit_code, message=message or None, logs=logs)
 
     def grace_period(self, pod: dict[str, Any]) -> float:
         """Seconds between SIGTERM and SIGKILL: ``terminationGracePeriodSeconds``, at most ``max_grace``."""
-        return min(float((pod.get('spec') or {}).get('terminationGracePeriodSeconds', 30)), self.max_grace)
+        return min(float((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)), self.max_grace)
 
     async def _kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
         """As the kubelet: SIGTERM to the container's first process, SIGKILL to all once the grace period is over.

@@ -14,6 +14,7 @@ The operator on a REAL control plane: what ``operator-engine dev --control-plane
   it may do; its settings come from the ConfigMap the Deployment would read
   (``envFrom``), as in a cluster.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,14 +33,25 @@ import yaml
 
 import operator_engine
 
-__all__ = ['MissingBinaries', 'NAMESPACE', 'OPERATOR_ACCOUNT', 'OperatorProcess', 'RealStack', 'install',
-           'manifests_dir', 'operator_environment', 'require_assets', 'running_real_stack', 'wait_process']
+__all__ = [
+    "MissingBinaries",
+    "NAMESPACE",
+    "OPERATOR_ACCOUNT",
+    "OperatorProcess",
+    "RealStack",
+    "install",
+    "manifests_dir",
+    "operator_environment",
+    "require_assets",
+    "running_real_stack",
+    "wait_process",
+]
 
-NAMESPACE = 'ocean-compute'
-OPERATOR_ACCOUNT = 'ocean-compute-operator'
-OPERATOR_CONFIGMAP = 'ocean-compute-operator-config'
+NAMESPACE = "ocean-compute"
+OPERATOR_ACCOUNT = "ocean-compute-operator"
+OPERATOR_CONFIGMAP = "ocean-compute-operator-config"
 #: The StorageClass of the process node: the operator's STORAGE_CLASS here.
-STORAGE_CLASS = 'local-path'
+STORAGE_CLASS = "local-path"
 STOP_TIMEOUT = 30.0
 
 
@@ -53,16 +65,18 @@ def require_assets() -> Path:
 
     assets = find_assets()
     if assets is None:
-        raise MissingBinaries('no Kubernetes control-plane binaries found: run scripts/control-plane.sh (it builds '
-                              'them once, then prints their folder) or set KUBEBUILDER_ASSETS to a folder holding '
-                              'etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl')
+        raise MissingBinaries(
+            "no Kubernetes control-plane binaries found: run scripts/control-plane.sh (it builds "
+            "them once, then prints their folder) or set KUBEBUILDER_ASSETS to a folder holding "
+            "etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl"
+        )
     return assets
 
 
 def manifests_dir() -> Path:
-    path = Path(operator_engine.__file__).parents[1] / 'kubernetes'
+    path = Path(operator_engine.__file__).parents[1] / "kubernetes"
     if not path.is_dir():
-        raise FileNotFoundError(f'the manifests folder {path} is missing (run from a clone of the repository)')
+        raise FileNotFoundError(f"the manifests folder {path} is missing (run from a clone of the repository)")
     return path
 
 
@@ -74,28 +88,33 @@ def install(control_plane: Any, workdir: Path) -> Path:
     error if the API server refuses one.
     """
     documents: list[dict[str, Any]] = []
-    for path in sorted(manifests_dir().glob('*.y*ml')):
-        for doc in yaml.safe_load_all(path.read_text(encoding='utf-8')):
+    for path in sorted(manifests_dir().glob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             # kustomization.yaml is kustomize's input, not an object of the cluster.
-            if isinstance(doc, dict) and doc.get('kind') not in ('Deployment', 'Kustomization'):
+            if isinstance(doc, dict) and doc.get("kind") not in ("Deployment", "Kustomization"):
                 documents.append(doc)
     # Namespace first, then the CRD, then the rest: what `kubectl apply -f kubernetes/` needs in one go.
-    order = {'Namespace': 0, 'CustomResourceDefinition': 1}
-    documents.sort(key=lambda d: order.get(d.get('kind', ''), 2))
-    applied = workdir / 'install.yaml'
-    applied.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding='utf-8')
-    done = control_plane.kubectl('apply', '-f', str(applied))
+    order = {"Namespace": 0, "CustomResourceDefinition": 1}
+    documents.sort(key=lambda d: order.get(d.get("kind", ""), 2))
+    applied = workdir / "install.yaml"
+    applied.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+    done = control_plane.kubectl("apply", "-f", str(applied))
     if done.returncode != 0:
-        raise RuntimeError(f'kubectl apply -f {applied} failed: {(done.stderr or done.stdout).strip()}')
-    done = control_plane.kubectl('wait', '--for=condition=Established', '--timeout=60s',
-                                 'crd/workflows.oceanprotocol.com')
+        raise RuntimeError(f"kubectl apply -f {applied} failed: {(done.stderr or done.stdout).strip()}")
+    done = control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/workflows.oceanprotocol.com"
+    )
     if done.returncode != 0:
-        raise RuntimeError(f'the WorkFlow CRD was not established: {(done.stderr or done.stdout).strip()}')
+        raise RuntimeError(f"the WorkFlow CRD was not established: {(done.stderr or done.stdout).strip()}")
     return applied
 
 
-def operator_environment(control_plane: Any, kubeconfig: Path, overrides: Mapping[str, str | None] | None = None,
-                         base: Mapping[str, str] | None = None) -> dict[str, str]:
+def operator_environment(
+    control_plane: Any,
+    kubeconfig: Path,
+    overrides: Mapping[str, str | None] | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """
     The operator process's environment: ``base`` (default os.environ) without
     any operator variable, then the ConfigMap ``ocean-compute-operator-config``
@@ -105,18 +124,26 @@ def operator_environment(control_plane: Any, kubeconfig: Path, overrides: Mappin
     """
     from operator_engine import config as config_module
 
-    done = control_plane.kubectl('get', 'configmap', OPERATOR_CONFIGMAP, '-n', NAMESPACE, '-o', 'json')
+    done = control_plane.kubectl("get", "configmap", OPERATOR_CONFIGMAP, "-n", NAMESPACE, "-o", "json")
     if done.returncode != 0:
-        raise RuntimeError(f'cannot read the operator\'s ConfigMap: {(done.stderr or done.stdout).strip()}')
-    settings: dict[str, str] = json.loads(done.stdout).get('data') or {}
+        raise RuntimeError(f"cannot read the operator's ConfigMap: {(done.stderr or done.stdout).strip()}")
+    settings: dict[str, str] = json.loads(done.stdout).get("data") or {}
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in config_module.VARIABLE_NAMES}
     env.update(settings)
     from operator_engine.demo import LOOPBACK_NETWORKS
 
     # Loopback fetching, as embedded dev allows it (the demo data and the tests' servers are
     # local); no metrics port unless asked, so that several stacks can run side by side.
-    env.update({'OPERATOR_NAMESPACE': NAMESPACE, 'KUBECONFIG': str(kubeconfig), 'STORAGE_CLASS': STORAGE_CLASS,
-                'PYTHONUNBUFFERED': '1', 'CONFIGURE_ALLOWED_NETWORKS': LOOPBACK_NETWORKS, 'METRICS_PORT': '0'})
+    env.update(
+        {
+            "OPERATOR_NAMESPACE": NAMESPACE,
+            "KUBECONFIG": str(kubeconfig),
+            "STORAGE_CLASS": STORAGE_CLASS,
+            "PYTHONUNBUFFERED": "1",
+            "CONFIGURE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
+            "METRICS_PORT": "0",
+        }
+    )
     for key, value in (overrides or {}).items():
         if value is None:
             env.pop(key, None)
@@ -135,15 +162,20 @@ class OperatorProcess:
         self.starts = 0
 
     def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, 'already running'
+        assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
-        with open(self.log_path, 'ab') as log:
-            log.write(f'\n===== operator start #{self.starts} =====\n'.encode())
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== operator start #{self.starts} =====\n".encode())
             log.flush()
             # Its own session: a Ctrl-C in the terminal reaches only `dev`, which stops it in order.
-            self.proc = subprocess.Popen([sys.executable, '-m', 'operator_engine', 'run'], env=self.env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "operator_engine", "run"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
         """SIGKILL: no clean-up, nothing flushed (what a crash or an OOM kill does)."""
@@ -165,9 +197,9 @@ class OperatorProcess:
 
     def log(self) -> str:
         try:
-            return self.log_path.read_text(errors='replace')
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
-            return ''
+            return ""
 
 
 @dataclass
@@ -185,9 +217,15 @@ class RealStack:
 
 
 @contextlib.asynccontextmanager
-async def running_real_stack(workdir: Path, *, operator_env: Mapping[str, str | None] | None = None,
-                             with_operator: bool = True, audit: bool = True, assets: Path | None = None,
-                             node_options: Mapping[str, Any] | None = None) -> AsyncIterator[RealStack]:
+async def running_real_stack(
+    workdir: Path,
+    *,
+    operator_env: Mapping[str, str | None] | None = None,
+    with_operator: bool = True,
+    audit: bool = True,
+    assets: Path | None = None,
+    node_options: Mapping[str, Any] | None = None,
+) -> AsyncIterator[RealStack]:
     """
     Start the control plane under ``<workdir>/control-plane``, the node under
     ``<workdir>/node``, install ``kubernetes/`` and (``with_operator``) the
@@ -200,33 +238,46 @@ async def running_real_stack(workdir: Path, *, operator_env: Mapping[str, str | 
     assets = assets or require_assets()
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    results = workdir / 'results'
+    results = workdir / "results"
     results.mkdir(exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        control_plane = ControlPlane(workdir / 'control-plane', assets, audit=audit)
+        control_plane = ControlPlane(workdir / "control-plane", assets, audit=audit)
         stack.callback(control_plane.stop)
         await asyncio.to_thread(control_plane.start)
-        kubeconfig = workdir / 'kubeconfig'
+        kubeconfig = workdir / "kubeconfig"
         kubeconfig.write_bytes(control_plane.admin_kubeconfig.read_bytes())
         kubeconfig.chmod(0o600)
         # The node uses the admin's credentials (see ProcessNode: a real kubelet is system:node:<name>).
-        node = ProcessNode(control_plane.admin_kubeconfig, workdir / 'node', storage_class=STORAGE_CLASS,
-                           **dict(node_options or {}))
+        node = ProcessNode(
+            control_plane.admin_kubeconfig, workdir / "node", storage_class=STORAGE_CLASS, **dict(node_options or {})
+        )
         await node.start()
         stack.push_async_callback(node.stop)
         await asyncio.to_thread(install, control_plane, workdir)
         operator_kubeconfig = await asyncio.to_thread(
-            control_plane.kubeconfig_for_service_account, NAMESPACE, OPERATOR_ACCOUNT,
-            workdir / 'operator.kubeconfig')
-        env = await asyncio.to_thread(operator_environment, control_plane, operator_kubeconfig,
-                                      {'LOCAL_STORAGE_DIR': str(results), **dict(operator_env or {})})
+            control_plane.kubeconfig_for_service_account, NAMESPACE, OPERATOR_ACCOUNT, workdir / "operator.kubeconfig"
+        )
+        env = await asyncio.to_thread(
+            operator_environment,
+            control_plane,
+            operator_kubeconfig,
+            {"LOCAL_STORAGE_DIR": str(results), **dict(operator_env or {})},
+        )
         operator: OperatorProcess | None = None
         if with_operator:
-            operator = OperatorProcess(env, workdir / 'operator.log')
+            operator = OperatorProcess(env, workdir / "operator.log")
             stack.callback(operator.stop)
             operator.start()
-        yield RealStack(control_plane=control_plane, node=node, workdir=workdir, kubeconfig=kubeconfig,
-                        operator_kubeconfig=operator_kubeconfig, results=results, operator=operator, env=env)
+        yield RealStack(
+            control_plane=control_plane,
+            node=node,
+            workdir=workdir,
+            kubeconfig=kubeconfig,
+            operator_kubeconfig=operator_kubeconfig,
+            results=results,
+            operator=operator,
+            env=env,
+        )
 
 
 async def wait_process(operator: OperatorProcess, stop: asyncio.Event) -> None:

@@ -6,6 +6,7 @@ The job controller asks a :class:`Runtime` to run each Pod and turns the
 decide each outcome; a runtime that runs the container command as a local
 process can implement the same interface.
 """
+
 from __future__ import annotations
 
 import abc
@@ -15,7 +16,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ['Runtime', 'Result', 'Outcome', 'ScriptedRuntime', 'terminated_state', 'kubelet_pod_status']
+__all__ = ["Runtime", "Result", "Outcome", "ScriptedRuntime", "terminated_state", "kubelet_pod_status"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,23 +25,32 @@ class Result:
 
     exit_code: int
     message: str | None = None  # the termination message (container's terminationMessagePath)
-    logs: str = ''  # served at /api/v1/namespaces/NS/pods/NAME/log
+    logs: str = ""  # served at /api/v1/namespaces/NS/pods/NAME/log
 
 
 def terminated_state(result: Result, started: str, finished: str) -> dict[str, Any]:
     """``containerStatuses[].state.terminated`` as the kubelet writes it for a container that exited."""
     terminated: dict[str, Any] = {
-        'exitCode': result.exit_code, 'reason': 'Completed' if result.exit_code == 0 else 'Error',
-        'startedAt': started, 'finishedAt': finished,
+        "exitCode": result.exit_code,
+        "reason": "Completed" if result.exit_code == 0 else "Error",
+        "startedAt": started,
+        "finishedAt": finished,
     }
     if result.message is not None:
-        terminated['message'] = result.message
+        terminated["message"] = result.message
     return terminated
 
 
-def kubelet_pod_status(pod: dict[str, Any], phase: str, started: str, now: str, state: dict[str, Any],
-                       reason: str | None = None, message: str | None = None,
-                       host_ip: str = '127.0.0.1') -> dict[str, Any]:
+def kubelet_pod_status(
+    pod: dict[str, Any],
+    phase: str,
+    started: str,
+    now: str,
+    state: dict[str, Any],
+    reason: str | None = None,
+    message: str | None = None,
+    host_ip: str = "127.0.0.1",
+) -> dict[str, Any]:
     """
     A Pod's whole ``status`` as a kubelet reports it: phase, the five pod
     conditions (Ready and ContainersReady False with reason PodCompleted once
@@ -48,46 +58,69 @@ def kubelet_pod_status(pod: dict[str, Any], phase: str, started: str, now: str, 
     (``{'running': ...}`` or ``{'terminated': ...}``). The embedded cluster's
     Job controller and the ProcessNode for a real API server both write this.
     """
-    running = 'running' in state
-    containers = (pod.get('spec') or {}).get('containers') or [{'name': 'main'}]
+    running = "running" in state
+    containers = (pod.get("spec") or {}).get("containers") or [{"name": "main"}]
 
     def condition(kind: str, ok: bool, why: str | None = None) -> dict[str, Any]:
-        found: dict[str, Any] = {'type': kind, 'status': 'True' if ok else 'False', 'lastProbeTime': None,
-                                 'lastTransitionTime': now}
+        found: dict[str, Any] = {
+            "type": kind,
+            "status": "True" if ok else "False",
+            "lastProbeTime": None,
+            "lastTransitionTime": now,
+        }
         if why is not None:
-            found['reason'] = why
+            found["reason"] = why
         return found
 
-    ended = None if running else 'PodCompleted'
+    ended = None if running else "PodCompleted"
     status: dict[str, Any] = {
-        'phase': phase, 'startTime': started, 'hostIP': host_ip, 'hostIPs': [{'ip': host_ip}],
-        'podIP': host_ip, 'podIPs': [{'ip': host_ip}], 'qosClass': _qos_class(containers),
-        'conditions': [condition('PodReadyToStartContainers', running), condition('Initialized', True),
-                       condition('Ready', running, ended), condition('ContainersReady', running, ended),
-                       condition('PodScheduled', True)],
-        'containerStatuses': [{
-            'name': c.get('name', 'main'), 'image': c.get('image', ''), 'imageID': '',
-            'containerID': f'process://{(pod.get("metadata") or {}).get("uid", "")}/{c.get("name", "main")}',
-            'ready': running, 'started': running, 'restartCount': 0, 'state': state,
-        } for c in containers],
+        "phase": phase,
+        "startTime": started,
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "podIP": host_ip,
+        "podIPs": [{"ip": host_ip}],
+        "qosClass": _qos_class(containers),
+        "conditions": [
+            condition("PodReadyToStartContainers", running),
+            condition("Initialized", True),
+            condition("Ready", running, ended),
+            condition("ContainersReady", running, ended),
+            condition("PodScheduled", True),
+        ],
+        "containerStatuses": [
+            {
+                "name": c.get("name", "main"),
+                "image": c.get("image", ""),
+                "imageID": "",
+                "containerID": f"process://{(pod.get('metadata') or {}).get('uid', '')}/{c.get('name', 'main')}",
+                "ready": running,
+                "started": running,
+                "restartCount": 0,
+                "state": state,
+            }
+            for c in containers
+        ],
     }
     if reason is not None:
-        status['reason'] = reason
+        status["reason"] = reason
     if message is not None:
-        status['message'] = message
+        status["message"] = message
     return status
 
 
 def _qos_class(containers: list[dict[str, Any]]) -> str:
     """Guaranteed when every container's requests equal its cpu and memory limits; BestEffort with none."""
-    resources = [c.get('resources') or {} for c in containers]
-    if not any(r.get('requests') or r.get('limits') for r in resources):
-        return 'BestEffort'
+    resources = [c.get("resources") or {} for c in containers]
+    if not any(r.get("requests") or r.get("limits") for r in resources):
+        return "BestEffort"
     guaranteed = all(
-        (r.get('limits') or {}).get(k) is not None
-        and (r.get('requests') or {}).get(k, (r.get('limits') or {}).get(k)) == (r.get('limits') or {}).get(k)
-        for r in resources for k in ('cpu', 'memory'))
-    return 'Guaranteed' if guaranteed else 'Burstable'
+        (r.get("limits") or {}).get(k) is not None
+        and (r.get("requests") or {}).get(k, (r.get("limits") or {}).get(k)) == (r.get("limits") or {}).get(k)
+        for r in resources
+        for k in ("cpu", "memory")
+    )
+    return "Guaranteed" if guaranteed else "Burstable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +131,7 @@ class Outcome:
     duration: float = 0.0
     message: str | None = None
     hang: bool = False
-    logs: str = ''
+    logs: str = ""
     #: Seconds the pod goes on after it is told to stop (a process that ignores SIGTERM);
     #: the kubelet's SIGKILL ends it at the pod's grace period at the latest.
     stop_delay: float = 0.0
@@ -131,18 +164,18 @@ class Runtime(abc.ABC):
         While the pod is being deleted: its ``deletionGracePeriodSeconds``; else
         (a deadline) its ``terminationGracePeriodSeconds``, 30 when unset.
         """
-        current = self.api.find_uid(pod['metadata'].get('uid', '')) if self.api is not None else None
-        meta = (current or pod)['metadata']
-        if meta.get('deletionTimestamp') and meta.get('deletionGracePeriodSeconds') is not None:
-            return float(meta['deletionGracePeriodSeconds'])
-        return float((pod.get('spec') or {}).get('terminationGracePeriodSeconds', 30))
+        current = self.api.find_uid(pod["metadata"].get("uid", "")) if self.api is not None else None
+        meta = (current or pod)["metadata"]
+        if meta.get("deletionTimestamp") and meta.get("deletionGracePeriodSeconds") is not None:
+            return float(meta["deletionGracePeriodSeconds"])
+        return float((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
 
     @abc.abstractmethod
     async def run(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
         """Run the pod's containers to completion and report how they ended."""
 
     async def execute(self, pod: dict[str, Any], job: dict[str, Any]) -> Result:
-        job_name = job['metadata']['name']
+        job_name = job["metadata"]["name"]
         self.finished.pop(job_name, None)
         self.started[job_name] = pod
         self._signal()
@@ -176,7 +209,7 @@ class Runtime(abc.ABC):
         changed.set()
 
 
-OutcomeRule = Callable[[dict[str, Any]], 'Outcome | None']
+OutcomeRule = Callable[[dict[str, Any]], "Outcome | None"]
 
 
 class ScriptedRuntime(Runtime):
@@ -197,7 +230,7 @@ class ScriptedRuntime(Runtime):
 
     def script(self, job_name_or_pattern: str, outcome: Outcome) -> None:
         """Script the Job(s) of this name; ``*?[`` make it an fnmatch pattern."""
-        if any(c in job_name_or_pattern for c in '*?['):
+        if any(c in job_name_or_pattern for c in "*?["):
             self._patterns.append((job_name_or_pattern, outcome))
         else:
             self._by_name[job_name_or_pattern] = outcome
@@ -207,7 +240,7 @@ class ScriptedRuntime(Runtime):
         self._rules.append(rule)
 
     def outcome_for(self, job: dict[str, Any]) -> Outcome:
-        name = job['metadata']['name']
+        name = job["metadata"]["name"]
         if name in self._by_name:
             return self._by_name[name]
         for pattern, outcome in self._patterns:

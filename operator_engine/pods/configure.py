@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from .addresses import ALLOWED_NETWORKS_VARIABLE, parse_allow_list
 from .common import (
     PodError,
     PodPaths,
@@ -38,7 +39,6 @@ from .common import (
     truncate,
     write_termination_message,
 )
-from .addresses import ALLOWED_NETWORKS_VARIABLE, parse_allow_list
 from .downloads import ByteBudget, Downloader, DownloadError
 
 DATA_FAILED = 31
@@ -93,8 +93,16 @@ class Provisioner:
             raise PodError(f"environment variable {ALLOWED_NETWORKS_VARIABLE}: {exc}", DATA_FAILED) from None
         if allow.networks or allow.hosts:
             self.logger.info("fetching is also allowed from %s (%s)", allow.describe(), ALLOWED_NETWORKS_VARIABLE)
-        return Downloader(ByteBudget.from_disk_gb(disk_gb), timeout, self.logger, RETRIES, backoff,
-                          allow=allow, total_timeout=total, overall_timeout=overall)
+        return Downloader(
+            ByteBudget.from_disk_gb(disk_gb),
+            timeout,
+            self.logger,
+            RETRIES,
+            backoff,
+            allow=allow,
+            total_timeout=total,
+            overall_timeout=overall,
+        )
 
     # -- inputs -------------------------------------------------------------
 
@@ -231,9 +239,12 @@ def redact_ddo(value: Any, urls: frozenset[str]) -> Any:
 
     def clean(item: Any) -> Any:
         if isinstance(item, dict):
-            return {key: clean(child) for key, child in item.items()
-                    if not (str(key).lower() in DDO_LOCATION_KEYS or (key == "files" and isinstance(child, str)))
-                    and not _holds(child, forms)}
+            return {
+                key: clean(child)
+                for key, child in item.items()
+                if not (str(key).lower() in DDO_LOCATION_KEYS or (key == "files" and isinstance(child, str)))
+                and not _holds(child, forms)
+            }
         if isinstance(item, list):
             return [clean(child) for child in item if not _holds(child, forms)]
         return item

@@ -248,7 +248,7 @@ class _PinnedConnectionMixin:
             return self.pin.connect(self.port, self.timeout, self.socket_options)
         except DownloadError:
             raise NewConnectionError(self, "the time limit was reached") from None  # type: ignore[arg-type]
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise ConnectTimeoutError(self, "connection timed out") from exc
         except OSError as exc:
             raise NewConnectionError(self, "connection failed") from exc  # type: ignore[arg-type]
@@ -396,12 +396,17 @@ class Downloader:
     def _deadline(self) -> Deadline:
         candidates: list[tuple[float, str]] = []
         if self.total_timeout is not None:
-            candidates.append((time.monotonic() + self.total_timeout,
-                               f"took longer than the total limit of {self.total_timeout:g}s per download"))
+            candidates.append(
+                (
+                    time.monotonic() + self.total_timeout,
+                    f"took longer than the total limit of {self.total_timeout:g}s per download",
+                )
+            )
         if self.overall_at is not None:
             assert self.overall_timeout is not None
-            candidates.append((self.overall_at,
-                               f"the downloads together took longer than their limit of {self.overall_timeout:g}s"))
+            candidates.append(
+                (self.overall_at, f"the downloads together took longer than their limit of {self.overall_timeout:g}s")
+            )
         if not candidates:
             return Deadline(at=float("inf"), reason="")
         at, reason = min(candidates)
@@ -485,8 +490,15 @@ class Downloader:
             reason: str
             try:
                 response = pool.urlopen(
-                    "GET", hop.target, headers=headers, redirect=False, retries=False,
-                    preload_content=False, decode_content=True, timeout=timeout, assert_same_host=False,
+                    "GET",
+                    hop.target,
+                    headers=headers,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    decode_content=True,
+                    timeout=timeout,
+                    assert_same_host=False,
                 )
             except SSLError:
                 pool.close()
@@ -508,8 +520,9 @@ class Downloader:
                 response.drain_conn()
                 response.release_conn()
             wait = min(self.backoff_factor * (2 ** (attempt - 1)), deadline.remaining())
-            self.logger.warning("%s: attempt %d of %d failed (%s); retrying in %.1fs",
-                                label, attempt, attempts, reason, wait)
+            self.logger.warning(
+                "%s: attempt %d of %d failed (%s); retrying in %.1fs", label, attempt, attempts, reason, wait
+            )
             time.sleep(wait)
         raise AssertionError("unreachable: the loop returns or raises")
 
@@ -613,4 +626,3 @@ def _content_length(response: BaseHTTPResponse) -> int | None:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
-

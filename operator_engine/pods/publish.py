@@ -74,9 +74,14 @@ def shown(relative: str) -> str:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -110,8 +115,7 @@ def open_regular(name: str, folder: int, relative: str, logger: logging.Logger) 
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=folder)
     except OSError as exc:
-        logger.warning("skipped %s: it changed while being read (%s)", shown(relative),
-                       os.strerror(exc.errno or 0))
+        logger.warning("skipped %s: it changed while being read (%s)", shown(relative), os.strerror(exc.errno or 0))
         return None
     after = os.fstat(fd)
     reason = None
@@ -141,8 +145,13 @@ def open_in(root: Path, relative: str, logger: logging.Logger) -> BinaryIO | Non
     except FileNotFoundError:
         return None
     except OSError as exc:
-        logger.warning("skipped %s: %s", shown(relative), "a folder on its way is a link or not a folder"
-                       if exc.errno in (errno.ELOOP, errno.ENOTDIR) else os.strerror(exc.errno or 0))
+        logger.warning(
+            "skipped %s: %s",
+            shown(relative),
+            "a folder on its way is a link or not a folder"
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR)
+            else os.strerror(exc.errno or 0),
+        )
         return None
     finally:
         for fd in opened:
@@ -168,8 +177,9 @@ def collect_outputs(paths: PodPaths, workdir: Path, logger: logging.Logger) -> t
             logger.info("no outputs folder %s", paths.outputs)
             return None
         except OSError:
-            raise PodError(f"{paths.outputs} is not a folder (a link or a file was found there); "
-                           "refusing to read it") from None
+            raise PodError(
+                f"{paths.outputs} is not a folder (a link or a file was found there); refusing to read it"
+            ) from None
     finally:
         os.close(volume)
     try:
@@ -221,8 +231,7 @@ def archive(folder: int, destination: Path, logger: logging.Logger) -> Path:
             add(tar, folder, "")
     except OSError as exc:
         raise PodError(f"cannot archive the outputs into {destination.name}: {exc.strerror or exc}") from None
-    logger.info("archived %d output files into %s (%d bytes)", count, destination.name,
-                destination.stat().st_size)
+    logger.info("archived %d output files into %s (%d bytes)", count, destination.name, destination.stat().st_size)
     return destination
 
 
@@ -241,8 +250,7 @@ def _member(name: str, info: os.stat_result) -> tarfile.TarInfo:
 class Publisher:
     """One run of the publish pod."""
 
-    def __init__(self, paths: PodPaths, target: Target, logger: logging.Logger,
-                 publish_outputs: bool = True) -> None:
+    def __init__(self, paths: PodPaths, target: Target, logger: logging.Logger, publish_outputs: bool = True) -> None:
         self.paths = paths
         self.target = target
         self.logger = logger

@@ -112,8 +112,9 @@ class IpfsEndpoint:
                     timeout=(CONNECT_TIMEOUT, self.timeout),
                 )
         except requests.RequestException as exc:
-            raise PodError(f"IPFS add of {name} to {shown} failed: "
-                           f"{describe_request_error(exc, self.add_url, self.timeout)}") from None
+            raise PodError(
+                f"IPFS add of {name} to {shown} failed: {describe_request_error(exc, self.add_url, self.timeout)}"
+            ) from None
         if response.status_code >= 400:
             raise PodError(
                 f"IPFS add of {name} to {shown} failed: HTTP {response.status_code} {response.reason or ''}".rstrip()
@@ -168,7 +169,7 @@ class MultipartFile:
         while len(out) < size:
             if self._pending:
                 taken = self._pending[: size - len(out)]
-                self._pending = self._pending[len(taken):]
+                self._pending = self._pending[len(taken) :]
                 out += taken
             elif self._file is not None:
                 data = self._file.read(size - len(out))
@@ -274,9 +275,11 @@ class S3Target:
             self.client.upload_fileobj(source, bucket, key)
             if self.expiry_seconds <= 0:
                 return f"s3://{bucket}/{key}"
-            return str(self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.expiry_seconds
-            ))
+            return str(
+                self.client.generate_presigned_url(
+                    "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.expiry_seconds
+                )
+            )
         except NoCredentialsError:
             raise PodError(
                 f"S3 upload of {name} to s3://{bucket}/{key} failed: no AWS credentials "
@@ -313,8 +316,14 @@ def s3_target(env: Mapping[str, str], job_id: str, logger: logging.Logger) -> S3
         seconds = S3_PRESIGN_MAX_SECONDS
     output_bucket = env["AWS_BUCKET_OUTPUT"]
     adminlogs_bucket = env.get("AWS_BUCKET_ADMINLOGS") or output_bucket
-    return S3Target(client, job_id, output_bucket, adminlogs_bucket, seconds,
-                    f"S3 buckets {output_bucket} (outputs) and {adminlogs_bucket} (admin logs)")
+    return S3Target(
+        client,
+        job_id,
+        output_bucket,
+        adminlogs_bucket,
+        seconds,
+        f"S3 buckets {output_bucket} (outputs) and {adminlogs_bucket} (admin logs)",
+    )
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Fixtures for the embedded cluster's own tests."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -8,7 +9,7 @@ import pytest
 
 from operator_engine.devcluster import BYPASS_FAULTS_HEADER, EmbeddedCluster
 
-NS = 'ocean-compute'
+NS = "ocean-compute"
 
 
 @pytest.fixture
@@ -27,5 +28,5 @@ async def http(cluster: EmbeddedCluster) -> AsyncIterator[aiohttp.ClientSession]
 @pytest.fixture
 async def admin_http(cluster: EmbeddedCluster) -> AsyncIterator[aiohttp.ClientSession]:
     """A raw HTTP client that injected faults never hit."""
-    async with aiohttp.ClientSession(base_url=cluster.url, headers={BYPASS_FAULTS_HEADER: '1'}) as session:
+    async with aiohttp.ClientSession(base_url=cluster.url, headers={BYPASS_FAULTS_HEADER: "1"}) as session:
         yield session

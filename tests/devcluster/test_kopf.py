@@ -1,4 +1,5 @@
 """A tiny real kopf operator sees WorkFlow creations and Job status changes made by the job controller."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,11 +23,11 @@ async def test_kopf_sees_workflow_creation_and_job_status(cluster: EmbeddedClust
         settings.posting.enabled = False
         settings.watching.server_timeout = 5
 
-    @kopf.on.create('oceanprotocol.com', 'v1alpha', 'workflows', registry=registry)
+    @kopf.on.create("oceanprotocol.com", "v1alpha", "workflows", registry=registry)
     async def on_workflow(name: str, **_: Any) -> None:
         created.put_nowait(name)
 
-    @kopf.on.field('batch', 'v1', 'jobs', field='status.succeeded', registry=registry)
+    @kopf.on.field("batch", "v1", "jobs", field="status.succeeded", registry=registry)
     async def on_job(name: str, new: Any, **_: Any) -> None:
         if new:
             succeeded.put_nowait(name)
@@ -36,14 +37,17 @@ async def test_kopf_sees_workflow_creation_and_job_status(cluster: EmbeddedClust
         return kopf.ConnectionInfo(server=cluster.url, insecure=True)
 
     stop = asyncio.get_running_loop().create_future()
-    operator = asyncio.create_task(kopf.operator(
-        registry=registry, standalone=True, namespaces=['ocean-compute'], clusterwide=False, stop_flag=stop))
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry, standalone=True, namespaces=["ocean-compute"], clusterwide=False, stop_flag=stop
+        )
+    )
     try:
-        await cluster.create(workflow_manifest('wf1'))
-        await cluster.create(job_manifest('wf1-algorithm-job'))
+        await cluster.create(workflow_manifest("wf1"))
+        await cluster.create(job_manifest("wf1-algorithm-job"))
         async with asyncio.timeout(30):
-            assert await created.get() == 'wf1'
-            assert await succeeded.get() == 'wf1-algorithm-job'
+            assert await created.get() == "wf1"
+            assert await succeeded.get() == "wf1-algorithm-job"
     finally:
         stop.set_result(None)
         await asyncio.wait_for(operator, 30)

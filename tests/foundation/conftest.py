@@ -6,8 +6,9 @@ import copy
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -47,10 +48,17 @@ def clean_environ(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "operator_engine", *args],
-        capture_output=True, text=True, env=env or clean_environ(), input=stdin, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env or clean_environ(),
+        input=stdin,
+        cwd=ROOT,
+        timeout=120,
     )
 
 

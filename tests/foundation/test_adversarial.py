@@ -51,38 +51,59 @@ def _algorithm_container(children: list[Any]) -> dict[str, Any]:
 
 
 FIELDS: dict[str, tuple[FieldSetter, Callable[[list[Any]], Any]]] = {
-    "secret": (lambda b, v: b["spec"].__setitem__("secret", v),
-               lambda ch: next(c.manifest for c in ch if c.kind == "Secret")["stringData"]["secret"]),
-    "entrypoint": (lambda b, v: _stage(b)["algorithm"]["container"].__setitem__("entrypoint", v),
-                   lambda ch: _algorithm_container(ch)["command"][-1]),
-    "rawcode": (lambda b, v: _stage(b)["algorithm"].__setitem__("rawcode", v),
-                lambda ch: _document(ch)["stages"][0]["algorithm"]["rawcode"]),
-    "output-field": (lambda b, v: _stage(b)["output"].__setitem__("metadataUri", v),
-                     lambda ch: _document(ch)["stages"][0]["output"]["metadataUri"]),
-    "unknown-key": (lambda b, v: _stage(b).__setitem__(v[:200] or "k", v),
-                    lambda ch: _document(ch)["stages"][0]),
-    "stage-type": (lambda b, v: _stage(b).__setitem__("stageType", v),
-                   lambda ch: _document(ch)["stages"][0]["stageType"]),
-    "compute-namespace": (lambda b, v: _stage(b)["compute"].__setitem__("namespace", v),
-                          lambda ch: _document(ch)["stages"][0]["compute"]["namespace"]),
-    "input-ddo": (lambda b, v: _stage(b)["input"][0].__setitem__("ddo", {"name": v}),
-                  lambda ch: _document(ch)["stages"][0]["input"][0]["ddo"]["name"]),
+    "secret": (
+        lambda b, v: b["spec"].__setitem__("secret", v),
+        lambda ch: next(c.manifest for c in ch if c.kind == "Secret")["stringData"]["secret"],
+    ),
+    "entrypoint": (
+        lambda b, v: _stage(b)["algorithm"]["container"].__setitem__("entrypoint", v),
+        lambda ch: _algorithm_container(ch)["command"][-1],
+    ),
+    "rawcode": (
+        lambda b, v: _stage(b)["algorithm"].__setitem__("rawcode", v),
+        lambda ch: _document(ch)["stages"][0]["algorithm"]["rawcode"],
+    ),
+    "output-field": (
+        lambda b, v: _stage(b)["output"].__setitem__("metadataUri", v),
+        lambda ch: _document(ch)["stages"][0]["output"]["metadataUri"],
+    ),
+    "unknown-key": (lambda b, v: _stage(b).__setitem__(v[:200] or "k", v), lambda ch: _document(ch)["stages"][0]),
+    "stage-type": (
+        lambda b, v: _stage(b).__setitem__("stageType", v),
+        lambda ch: _document(ch)["stages"][0]["stageType"],
+    ),
+    "compute-namespace": (
+        lambda b, v: _stage(b)["compute"].__setitem__("namespace", v),
+        lambda ch: _document(ch)["stages"][0]["compute"]["namespace"],
+    ),
+    "input-ddo": (
+        lambda b, v: _stage(b)["input"][0].__setitem__("ddo", {"name": v}),
+        lambda ch: _document(ch)["stages"][0]["input"][0]["ddo"]["name"],
+    ),
 }
 
 # Constrained fields reach manifests too; their hostile values are the legal ones that look dangerous.
 CONSTRAINED = {
-    "input-url": (lambda b, v: _stage(b)["input"][0].__setitem__("url", [v]),
-                  lambda ch: _document(ch)["stages"][0]["input"][0]["url"][0],
-                  "http://h/{{7*7}}'\"?a=b:%20c&d=---#{%x%}"),
-    "algorithm-url": (lambda b, v: _stage(b)["algorithm"].__setitem__("url", v),
-                      lambda ch: _document(ch)["stages"][0]["algorithm"]["url"][0],
-                      "https://h:8080/a:b/{c}/\"d\"?e='f'"),
-    "input-did": (lambda b, v: _stage(b)["input"][0].__setitem__("id", v),
-                  lambda ch: json.loads(next(e["value"] for e in _algorithm_container(ch)["env"] if e["name"] == "DIDS"))[0],
-                  "did:example:a%7B%7Bb%7D%7D:c.d-e_f"),
-    "algorithm-did": (lambda b, v: _stage(b)["algorithm"].__setitem__("id", v),
-                      lambda ch: next(e["value"] for e in _algorithm_container(ch)["env"] if e["name"] == "TRANSFORMATION_DID"),
-                      "did:example:%3A%0A%22:x"),
+    "input-url": (
+        lambda b, v: _stage(b)["input"][0].__setitem__("url", [v]),
+        lambda ch: _document(ch)["stages"][0]["input"][0]["url"][0],
+        "http://h/{{7*7}}'\"?a=b:%20c&d=---#{%x%}",
+    ),
+    "algorithm-url": (
+        lambda b, v: _stage(b)["algorithm"].__setitem__("url", v),
+        lambda ch: _document(ch)["stages"][0]["algorithm"]["url"][0],
+        "https://h:8080/a:b/{c}/\"d\"?e='f'",
+    ),
+    "input-did": (
+        lambda b, v: _stage(b)["input"][0].__setitem__("id", v),
+        lambda ch: json.loads(next(e["value"] for e in _algorithm_container(ch)["env"] if e["name"] == "DIDS"))[0],
+        "did:example:a%7B%7Bb%7D%7D:c.d-e_f",
+    ),
+    "algorithm-did": (
+        lambda b, v: _stage(b)["algorithm"].__setitem__("id", v),
+        lambda ch: next(e["value"] for e in _algorithm_container(ch)["env"] if e["name"] == "TRANSFORMATION_DID"),
+        "did:example:%3A%0A%22:x",
+    ),
 }
 
 
@@ -137,11 +158,13 @@ def test_legal_but_tricky_value_keeps_structure_and_arrives_unchanged(field, sam
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
-    max_leaves=12,
-))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+        max_leaves=12,
+    )
+)
 def test_yaml_safe_json_reads_back_as_the_same_value(value):
     text = yaml_safe_json(value)
     assert yaml.safe_load(f"key: {text}\nafter: 1\n") == {"key": value, "after": 1}

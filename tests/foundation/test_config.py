@@ -47,12 +47,24 @@ def test_all_bad_variables_are_reported_together():
     assert [p.split("=")[0] for p in caught.value.problems] == ["nCPU", "maxJobs", "IPFS_TYPE", "PULL_POLICY"]
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("PULL_POLICY", "Sometimes"), ("IPFS_TYPE", "PINATA"), ("LOG_LEVEL", "LOUD"), ("DEBUG_NO_CLEANUP", "maybe"),
-    ("NOTIFY_START_URL", "ftp://x"), ("NODE_SELECTOR", "a b"), ("SERVICE_ACCOUNT", "Bad_Name"),
-    ("FILTERING_CONTAINER", "img\nname"), ("IPFS_EXPIRY_TIME", "tomorrow"), ("TEMPLATES_DIR", "/nonexistent"),
-    ("OPERATOR_NAMESPACE", "UPPER"), ("LOG_CFG", "/nonexistent.yaml"), ("LOG_FORMAT", "yaml"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("PULL_POLICY", "Sometimes"),
+        ("IPFS_TYPE", "PINATA"),
+        ("LOG_LEVEL", "LOUD"),
+        ("DEBUG_NO_CLEANUP", "maybe"),
+        ("NOTIFY_START_URL", "ftp://x"),
+        ("NODE_SELECTOR", "a b"),
+        ("SERVICE_ACCOUNT", "Bad_Name"),
+        ("FILTERING_CONTAINER", "img\nname"),
+        ("IPFS_EXPIRY_TIME", "tomorrow"),
+        ("TEMPLATES_DIR", "/nonexistent"),
+        ("OPERATOR_NAMESPACE", "UPPER"),
+        ("LOG_CFG", "/nonexistent.yaml"),
+        ("LOG_FORMAT", "yaml"),
+    ],
+)
 def test_bad_text_variable_names_the_variable_and_the_allowed_values(variable, value):
     with pytest.raises(config_module.ConfigError) as caught:
         config_module.load({variable: value})
@@ -74,15 +86,37 @@ def test_out_of_range_private_key_is_rejected_without_showing_it():
 
 
 def test_check_config_prints_the_environment_with_the_consumer_address():
-    env = clean_environ(OPERATOR_PRIVATE_KEY=KNOWN_KEY, nCPU="4", nGPU="1", gpuType="A100", ramGB="8", diskGB="20",
-                        priceMinute="0.5", description="GPU box", maxJobs="3", maxJobDuration="600",
-                        STORAGE_EXPIRY="24", cpuType="AMD EPYC")
+    env = clean_environ(
+        OPERATOR_PRIVATE_KEY=KNOWN_KEY,
+        nCPU="4",
+        nGPU="1",
+        gpuType="A100",
+        ramGB="8",
+        diskGB="20",
+        priceMinute="0.5",
+        description="GPU box",
+        maxJobs="3",
+        maxJobDuration="600",
+        STORAGE_EXPIRY="24",
+        cpuType="AMD EPYC",
+    )
     result = run_cli("check-config", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
-        "id": "ocean-compute", "cpuNumber": 4, "cpuType": "AMD EPYC", "gpuNumber": 1, "gpuType": "A100",
-        "ramGB": 8, "diskGB": 20, "priceMin": 0.5, "desc": "GPU box", "currentJobs": 0, "maxJobs": 3,
-        "consumerAddress": KNOWN_ADDRESS, "storageExpiry": 24, "maxJobDuration": 600,
+        "id": "ocean-compute",
+        "cpuNumber": 4,
+        "cpuType": "AMD EPYC",
+        "gpuNumber": 1,
+        "gpuType": "A100",
+        "ramGB": 8,
+        "diskGB": 20,
+        "priceMin": 0.5,
+        "desc": "GPU box",
+        "currentJobs": 0,
+        "maxJobs": 3,
+        "consumerAddress": KNOWN_ADDRESS,
+        "storageExpiry": 24,
+        "maxJobDuration": 600,
     }
     assert KNOWN_KEY[2:] not in result.stdout + result.stderr
 

@@ -4,6 +4,7 @@ These configure logging as the operator does (``logs.setup``) and log through
 the real loggers, structlog's and the standard library's (as kopf does);
 tests/operator/test_logs.py runs the whole operator.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,10 @@ def restore_logging() -> Iterator[None]:
     """
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
-    levels = {name: logging.getLogger(name).level
-              for name in ("urllib3", "aiohttp.access", "kubernetes", "demo", "kopf.objects")}
+    levels = {
+        name: logging.getLogger(name).level
+        for name in ("urllib3", "aiohttp.access", "kubernetes", "demo", "kopf.objects")
+    }
     logging.getLogger("kopf.objects").setLevel(logging.NOTSET)
     yield
     root.setLevel(saved[0])
@@ -85,8 +88,9 @@ class File:
 
 
 @pytest.fixture(params=["terminal", "file"])
-def stderr(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-           restore_logging: None) -> Iterator[Terminal | File]:
+def stderr(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> Iterator[Terminal | File]:
     """Not put in place here: pytest puts its own sys.stderr back between a test's setup and its call."""
     where = Terminal() if request.param == "terminal" else File(tmp_path / "stderr")
     monkeypatch.delenv("NO_COLOR", raising=False)
@@ -107,7 +111,8 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("log_format", [None, "json", "console"], ids=["LOG_FORMAT-unset", "json", "console"])
 def test_console_lines_on_a_terminal_json_lines_otherwise_unless_log_format_says(
-        log_format: str | None, stderr: Terminal | File, monkeypatch: pytest.MonkeyPatch) -> None:
+    log_format: str | None, stderr: Terminal | File, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stderr", stderr.stream)
     logs.setup("INFO", None, log_format)
     log_both_kinds()
@@ -117,8 +122,12 @@ def test_console_lines_on_a_terminal_json_lines_otherwise_unless_log_format_says
         first, second = json_lines(out)
         assert first["event"] == "Workflow wf-a admitted" and first["workflow"] == "wf-a" and first["level"] == "info"
         assert second["logger"] == "kopf.objects" and second["level"] == "warning"
-        assert (second["workflow"], second["namespace"], second["name"], second["kind"]) == ("wf-b", "ns", "wf-b",
-                                                                                           "WorkFlow")
+        assert (second["workflow"], second["namespace"], second["name"], second["kind"]) == (
+            "wf-b",
+            "ns",
+            "wf-b",
+            "WorkFlow",
+        )
     else:
         first, second = out.splitlines()
         assert not first.startswith("{")
@@ -139,13 +148,15 @@ def test_kopf_lines_about_a_stage_job_name_its_workflow_and_stage(json_to_file: 
     logging.getLogger("kopf.objects").info("Handler 'job_changed' succeeded.", extra={"k8s_ref": ref})
     logging.getLogger("kopf.objects").info("a Job of someone else", extra={"k8s_ref": {"kind": "Job", "name": "x"}})
     about_stage, other = json_lines(json_to_file.read())
-    assert (about_stage["workflow"], about_stage["stage"], about_stage["name"]) == ("wf-c", "algorithm",
-                                                                                   "wf-c-algorithm-job")
+    assert (about_stage["workflow"], about_stage["stage"], about_stage["name"]) == (
+        "wf-c",
+        "algorithm",
+        "wf-c-algorithm-job",
+    )
     assert "workflow" not in other and "stage" not in other
 
 
-async def test_bound_fields_reach_every_line_of_the_task_and_its_threads_and_go_away_after(
-        json_to_file: File) -> None:
+async def test_bound_fields_reach_every_line_of_the_task_and_its_threads_and_go_away_after(json_to_file: File) -> None:
     with logs.bound(workflow="wf-d"):
         logs.bind(stage="configure")
         logs.get().info("own line")
@@ -155,10 +166,18 @@ async def test_bound_fields_reach_every_line_of_the_task_and_its_threads_and_go_
             logs.get().info("nested")
         logs.get().info("back")
     logs.get().info("after")
-    lines = {e["event"]: (e.get("workflow"), e.get("stage")) for e in json_lines(json_to_file.read())
-             if e["logger"] != "asyncio"}
-    assert lines == {"own line": ("wf-d", "configure"), "a library's line": ("wf-d", "configure"),
-                     "nested": ("wf-e", None), "back": ("wf-d", "configure"), "after": (None, None)}
+    lines = {
+        e["event"]: (e.get("workflow"), e.get("stage"))
+        for e in json_lines(json_to_file.read())
+        if e["logger"] != "asyncio"
+    }
+    assert lines == {
+        "own line": ("wf-d", "configure"),
+        "a library's line": ("wf-d", "configure"),
+        "nested": ("wf-e", None),
+        "back": ("wf-d", "configure"),
+        "after": (None, None),
+    }
 
 
 def test_secret_fields_are_redacted_and_tracebacks_carry_no_local_variables(json_to_file: File) -> None:
@@ -174,8 +193,9 @@ def test_secret_fields_are_redacted_and_tracebacks_carry_no_local_variables(json
     assert debug["level"] == "debug"
 
 
-def test_log_level_sets_the_lowest_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         restore_logging: None) -> None:
+def test_log_level_sets_the_lowest_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
     out = File(tmp_path / "stderr")
     monkeypatch.setattr(sys, "stderr", out.stream)
     logs.setup("WARNING", None, "json")
@@ -186,21 +206,29 @@ def test_log_level_sets_the_lowest_level(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_a_log_cfg_file_decides_handlers_with_our_formatter_and_keeps_loggers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
     early = logging.getLogger("demo.created-before")  # dictConfig's default would disable it
     out = File(tmp_path / "stderr")
     monkeypatch.setattr(sys, "stderr", out.stream)
     target = tmp_path / "operator.log"
     path = tmp_path / "logging.yaml"
-    path.write_text(yaml.safe_dump({
-        "version": 1,
-        "formatters": {"json": {"()": "operator_engine.logs.json_formatter"},
-                       "console": {"()": "operator_engine.logs.console_formatter"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(target), "formatter": "json"},
-                     "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                                "formatter": "console"}},
-        "root": {"handlers": ["file", "stderr"]},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "formatters": {
+                    "json": {"()": "operator_engine.logs.json_formatter"},
+                    "console": {"()": "operator_engine.logs.console_formatter"},
+                },
+                "handlers": {
+                    "file": {"class": "logging.FileHandler", "filename": str(target), "formatter": "json"},
+                    "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "console"},
+                },
+                "root": {"handlers": ["file", "stderr"]},
+            }
+        )
+    )
     logs.setup("INFO", str(path), "json")
     with logs.bound(workflow="wf-f"):
         logs.get().info("from the operator")
@@ -209,18 +237,21 @@ def test_a_log_cfg_file_decides_handlers_with_our_formatter_and_keeps_loggers(
     for handler in logging.getLogger().handlers:
         handler.flush()
     in_file = json_lines(target.read_text())
-    assert [(e["event"], e["workflow"]) for e in in_file] == [("from the operator", "wf-f"),
-                                                             ("from a library", "wf-f")]
+    assert [(e["event"], e["workflow"]) for e in in_file] == [("from the operator", "wf-f"), ("from a library", "wf-f")]
     console = out.read().splitlines()
     assert len(console) == 2 and "from a library" in console[1] and "workflow=wf-f" in console[1]
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("[1, 2]", "must hold a logging.config.dictConfig mapping"),
-    ("version: 1\nhandlers: [\n", "must be a readable YAML file"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[1, 2]", "must hold a logging.config.dictConfig mapping"),
+        ("version: 1\nhandlers: [\n", "must be a readable YAML file"),
+    ],
+)
 def test_a_log_cfg_that_is_not_a_logging_configuration_is_refused_at_start(
-        content: str, problem: str, tmp_path: Path) -> None:
+    content: str, problem: str, tmp_path: Path
+) -> None:
     path = tmp_path / "logging.yaml"
     path.write_text(content)
     with pytest.raises(config_module.ConfigError) as caught:
@@ -228,18 +259,19 @@ def test_a_log_cfg_that_is_not_a_logging_configuration_is_refused_at_start(
     assert caught.value.problems[0].startswith("LOG_CFG=") and problem in caught.value.problems[0]
 
 
-def test_a_log_cfg_that_dictconfig_refuses_stops_the_operator_naming_it(tmp_path: Path,
-                                                                        restore_logging: None) -> None:
+def test_a_log_cfg_that_dictconfig_refuses_stops_the_operator_naming_it(tmp_path: Path, restore_logging: None) -> None:
     path = tmp_path / "logging.yaml"
-    path.write_text(yaml.safe_dump({"version": 1, "handlers": {"h": {"class": "no.such.Handler"}},
-                                    "root": {"handlers": ["h"]}}))
+    path.write_text(
+        yaml.safe_dump({"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}, "root": {"handlers": ["h"]}})
+    )
     with pytest.raises(config_module.ConfigError) as caught:
         logs.setup("INFO", str(path), "json")
     assert caught.value.problems[0].startswith(f"LOG_CFG='{path}'")
 
 
-@pytest.mark.parametrize("variable, value", [("LOG_FORMAT", "yaml"), ("LOG_CFG", "/nonexistent.yaml"),
-                                             ("LOG_CFG", "refused-by-dictconfig")])
+@pytest.mark.parametrize(
+    "variable, value", [("LOG_FORMAT", "yaml"), ("LOG_CFG", "/nonexistent.yaml"), ("LOG_CFG", "refused-by-dictconfig")]
+)
 def test_the_operator_does_not_start_with_a_bad_logging_variable(variable: str, value: str, tmp_path: Path) -> None:
     if value == "refused-by-dictconfig":
         value = str(tmp_path / "logging.yaml")
@@ -247,15 +279,21 @@ def test_the_operator_does_not_start_with_a_bad_logging_variable(variable: str, 
     env = clean_environ(**{variable: value})
     cli = run_cli("run", env=env)
     # The Deployment's command: kopf imports the operator, which checks its configuration first.
-    kopf = subprocess.run([sys.executable, "-m", "kopf", "run", "--standalone", "-m", "operator_engine.operator_main"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    kopf = subprocess.run(
+        [sys.executable, "-m", "kopf", "run", "--standalone", "-m", "operator_engine.operator_main"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     for result in (cli, kopf):
         assert result.returncode == 78, result.stderr[-2000:]
         assert f"{variable}=" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_readme_log_cfg_example_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          restore_logging: None) -> None:
+def test_the_readme_log_cfg_example_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     example = re.search(r"```yaml\n(version: 1\n.*?)```", readme, re.S)
     assert example, "the README shows no LOG_CFG example"

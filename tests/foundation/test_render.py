@@ -14,13 +14,24 @@ from operator_engine.render import Renderer
 from .conftest import SAMPLE, clean_environ, run_cli
 
 FULL_ENV = {
-    "nCPU": "4", "nGPU": "2", "ramGB": "16", "diskGB": "50", "maxJobDuration": "1800",
-    "NODE_SELECTOR": "c2d-nodes", "PULL_SECRET": "registry-creds", "PULL_POLICY": "Always",
-    "SERVICE_ACCOUNT": "ocean-compute-pods", "STORAGE_CLASS": "standard",
+    "nCPU": "4",
+    "nGPU": "2",
+    "ramGB": "16",
+    "diskGB": "50",
+    "maxJobDuration": "1800",
+    "NODE_SELECTOR": "c2d-nodes",
+    "PULL_SECRET": "registry-creds",
+    "PULL_POLICY": "Always",
+    "SERVICE_ACCOUNT": "ocean-compute-pods",
+    "STORAGE_CLASS": "standard",
     "FILTERING_CONTAINER": "registry.example.com:5000/team/filter:1.2",
-    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY", "AWS_SECRET_ACCESS_KEY": "aws-secret-value-xyz",
-    "AWS_REGION": "eu-west-1", "AWS_BUCKET_OUTPUT": "outputs", "AWS_BUCKET_ADMINLOGS": "adminlogs",
-    "IPFS_API_KEY": "ipfs-key-value-xyz", "IPFS_API_CLIENT": "ipfs-client-value-xyz",
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-value-xyz",
+    "AWS_REGION": "eu-west-1",
+    "AWS_BUCKET_OUTPUT": "outputs",
+    "AWS_BUCKET_ADMINLOGS": "adminlogs",
+    "IPFS_API_KEY": "ipfs-key-value-xyz",
+    "IPFS_API_CLIENT": "ipfs-client-value-xyz",
     "OPERATOR_PRIVATE_KEY": "0x" + "11" * 32,
 }
 
@@ -53,8 +64,12 @@ def test_sample_renders_configmap_pvcs_secret_then_jobs_in_order(sample_body, ma
 def test_filter_job_comes_before_publish_when_filtering_container_is_set(sample_body, make_config):
     children = render(sample_body, make_config, FILTERING_CONTAINER="oceanprotocol/filter:1")
     jobs = [c.name for c in children if c.kind == "Job"]
-    assert jobs == ["workflow-1-configure-job", "workflow-1-algorithm-job", "workflow-1-filter-job",
-                    "workflow-1-publish-job"]
+    assert jobs == [
+        "workflow-1-configure-job",
+        "workflow-1-algorithm-job",
+        "workflow-1-filter-job",
+        "workflow-1-publish-job",
+    ]
     assert container(children, "filter")["image"] == "oceanprotocol/filter:1"
 
 
@@ -71,8 +86,16 @@ def test_cli_render_prints_the_stream_that_validates(tmp_path):
     result = run_cli("render", str(SAMPLE), env=clean_environ(FILTERING_CONTAINER="oceanprotocol/filter:1"))
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(result.stdout))
-    assert [d["kind"] for d in documents] == ["ConfigMap", "PersistentVolumeClaim", "PersistentVolumeClaim",
-                                              "Secret", "Job", "Job", "Job", "Job"]
+    assert [d["kind"] for d in documents] == [
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "PersistentVolumeClaim",
+        "Secret",
+        "Job",
+        "Job",
+        "Job",
+        "Job",
+    ]
     assert [d["metadata"]["name"] for d in documents][-2:] == ["workflow-1-filter-job", "workflow-1-publish-job"]
     for document in documents:
         kubernetes_validate.validate(document, "1.30", strict=True)
@@ -113,9 +136,15 @@ def test_algorithm_pod_gets_contract_env_and_entrypoint(sample_body, make_config
     assert env["DIDS"]["value"] == '["8d1b4d73e7af4634958f071ab8dfe7ab0df14019755e444090fd392c8ec9c3f4"]'
     assert env["TRANSFORMATION_DID"]["value"].startswith("did:op:abde8bc3")
     assert {k: env[k]["value"] for k in ("VOLUME", "LOGS", "INPUTS", "OUTPUTS")} == {
-        "VOLUME": "/data", "LOGS": "/data/logs", "INPUTS": "/data/inputs", "OUTPUTS": "/data/outputs"}
-    assert env["secret"] == {"name": "secret", "valueFrom": {"secretKeyRef": {
-        "name": "workflow-1-algorithm-secret", "key": "secret"}}}
+        "VOLUME": "/data",
+        "LOGS": "/data/logs",
+        "INPUTS": "/data/inputs",
+        "OUTPUTS": "/data/outputs",
+    }
+    assert env["secret"] == {
+        "name": "secret",
+        "valueFrom": {"secretKeyRef": {"name": "workflow-1-algorithm-secret", "key": "secret"}},
+    }
 
 
 def test_algorithm_resources_and_deadline_follow_the_environment(sample_body, make_config):
@@ -172,8 +201,16 @@ def test_every_pod_runs_restricted_without_a_service_account_token(sample_body, 
 
 def test_credentials_reach_only_the_publish_pod_and_only_through_a_secret(sample_body, make_config):
     children = render(sample_body, make_config, **FULL_ENV)
-    secret_values = [FULL_ENV[k] for k in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "IPFS_API_KEY",
-                                            "IPFS_API_CLIENT", "OPERATOR_PRIVATE_KEY")]
+    secret_values = [
+        FULL_ENV[k]
+        for k in (
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "IPFS_API_KEY",
+            "IPFS_API_CLIENT",
+            "OPERATOR_PRIVATE_KEY",
+        )
+    ]
     for child in (c for c in children if c.kind != "Secret"):
         text = yaml.safe_dump(child.manifest)
         assert not [v for v in secret_values if v in text], child.name
@@ -183,8 +220,13 @@ def test_credentials_reach_only_the_publish_pod_and_only_through_a_secret(sample
     assert publish_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "workflow-1-publish-credentials"
     for component in ("configure", "algorithm", "filter"):
         names = {e["name"] for e in container(children, component)["env"]}
-        assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IPFS_API_KEY", "IPFS_API_CLIENT",
-                            "OPERATOR_PRIVATE_KEY"}, component
+        assert not names & {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "IPFS_API_KEY",
+            "IPFS_API_CLIENT",
+            "OPERATOR_PRIVATE_KEY",
+        }, component
 
 
 def test_workflow_secret_reaches_only_the_algorithm_pod(sample_body, make_config):

@@ -4,8 +4,9 @@ the CRD's structural openAPIV3Schema into a JSON Schema."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -29,7 +30,9 @@ def yaml_files() -> list[Path]:
     """The manifest files (kustomize's own kustomization.yaml is no object: test_kustomization.py covers it)."""
     files: list[Path] = []
     for directory in MANIFEST_DIRS:
-        files += sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.name != KUSTOMIZATION.name)
+        files += sorted(
+            p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.name != KUSTOMIZATION.name
+        )
     return files
 
 
@@ -77,9 +80,22 @@ def crd_openapi_schema() -> dict[str, Any]:
 # --- openAPIV3Schema (structural, Kubernetes flavour) -> JSON Schema ---------
 
 _COPIED = (
-    "enum", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "pattern", "minLength", "maxLength", "minItems", "maxItems", "uniqueItems",
-    "minProperties", "maxProperties", "required", "multipleOf",
+    "enum",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "required",
+    "multipleOf",
 )
 
 
@@ -110,8 +126,7 @@ def _convert(node: dict[str, Any]) -> dict[str, Any]:
             out["additionalProperties"] = False
     for combinator in ("allOf", "anyOf", "oneOf"):
         if combinator in node:
-            out.setdefault("allOf", []).append(
-                {combinator: [_convert(sub) for sub in node[combinator]]})
+            out.setdefault("allOf", []).append({combinator: [_convert(sub) for sub in node[combinator]]})
     if "not" in node:
         out["not"] = _convert(node["not"])
     return out

@@ -21,17 +21,21 @@ def project(tmp_path):
 
 
 def bump(cwd, *args, env=None):
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
 
 
 def version(root):
     return re.search(r'^__version__ = "([^"]*)"$', (root / INIT).read_text(), re.M).group(1)
 
 
-@pytest.mark.parametrize("part,expected", [
-    ("major", "2.0.0"), ("minor", "1.5.0"), ("patch", "1.4.8"),
-])
+@pytest.mark.parametrize(
+    "part,expected",
+    [
+        ("major", "2.0.0"),
+        ("minor", "1.5.0"),
+        ("patch", "1.4.8"),
+    ],
+)
 def test_bumpversion_bumps_the_requested_part(project, part, expected):
     result = bump(project, part)
     assert result.returncode == 0, result.stderr

@@ -7,8 +7,10 @@ import pytest
 from ._support import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
-KOPF_CMD = ('CMD ["kopf", "run", "--standalone", "--namespace=ocean-compute", '
-            '"--liveness=http://0.0.0.0:8080/healthz", "-m", "operator_engine.operator_main"]')
+KOPF_CMD = (
+    'CMD ["kopf", "run", "--standalone", "--namespace=ocean-compute", '
+    '"--liveness=http://0.0.0.0:8080/healthz", "-m", "operator_engine.operator_main"]'
+)
 
 
 def instructions():

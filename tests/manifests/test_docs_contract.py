@@ -21,8 +21,18 @@ from ._support import ROOT
 PAGE = ROOT / "docs" / "contract.md"
 README = ROOT / "README.md"
 # Folders that are not the project's own text: tools, caches, build output.
-SKIPPED_DIRS = {".git", ".venv", ".venv-checkov", "__pycache__", ".pytest_cache", ".hypothesis", ".tox",
-                "build", "dist", "out"}
+SKIPPED_DIRS = {
+    ".git",
+    ".venv",
+    ".venv-checkov",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".tox",
+    "build",
+    "dist",
+    "out",
+}
 # Spelled so that this file does not match itself: the upper-case name of the
 # contract file outside the repository, and the folder it lives in.
 OUTSIDE_POINTER = re.compile(r"\b" + "contract".upper() + r"\b|\.\./" + "shared")

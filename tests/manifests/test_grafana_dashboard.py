@@ -44,7 +44,7 @@ def test_dashboard_is_a_grafana_dashboard_model(dashboard):
 def test_dashboard_reads_a_prometheus_datasource_chosen_by_a_variable(dashboard):
     (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
     assert variable["query"] == "prometheus"
-    chosen = {"type": "prometheus", "uid": "${%s}" % variable["name"]}
+    chosen = {"type": "prometheus", "uid": f"${{{variable['name']}}}"}
     for panel in panels(dashboard):
         assert panel["datasource"] == chosen, panel["title"]
         for target in panel.get("targets", []):

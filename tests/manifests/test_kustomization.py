@@ -34,8 +34,9 @@ def kubectl() -> str:
 
 def rendered() -> list[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    result = subprocess.run([kubectl(), "kustomize", str(KUBERNETES_DIR)], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(KUBERNETES_DIR)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -56,13 +57,26 @@ def test_every_manifest_file_is_part_of_the_kustomization() -> None:
 
 def test_kustomize_renders_the_step_by_step_install_unchanged_plus_the_secret_template() -> None:
     docs = rendered()
-    by_file = [doc for name in yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
-               for doc in load_docs(KUBERNETES_DIR / name)]
+    by_file = [
+        doc
+        for name in yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
+        for doc in load_docs(KUBERNETES_DIR / name)
+    ]
     others = [doc for doc in docs if key(doc) != f"Secret/{SECRET_NAME}"]
     assert sorted(map(canonical, others)) == sorted(map(canonical, by_file))
     kinds = {doc["kind"] for doc in docs}
-    assert {"Namespace", "CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy",
-            "ConfigMap", "Secret", "Deployment", "PodDisruptionBudget"} <= kinds, kinds
+    assert {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "PodDisruptionBudget",
+    } <= kinds, kinds
     (secret,) = [doc for doc in docs if doc["kind"] == "Secret"]
     assert secret["metadata"]["name"] == SECRET_NAME and not secret.get("data"), "the template ships no value"
     for doc in docs:
@@ -74,8 +88,11 @@ def test_the_operator_starts_after_its_network_policies_settings_and_secret() ->
     """kubectl applies in the rendered order, as the step-by-step install does."""
     kinds = [doc["kind"] for doc in rendered()]
     assert kinds[:2] == ["Namespace", "CustomResourceDefinition"], kinds
-    last_before = max(i for i, kind in enumerate(kinds) if kind in ("NetworkPolicy", "ConfigMap", "Secret", "Role",
-                                                                      "RoleBinding", "ServiceAccount"))
+    last_before = max(
+        i
+        for i, kind in enumerate(kinds)
+        if kind in ("NetworkPolicy", "ConfigMap", "Secret", "Role", "RoleBinding", "ServiceAccount")
+    )
     assert last_before < kinds.index("Deployment"), kinds
 
 
@@ -91,15 +108,25 @@ def test_applying_the_secret_template_again_keeps_a_secret_the_admin_filled(tmp_
     from operator_engine.devcluster import EmbeddedCluster
 
     (template,) = [doc for doc in rendered() if doc["kind"] == "Secret"]
-    filled = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
-              "data": {"OPERATOR_PRIVATE_KEY": "MHhhYmM="}}
+    filled = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
+        "data": {"OPERATOR_PRIVATE_KEY": "MHhhYmM="},
+    }
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     with EmbeddedCluster.start_in_thread(NAMESPACE) as cluster:
         kubeconfig = str(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
 
         def run(*args: str, document: dict[str, Any] | None = None) -> str:
-            result = subprocess.run([kubectl(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True,
-                                    env=env, timeout=120, input=json.dumps(document) if document else None)
+            result = subprocess.run(
+                [kubectl(), "--kubeconfig", kubeconfig, *args],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+                input=json.dumps(document) if document else None,
+            )
             assert result.returncode == 0, result.stderr
             return result.stdout
 

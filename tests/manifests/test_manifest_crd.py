@@ -6,8 +6,14 @@ import copy
 import pytest
 
 from ._support import (
-    WORKFLOW_SAMPLE, crd, crd_openapi_schema, crd_version, find_doc, is_custom,
-    load_docs, workflow_validator,
+    WORKFLOW_SAMPLE,
+    crd,
+    crd_openapi_schema,
+    crd_version,
+    find_doc,
+    is_custom,
+    load_docs,
+    workflow_validator,
 )
 
 STATUS_CODES = [1, 10, 20, 30, 31, 32, 40, 50, 60, 70]
@@ -37,10 +43,15 @@ def full_status():
         "outputsUrl": ["ipfs://QmOut1", "ipfs://QmOut2"],
         "owner": "0xabc",
         "agreementId": "0x123",
-        "conditions": [{
-            "type": "Succeeded", "status": "True", "reason": "JobCompleted",
-            "message": "done", "lastTransitionTime": "2024-05-01T10:03:00Z",
-        }],
+        "conditions": [
+            {
+                "type": "Succeeded",
+                "status": "True",
+                "reason": "JobCompleted",
+                "message": "done",
+                "lastTransitionTime": "2024-05-01T10:03:00Z",
+            }
+        ],
         "kopf": {"progress": {}},
         "notifiedStart": True,
     }
@@ -53,8 +64,11 @@ def test_crd_names_group_and_scope():
     assert spec["group"] == "oceanprotocol.com"
     assert spec["scope"] == "Namespaced"
     assert spec["names"] == {
-        "kind": "WorkFlow", "listKind": "WorkFlowList", "plural": "workflows",
-        "singular": "workflow", "shortNames": ["wf"],
+        "kind": "WorkFlow",
+        "listKind": "WorkFlowList",
+        "plural": "workflows",
+        "singular": "workflow",
+        "shortNames": ["wf"],
     }
 
 
@@ -74,8 +88,7 @@ def test_crd_printer_columns_show_status_code_phase_and_age():
     assert columns["Code"]["jsonPath"] == ".status.statusCode"
     assert columns["Code"]["type"] == "integer"
     assert columns["Phase"]["jsonPath"] == ".status.phase"
-    assert columns["Age"] == {"name": "Age", "type": "date",
-                              "jsonPath": ".metadata.creationTimestamp"}
+    assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
 
 def test_crd_printer_columns_point_at_declared_status_fields():
@@ -137,20 +150,32 @@ def test_every_contract_status_code_is_accepted():
 
 def test_legacy_workflow_document_shape_is_preserved():
     wf = sample_workflow()
-    wf["spec"]["metadata"] = {"service": [{"type": "Metadata", "attributes": {
-        "workflow": {"stages": [{"index": 0, "requirements": {"container": {
-            "image": "openjdk", "tag": "14-jdk"}}}]}}}]}
+    wf["spec"]["metadata"] = {
+        "service": [
+            {
+                "type": "Metadata",
+                "attributes": {
+                    "workflow": {
+                        "stages": [{"index": 0, "requirements": {"container": {"image": "openjdk", "tag": "14-jdk"}}}]
+                    }
+                },
+            }
+        ]
+    }
     assert errors(wf) == []
 
 
-@pytest.mark.parametrize("field,value", [
-    ("statusCode", 99),
-    ("statusCode", "70"),
-    ("stopreq", 3),
-    ("phase", "Done"),
-    ("outputsUrl", "ipfs://QmNotAList"),
-    ("conditions", [{"type": "Ready", "status": "Maybe"}]),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("statusCode", 99),
+        ("statusCode", "70"),
+        ("stopreq", 3),
+        ("phase", "Done"),
+        ("outputsUrl", "ipfs://QmNotAList"),
+        ("conditions", [{"type": "Ready", "status": "Maybe"}]),
+    ],
+)
 def test_invalid_status_value_is_rejected(field, value):
     wf = sample_workflow()
     wf["status"] = {field: value}

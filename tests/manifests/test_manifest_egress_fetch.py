@@ -5,8 +5,18 @@ import ipaddress
 from ._support import KUBERNETES_DIR, NAMESPACE, find_doc
 
 NAME = "ocean-compute-configure-publish-public-egress"
-MUST_BE_EXCLUDED = ["169.254.169.254", "169.254.0.1", "10.0.0.1", "10.96.0.1", "172.16.0.1", "172.31.255.1",
-                    "192.168.1.1", "100.64.0.1", "fd00::1", "fe80::1"]
+MUST_BE_EXCLUDED = [
+    "169.254.169.254",
+    "169.254.0.1",
+    "10.0.0.1",
+    "10.96.0.1",
+    "172.16.0.1",
+    "172.31.255.1",
+    "192.168.1.1",
+    "100.64.0.1",
+    "fd00::1",
+    "fe80::1",
+]
 MUST_BE_REACHABLE = ["93.184.216.34", "8.8.8.8", "2606:4700::1111"]
 
 
@@ -22,8 +32,11 @@ def reachable(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     for block in ip_rules():
         network = ipaddress.ip_network(block["cidr"])
-        if ip.version == network.version and ip in network and not any(
-                ip in ipaddress.ip_network(e) for e in block.get("except", [])):
+        if (
+            ip.version == network.version
+            and ip in network
+            and not any(ip in ipaddress.ip_network(e) for e in block.get("except", []))
+        ):
             return True
     return False
 
@@ -31,8 +44,9 @@ def reachable(address: str) -> bool:
 def test_it_selects_the_configure_and_publish_pods_only():
     spec = policy()["spec"]
     assert policy()["metadata"]["namespace"] == NAMESPACE
-    assert spec["podSelector"] == {"matchExpressions": [
-        {"key": "component", "operator": "In", "values": ["configure", "publish"]}]}
+    assert spec["podSelector"] == {
+        "matchExpressions": [{"key": "component", "operator": "In", "values": ["configure", "publish"]}]
+    }
     assert spec["policyTypes"] == ["Egress"]
 
 

@@ -10,7 +10,8 @@ def policy():
 def test_network_policy_selects_algorithm_and_filter_pods():
     assert policy()["metadata"]["namespace"] == NAMESPACE
     assert policy()["spec"]["podSelector"] == {
-        "matchExpressions": [{"key": "component", "operator": "In", "values": ["algorithm", "filter"]}]}
+        "matchExpressions": [{"key": "component", "operator": "In", "values": ["algorithm", "filter"]}]
+    }
 
 
 def test_network_policy_allows_no_egress():

@@ -4,22 +4,56 @@ import re
 
 from ._support import KUBERNETES_DIR, NAMESPACE, OPERATOR_FILE, find_doc, load_docs
 
-SECRET_VARS = {"OPERATOR_PRIVATE_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-               "IPFS_API_KEY", "IPFS_API_CLIENT"}
+SECRET_VARS = {"OPERATOR_PRIVATE_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IPFS_API_KEY", "IPFS_API_CLIENT"}
 # The settings of the original operator-engine's ConfigMap (all in docs/contract.md §3), minus the secrets.
 SETTINGS = [
-    "nCPU", "cpuType", "nGPU", "gpuRam", "gpuType", "ramGB", "diskGB", "priceMinute",
-    "description", "maxJobs", "maxJobDuration", "STORAGE_EXPIRY",
-    "IPFS_TYPE", "IPFS_OUTPUT", "IPFS_ADMINLOGS", "IPFS_OUTPUT_PREFIX",
-    "IPFS_ADMINLOGS_PREFIX", "IPFS_EXPIRY_TIME", "AWS_REGION", "AWS_BUCKET_OUTPUT",
-    "AWS_BUCKET_ADMINLOGS", "STORAGE_CLASS", "NOTIFY_START_URL", "NOTIFY_STOP_URL",
-    "SERVICE_ACCOUNT", "NODE_SELECTOR", "PULL_SECRET", "PULL_POLICY",
-    "FILTERING_CONTAINER", "POD_CONFIGURATION_CONTAINER", "POD_PUBLISH_CONTAINER",
-    "LOG_CFG", "LOG_LEVEL", "LOG_FORMAT", "DEBUG_NO_CLEANUP", "TEMPLATES_DIR", "METRICS_PORT",
+    "nCPU",
+    "cpuType",
+    "nGPU",
+    "gpuRam",
+    "gpuType",
+    "ramGB",
+    "diskGB",
+    "priceMinute",
+    "description",
+    "maxJobs",
+    "maxJobDuration",
+    "STORAGE_EXPIRY",
+    "IPFS_TYPE",
+    "IPFS_OUTPUT",
+    "IPFS_ADMINLOGS",
+    "IPFS_OUTPUT_PREFIX",
+    "IPFS_ADMINLOGS_PREFIX",
+    "IPFS_EXPIRY_TIME",
+    "AWS_REGION",
+    "AWS_BUCKET_OUTPUT",
+    "AWS_BUCKET_ADMINLOGS",
+    "STORAGE_CLASS",
+    "NOTIFY_START_URL",
+    "NOTIFY_STOP_URL",
+    "SERVICE_ACCOUNT",
+    "NODE_SELECTOR",
+    "PULL_SECRET",
+    "PULL_POLICY",
+    "FILTERING_CONTAINER",
+    "POD_CONFIGURATION_CONTAINER",
+    "POD_PUBLISH_CONTAINER",
+    "LOG_CFG",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "DEBUG_NO_CLEANUP",
+    "TEMPLATES_DIR",
+    "METRICS_PORT",
 ]
-KOPF_COMMAND = ["kopf", "run", "--standalone", "--namespace=$(OPERATOR_NAMESPACE)",
-                "--liveness=http://0.0.0.0:8080/healthz", "-m",
-                "operator_engine.operator_main"]
+KOPF_COMMAND = [
+    "kopf",
+    "run",
+    "--standalone",
+    "--namespace=$(OPERATOR_NAMESPACE)",
+    "--liveness=http://0.0.0.0:8080/healthz",
+    "-m",
+    "operator_engine.operator_main",
+]
 
 
 def config():

@@ -12,12 +12,27 @@ SA_FILE = KUBERNETES_DIR / "sa.yml"
 
 # Resources that are not namespaced: a Role cannot (and must not) grant them.
 CLUSTER_SCOPED = {
-    "nodes", "namespaces", "persistentvolumes", "clusterroles", "clusterrolebindings",
-    "customresourcedefinitions", "storageclasses", "priorityclasses",
-    "mutatingwebhookconfigurations", "validatingwebhookconfigurations",
-    "certificatesigningrequests", "apiservices", "runtimeclasses", "csidrivers",
-    "csinodes", "volumeattachments", "ingressclasses", "tokenreviews",
-    "subjectaccessreviews", "selfsubjectaccessreviews", "componentstatuses",
+    "nodes",
+    "namespaces",
+    "persistentvolumes",
+    "clusterroles",
+    "clusterrolebindings",
+    "customresourcedefinitions",
+    "storageclasses",
+    "priorityclasses",
+    "mutatingwebhookconfigurations",
+    "validatingwebhookconfigurations",
+    "certificatesigningrequests",
+    "apiservices",
+    "runtimeclasses",
+    "csidrivers",
+    "csinodes",
+    "volumeattachments",
+    "ingressclasses",
+    "tokenreviews",
+    "subjectaccessreviews",
+    "selfsubjectaccessreviews",
+    "componentstatuses",
 }
 
 
@@ -57,11 +72,12 @@ def test_role_grants_no_cluster_scoped_resource_or_url():
 def test_role_binding_binds_the_role_to_the_operator_service_account():
     binding = find_doc(BINDING, "RoleBinding")
     assert binding["metadata"]["namespace"] == NAMESPACE
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
-                                  "kind": "Role", "name": "ocean-compute-operator"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount",
-                                    "name": "ocean-compute-operator",
-                                    "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "ocean-compute-operator",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ocean-compute-operator", "namespace": NAMESPACE}]
 
 
 def test_every_role_rule_is_explained_by_a_comment():

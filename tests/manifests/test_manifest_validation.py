@@ -6,7 +6,7 @@ import copy
 import kubernetes_validate
 import pytest
 
-from ._support import all_docs, crd, doc_id, is_custom, yaml_files, load_docs
+from ._support import all_docs, crd, doc_id, is_custom, load_docs, yaml_files
 
 K8S_VERSION = "1.30"
 
@@ -24,8 +24,7 @@ def test_every_document_has_api_version_kind_and_name():
         assert doc.get("metadata", {}).get("name"), path
 
 
-@pytest.mark.parametrize(
-    "path,doc", BUILTIN_DOCS, ids=[doc_id(p, d) for p, d in BUILTIN_DOCS])
+@pytest.mark.parametrize("path,doc", BUILTIN_DOCS, ids=[doc_id(p, d) for p, d in BUILTIN_DOCS])
 def test_builtin_document_validates_strictly_against_kubernetes_1_30(path, doc):
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 

@@ -17,6 +17,7 @@ Fixtures of the operator's acceptance tests.
 Env values of ``None`` unset a variable. Every operator variable of docs/contract.md §3
 is cleared first, so the process environment cannot leak into a test.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,14 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rbac
+from helpers import NS, ROOT, TEST_KEY, is_terminal, status, watch_started_since
 
 from operator_engine import config as config_module
 from operator_engine.devcluster import EmbeddedCluster, ScriptedRuntime
 
-from helpers import NS, ROOT, TEST_KEY, is_terminal, status, watch_started_since
-import rbac
-
-EXTRA_VARIABLES = ('OPERATOR_BACKSTOP_SECONDS',)
+EXTRA_VARIABLES = ("OPERATOR_BACKSTOP_SECONDS",)
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 
@@ -59,7 +59,7 @@ class TimedRuntime(ScriptedRuntime):
         self.runs: dict[str, int] = {}  # job name -> how many pods ran
 
     async def execute(self, pod: dict[str, Any], job: dict[str, Any]) -> Any:
-        name = job['metadata']['name']
+        name = job["metadata"]["name"]
         self.start_times[name] = time.monotonic()
         self.runs[name] = self.runs.get(name, 0) + 1
         try:
@@ -74,7 +74,7 @@ async def cluster() -> AsyncIterator[EmbeddedCluster]:
         yield running
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope="session")
 def rbac_usage() -> rbac.Usage:
     """What the operator requested from the API server over every test of the session."""
     return rbac.Usage()
@@ -89,15 +89,15 @@ def operator_stays_within_its_role(request: pytest.FixtureRequest, rbac_usage: r
     real cluster; a verb missing from kubernetes/binding.yml fails the test
     that used it. tests/operator/test_least_privilege.py checks the converse.
     """
-    if 'cluster' not in request.fixturenames:
+    if "cluster" not in request.fixturenames:
         yield
         return
-    cluster: EmbeddedCluster = request.getfixturevalue('cluster')
+    cluster: EmbeddedCluster = request.getfixturevalue("cluster")
     yield
     used = rbac.requested(list(cluster.request_log), lambda kind: cluster.spec(kind).plural)
     rbac_usage.add(request.node.nodeid, used)
     missing = rbac.refused(used, rbac.granted())
-    assert not missing, f'the operator used what its Role does not grant: {rbac.describe(missing)}'
+    assert not missing, f"the operator used what its Role does not grant: {rbac.describe(missing)}"
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ class History:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._follow(), name='history')
+        self._task = asyncio.create_task(self._follow(), name="history")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -139,9 +139,10 @@ class History:
 
     async def _follow(self) -> None:
         async for event in self.cluster.api.follow(self._since):
-            meta = event.object.get('metadata') or {}
-            self.changes.append(Change(event.rv, time.monotonic(), event.type, event.spec.plural,
-                                       meta.get('name', ''), event.object))
+            meta = event.object.get("metadata") or {}
+            self.changes.append(
+                Change(event.rv, time.monotonic(), event.type, event.spec.plural, meta.get("name", ""), event.object)
+            )
             self._seen_rv = event.rv
 
     async def sync(self, timeout: float = 10.0) -> None:
@@ -151,23 +152,23 @@ class History:
         while self._seen_rv < target:
             if self._task is not None and self._task.done():
                 self._task.result()
-                raise RuntimeError('the history follower ended')
+                raise RuntimeError("the history follower ended")
             if time.monotonic() > deadline:
-                raise TimeoutError('the history follower is behind')
+                raise TimeoutError("the history follower is behind")
             await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------ workflows
 
     def workflow_states(self, name: str | None = None) -> list[Change]:
-        return [c for c in self.changes if c.plural == 'workflows' and (name is None or c.name == name)]
+        return [c for c in self.changes if c.plural == "workflows" and (name is None or c.name == name)]
 
     def codes(self, name: str) -> list[int]:
         """The distinct successive statusCode values the Workflow had (changes only)."""
         out: list[int] = []
         for change in self.workflow_states(name):
-            if change.type == 'DELETED':
+            if change.type == "DELETED":
                 continue
-            code = status(change.object).get('statusCode')
+            code = status(change.object).get("statusCode")
             if code is not None and (not out or out[-1] != code):
                 out.append(code)
         return out
@@ -175,7 +176,7 @@ class History:
     def phases(self, name: str) -> list[str]:
         out: list[str] = []
         for change in self.workflow_states(name):
-            phase = status(change.object).get('phase')
+            phase = status(change.object).get("phase")
             if phase is not None and (not out or out[-1] != phase):
                 out.append(phase)
         return out
@@ -186,14 +187,14 @@ class History:
         st = status(obj)
         if is_terminal(obj):
             return False
-        return st.get('phase') == 'Running' or (st.get('statusCode') or 0) >= 10
+        return st.get("phase") == "Running" or (st.get("statusCode") or 0) >= 10
 
     def max_admitted(self) -> tuple[int, list[str]]:
         """The largest number of simultaneously admitted workflows, and one moment's set of them."""
         current: dict[str, bool] = {}
         best: tuple[int, list[str]] = (0, [])
         for change in self.workflow_states():
-            current[change.name] = change.type != 'DELETED' and self.admitted(change.object)
+            current[change.name] = change.type != "DELETED" and self.admitted(change.object)
             running = sorted(n for n, on in current.items() if on)
             if len(running) > best[0]:
                 best = (len(running), running)
@@ -203,14 +204,14 @@ class History:
         """Workflows in the order they first had a statusCode >= 10."""
         order: list[str] = []
         for change in self.workflow_states():
-            if change.name not in order and (status(change.object).get('statusCode') or 0) >= 10:
+            if change.name not in order and (status(change.object).get("statusCode") or 0) >= 10:
                 order.append(change.name)
         return order
 
     # ------------------------------------------------------------ other objects
 
     def added(self, plural: str) -> list[Change]:
-        return [c for c in self.changes if c.plural == plural and c.type == 'ADDED']
+        return [c for c in self.changes if c.plural == plural and c.type == "ADDED"]
 
     def states(self, plural: str, name: str) -> list[Change]:
         return [c for c in self.changes if c.plural == plural and c.name == name]
@@ -245,51 +246,56 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
+            protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get('Content-Length') or 0)
-                raw = self.rfile.read(length) if length else b''
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
                 try:
                     body: Any = json.loads(raw) if raw else None
                 except ValueError:
-                    body = raw.decode(errors='replace')
+                    body = raw.decode(errors="replace")
                 with receiver._lock:
                     code = 503 if len(receiver.records) < receiver.fail_first else 200
                     receiver.records.append(Notification(self.path, body, time.monotonic(), code))
-                answer = json.dumps({'ok': code == 200}).encode()
+                answer = json.dumps({"ok": code == 200}).encode()
                 self.send_response(code)
-                self.send_header('Content-Type', 'application/json')
-                self.send_header('Content-Length', str(len(answer)))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name='notify-receiver', daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="notify-receiver", daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f'http://{host}:{port}'
+        return f"http://{host}:{port}"
 
     @property
     def start_url(self) -> str:
-        return self.url + '/start'
+        return self.url + "/start"
 
     @property
     def stop_url(self) -> str:
-        return self.url + '/stop'
+        return self.url + "/stop"
 
     def accepted(self, path: str, job_id: str | None = None) -> list[Any]:
         """Bodies answered 200 on ``path`` ('/start' or '/stop'), optionally for one jobId."""
         with self._lock:
             records = list(self.records)
-        return [r.body for r in records if r.path == path and r.status == 200
-                and (job_id is None or (isinstance(r.body, dict) and r.body.get('jobId') == job_id))]
+        return [
+            r.body
+            for r in records
+            if r.path == path
+            and r.status == 200
+            and (job_id is None or (isinstance(r.body, dict) and r.body.get("jobId") == job_id))
+        ]
 
     def all(self, path: str | None = None) -> list[Notification]:
         with self._lock:
@@ -299,8 +305,10 @@ class Receiver:
         deadline = time.monotonic() + timeout
         while len(found := self.accepted(path, job_id)) < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f'{count} notification(s) on {path} for {job_id or "any job"} not received '
-                                     f'within {timeout:.0f} s; received: {self.all()}')
+                raise AssertionError(
+                    f"{count} notification(s) on {path} for {job_id or 'any job'} not received "
+                    f"within {timeout:.0f} s; received: {self.all()}"
+                )
             await asyncio.sleep(0.05)
         return found
 
@@ -324,20 +332,23 @@ def receiver() -> Iterator[Receiver]:
 # ---------------------------------------------------------------- configuration
 
 
-def operator_environment(cluster: EmbeddedCluster, receiver: Receiver, kubeconfig: Path,
-                         overrides: dict[str, Any]) -> dict[str, str | None]:
+def operator_environment(
+    cluster: EmbeddedCluster, receiver: Receiver, kubeconfig: Path, overrides: dict[str, Any]
+) -> dict[str, str | None]:
     """The operator's variables: every docs/contract.md §3 variable unset, then our defaults, then ``overrides``."""
     env: dict[str, str | None] = {name: None for name in config_module.VARIABLE_NAMES}
-    env.update({
-        'KUBECONFIG': str(kubeconfig),
-        'OPERATOR_NAMESPACE': NS,
-        'OPERATOR_PRIVATE_KEY': TEST_KEY,
-        'NOTIFY_START_URL': receiver.start_url,
-        'NOTIFY_STOP_URL': receiver.stop_url,
-        'OPERATOR_BACKSTOP_SECONDS': '30',
-        'LOG_LEVEL': 'INFO',
-        'METRICS_PORT': '0',  # off unless a test asks (9100 would clash between tests running at once)
-    })
+    env.update(
+        {
+            "KUBECONFIG": str(kubeconfig),
+            "OPERATOR_NAMESPACE": NS,
+            "OPERATOR_PRIVATE_KEY": TEST_KEY,
+            "NOTIFY_START_URL": receiver.start_url,
+            "NOTIFY_STOP_URL": receiver.stop_url,
+            "OPERATOR_BACKSTOP_SECONDS": "30",
+            "LOG_LEVEL": "INFO",
+            "METRICS_PORT": "0",  # off unless a test asks (9100 would clash between tests running at once)
+        }
+    )
     for key, value in overrides.items():
         env[key] = None if value is None else str(value)
     return env
@@ -354,15 +365,22 @@ class InProcessOperator:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name='operator', daemon=True)
+        self._thread = threading.Thread(target=self._main, name="operator", daemon=True)
 
     def _main(self) -> None:
         import kopf
 
         try:
-            asyncio.run(kopf.operator(
-                registry=kopf.get_default_registry(), standalone=True, namespaces=[NS], clusterwide=False,
-                stop_flag=self._stop, ready_flag=self._ready))
+            asyncio.run(
+                kopf.operator(
+                    registry=kopf.get_default_registry(),
+                    standalone=True,
+                    namespaces=[NS],
+                    clusterwide=False,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                )
+            )
         except BaseException as e:  # reported to the test
             self._error = e
 
@@ -370,23 +388,22 @@ class InProcessOperator:
         try:
             import operator_engine.operator_main  # noqa: F401  (registers the handlers, once)
         except SystemExit as e:
-            raise AssertionError(f'importing operator_engine.operator_main exited with {e.code}') from None
+            raise AssertionError(f"importing operator_engine.operator_main exited with {e.code}") from None
         since = len(self.cluster.request_log)
         self._thread.start()
         deadline = time.monotonic() + READY_TIMEOUT
         while not (self._ready.is_set() and watch_started_since(self.cluster, since)):
             if not self._thread.is_alive():
-                raise AssertionError(f'the operator ended at start: {self._error!r}') from self._error
+                raise AssertionError(f"the operator ended at start: {self._error!r}") from self._error
             if time.monotonic() > deadline:
-                raise AssertionError('the operator did not start watching workflows within '
-                                     f'{READY_TIMEOUT:.0f} s')
+                raise AssertionError(f"the operator did not start watching workflows within {READY_TIMEOUT:.0f} s")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.to_thread(self._thread.join, STOP_TIMEOUT)
         if self._thread.is_alive():
-            raise AssertionError(f'the operator did not stop within {STOP_TIMEOUT:.0f} s')
+            raise AssertionError(f"the operator did not stop within {STOP_TIMEOUT:.0f} s")
 
     @property
     def error(self) -> BaseException | None:
@@ -396,17 +413,18 @@ class InProcessOperator:
         return self._thread.is_alive()
 
     def log(self) -> str:
-        return ''  # kopf logs go to pytest's captured logging
+        return ""  # kopf logs go to pytest's captured logging
 
 
 OperatorFactory = Callable[..., contextlib.AbstractAsyncContextManager[InProcessOperator]]
 
 
 @pytest.fixture
-def operator(cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> OperatorFactory:
+def operator(
+    cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> OperatorFactory:
     """``async with operator(maxJobs=2, ...) as op:`` — the real operator, in this process."""
-    kubeconfig = cluster.write_kubeconfig(tmp_path / 'kubeconfig')
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
 
     @contextlib.asynccontextmanager
     async def run(**overrides: Any) -> AsyncIterator[InProcessOperator]:
@@ -423,7 +441,7 @@ def operator(cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path,
         finally:
             await runner.stop()
         if runner.error is not None:
-            raise AssertionError(f'the operator crashed: {runner.error!r}') from runner.error
+            raise AssertionError(f"the operator crashed: {runner.error!r}") from runner.error
 
     return run
 
@@ -442,24 +460,39 @@ class OperatorProcess:
         self.starts = 0
 
     async def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, 'already running'
+        assert self.proc is None or self.proc.poll() is not None, "already running"
         since = len(self.cluster.request_log)
         self.starts += 1
-        with open(self.log_path, 'ab') as log:
-            log.write(f'\n===== start #{self.starts} =====\n'.encode())
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start #{self.starts} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, '-m', 'kopf', 'run', '--standalone', f'--namespace={NS}',
-                 '-m', 'operator_engine.operator_main'],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "kopf",
+                    "run",
+                    "--standalone",
+                    f"--namespace={NS}",
+                    "-m",
+                    "operator_engine.operator_main",
+                ],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + READY_TIMEOUT
         while not watch_started_since(self.cluster, since):
             if self.proc.poll() is not None:
-                raise AssertionError(f'the operator process exited at start with {self.proc.returncode}:\n'
-                                     f'{self.log()[-4000:]}')
+                raise AssertionError(
+                    f"the operator process exited at start with {self.proc.returncode}:\n{self.log()[-4000:]}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f'the operator process did not start watching workflows within '
-                                     f'{READY_TIMEOUT:.0f} s:\n{self.log()[-4000:]}')
+                raise AssertionError(
+                    f"the operator process did not start watching workflows within "
+                    f"{READY_TIMEOUT:.0f} s:\n{self.log()[-4000:]}"
+                )
             await asyncio.sleep(0.05)
 
     def kill(self) -> None:
@@ -487,31 +520,33 @@ class OperatorProcess:
 
     def log(self) -> str:
         try:
-            return self.log_path.read_text(errors='replace')
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
-            return ''
+            return ""
 
 
 ProcessFactory = Callable[..., Awaitable[OperatorProcess]]
 
 
 @pytest.fixture
-async def operator_process(cluster: EmbeddedCluster, receiver: Receiver,
-                           tmp_path: Path) -> AsyncIterator[ProcessFactory]:
+async def operator_process(
+    cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path
+) -> AsyncIterator[ProcessFactory]:
     """``proc = await operator_process(maxJobs=2)`` — a started subprocess operator."""
-    kubeconfig = cluster.write_kubeconfig(tmp_path / 'kubeconfig')
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
     started: list[OperatorProcess] = []
 
     async def start(**overrides: Any) -> OperatorProcess:
-        env = {k: v for k, v in os.environ.items()
-               if k not in config_module.VARIABLE_NAMES and k not in EXTRA_VARIABLES}
+        env = {
+            k: v for k, v in os.environ.items() if k not in config_module.VARIABLE_NAMES and k not in EXTRA_VARIABLES
+        }
         for key, value in operator_environment(cluster, receiver, kubeconfig, overrides).items():
             if value is None:
                 env.pop(key, None)
             else:
                 env[key] = value
-        env['PYTHONUNBUFFERED'] = '1'
-        proc = OperatorProcess(cluster, env, tmp_path / f'operator-{len(started)}.log')
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = OperatorProcess(cluster, env, tmp_path / f"operator-{len(started)}.log")
         started.append(proc)
         await proc.start()
         return proc

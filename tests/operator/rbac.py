@@ -18,6 +18,7 @@ Discovery paths (``/api``, ``/apis/GROUP/VERSION``, ``/version``) are no
 resources: every authenticated user may read them on a real cluster (the
 ``system:discovery`` ClusterRole), so a Role neither can nor needs to.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -29,48 +30,51 @@ import yaml
 from operator_engine.devcluster import RequestRecord
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLE_FILE = ROOT / 'kubernetes' / 'binding.yml'
-ROLE_NAME = 'ocean-compute-operator'
+ROLE_FILE = ROOT / "kubernetes" / "binding.yml"
+ROLE_NAME = "ocean-compute-operator"
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 Use = tuple[str, str, str, str | None]  # a Grant and the object's name (None for collections)
+
 
 class NotAResource(ValueError):
     """A request path that is neither a resource nor discovery: no Role can grant it."""
 
 
 def _is_discovery(parts: list[str]) -> bool:
-    return (parts in (['api'], ['apis'], ['version'], ['api', 'v1'])
-            or (len(parts) in (2, 3) and parts[0] == 'apis')
-            or parts[:1] in (['openapi'],))
+    return (
+        parts in (["api"], ["apis"], ["version"], ["api", "v1"])
+        or (len(parts) in (2, 3) and parts[0] == "apis")
+        or parts[:1] in (["openapi"],)
+    )
 
 
 def use_of(record: RequestRecord) -> Use | None:
     """The RBAC (group, resource, verb) a request needs, with the object's name; None for discovery."""
-    parts = [p for p in record.path.split('/') if p]
+    parts = [p for p in record.path.split("/") if p]
     if _is_discovery(parts):
         return None
-    if len(parts) >= 3 and parts[0] == 'api':
-        group, rest = '', parts[2:]
-    elif len(parts) >= 4 and parts[0] == 'apis':
+    if len(parts) >= 3 and parts[0] == "api":
+        group, rest = "", parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
         group, rest = parts[1], parts[3:]
     else:
-        raise NotAResource(f'{record.method} {record.path}')
-    if rest[0] == 'namespaces' and len(rest) >= 3:
+        raise NotAResource(f"{record.method} {record.path}")
+    if rest[0] == "namespaces" and len(rest) >= 3:
         rest = rest[2:]  # a namespaced resource; /namespaces/NAME[/sub] alone is the Namespace object
     resource, name = rest[0], (rest[1] if len(rest) > 1 else None)
     if len(rest) > 2:
-        resource = f'{resource}/{"/".join(rest[2:])}'
-    watch = record.query.get('watch') in ('true', '1')
+        resource = f"{resource}/{'/'.join(rest[2:])}"
+    watch = record.query.get("watch") in ("true", "1")
     verb = {
-        'GET': 'watch' if watch else ('get' if name else 'list'),
-        'POST': 'create',
-        'PUT': 'update',
-        'PATCH': 'patch',
-        'DELETE': 'delete' if name else 'deletecollection',
+        "GET": "watch" if watch else ("get" if name else "list"),
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if name else "deletecollection",
     }.get(record.method)
     if verb is None:
-        raise NotAResource(f'{record.method} {record.path}')
+        raise NotAResource(f"{record.method} {record.path}")
     return group, resource, verb, name
 
 
@@ -83,13 +87,13 @@ def owner_finalizer_uses(record: RequestRecord, plural_of: Callable[[str], str])
     ``update`` the owner's ``finalizers`` subresource. The embedded server
     does not check it, so it is read from the request body here.
     """
-    if record.method not in ('POST', 'PUT', 'PATCH') or not isinstance(record.body, dict):
+    if record.method not in ("POST", "PUT", "PATCH") or not isinstance(record.body, dict):
         return set()
     uses: set[Use] = set()
-    for ref in (record.body.get('metadata') or {}).get('ownerReferences') or []:
-        if isinstance(ref, dict) and ref.get('blockOwnerDeletion'):
-            group = str(ref.get('apiVersion', '')).rpartition('/')[0]
-            uses.add((group, f'{plural_of(str(ref["kind"]))}/finalizers', 'update', ref.get('name')))
+    for ref in (record.body.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("blockOwnerDeletion"):
+            group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+            uses.add((group, f"{plural_of(str(ref['kind']))}/finalizers", "update", ref.get("name")))
     return uses
 
 
@@ -107,10 +111,10 @@ def requested(records: Iterable[RequestRecord], plural_of: Callable[[str], str])
 
 
 def role() -> dict[str, Any]:
-    for doc in yaml.safe_load_all(ROLE_FILE.read_text(encoding='utf-8')):
-        if doc and doc.get('kind') == 'Role' and doc['metadata']['name'] == ROLE_NAME:
+    for doc in yaml.safe_load_all(ROLE_FILE.read_text(encoding="utf-8")):
+        if doc and doc.get("kind") == "Role" and doc["metadata"]["name"] == ROLE_NAME:
             return dict(doc)
-    raise LookupError(f'no Role {ROLE_NAME} in {ROLE_FILE}')
+    raise LookupError(f"no Role {ROLE_NAME} in {ROLE_FILE}")
 
 
 def granted(role_doc: dict[str, Any] | None = None) -> dict[Grant, set[str] | None]:
@@ -120,11 +124,11 @@ def granted(role_doc: dict[str, Any] | None = None) -> dict[Grant, set[str] | No
     each rule is read literally, as the API server's authorizer reads it.
     """
     out: dict[Grant, set[str] | None] = {}
-    for rule in (role_doc or role())['rules']:
-        names = set(rule['resourceNames']) if rule.get('resourceNames') else None
-        for group in rule['apiGroups']:
-            for resource in rule['resources']:
-                for verb in rule['verbs']:
+    for rule in (role_doc or role())["rules"]:
+        names = set(rule["resourceNames"]) if rule.get("resourceNames") else None
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
                     key = (group, resource, verb)
                     if names is None or (key in out and out[key] is None):
                         out[key] = None  # some rule grants it for any name
@@ -138,9 +142,7 @@ def refused(uses: Iterable[Use], grants: dict[Grant, set[str] | None]) -> set[Us
     out = set()
     for group, resource, verb, name in uses:
         key = (group, resource, verb)
-        if key not in grants:
-            out.add((group, resource, verb, name))
-        elif grants[key] is not None and name not in grants[key]:  # type: ignore[operator]
+        if key not in grants or grants[key] is not None and name not in grants[key]:
             out.add((group, resource, verb, name))
     return out
 
@@ -160,8 +162,10 @@ def unused(uses: Iterable[Use], grants: dict[Grant, set[str] | None]) -> set[tup
 
 
 def describe(uses: Iterable[tuple[str, str, str, str | None]]) -> str:
-    return ', '.join(f'{g or "core"}/{r}:{v}' + (f'[{n}]' if n else '')
-                     for g, r, v, n in sorted(uses, key=str)) or 'nothing'
+    return (
+        ", ".join(f"{g or 'core'}/{r}:{v}" + (f"[{n}]" if n else "") for g, r, v, n in sorted(uses, key=str))
+        or "nothing"
+    )
 
 
 class Usage:

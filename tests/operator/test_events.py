@@ -1,13 +1,14 @@
 """What a person sees: Kubernetes Events and conditions on the Workflow tell its story."""
+
 from __future__ import annotations
 
 import asyncio
 
-from operator_engine.devcluster import EmbeddedCluster
-
 from conftest import OperatorFactory, TimedRuntime
 from helpers import make_workflow, wait_terminal
 from test_pipeline import run_happy
+
+from operator_engine.devcluster import EmbeddedCluster
 
 STORY = ["Queued", "Started", "Configuring", "Provisioned", "AlgorithmStarted", "AlgorithmFinished", "Finished"]
 
@@ -16,8 +17,7 @@ async def _event_reasons(cluster: EmbeddedCluster, name: str, expected: list[str
     # kopf posts Events from a queue, shortly after the step: wait for the last one.
     async with asyncio.timeout(30):
         while True:
-            events = [e for e in await cluster.list("events")
-                      if (e.get("involvedObject") or {}).get("name") == name]
+            events = [e for e in await cluster.list("events") if (e.get("involvedObject") or {}).get("name") == name]
             reasons = [e.get("reason") for e in sorted(events, key=lambda e: e["metadata"]["resourceVersion"])]
             if set(expected) <= set(reasons):
                 return reasons
@@ -25,7 +25,8 @@ async def _event_reasons(cluster: EmbeddedCluster, name: str, expected: list[str
 
 
 async def test_every_step_posts_an_event_and_sets_a_condition(
-        operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime) -> None:
+    operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime
+) -> None:
     final = await run_happy(operator, cluster, runtime, name="wf-story")
     conditions = [c["type"] for c in final["status"]["conditions"]]
     assert conditions == STORY
@@ -38,7 +39,8 @@ async def test_every_step_posts_an_event_and_sets_a_condition(
 
 
 async def test_a_rejected_workflow_gets_a_warning_event_naming_the_field(
-        operator: OperatorFactory, cluster: EmbeddedCluster) -> None:
+    operator: OperatorFactory, cluster: EmbeddedCluster
+) -> None:
     body = make_workflow("wf-rejected")
     body["spec"]["metadata"]["stages"][0]["algorithm"]["container"].pop("image")
     async with operator():

@@ -7,6 +7,7 @@ Failed with a one-line message. Before the fix, the deep Workflow never got a
 status, and admission (which never overtakes an older unchecked workflow)
 kept every later one Queued.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import OperatorFactory, ProcessFactory, Receiver, TimedRuntime
+from helpers import PUBLISH_RESULT, created, make_workflow, stage_of, status, wait_terminal, wait_workflow
 
 from operator_engine import config as config_module
 from operator_engine.config import PACKAGED_TEMPLATES_DIR
@@ -22,25 +25,22 @@ from operator_engine.devcluster import EmbeddedCluster, Outcome
 from operator_engine.engine import Engine
 from operator_engine.kube import Kube, new_api_client
 
-from conftest import OperatorFactory, ProcessFactory, Receiver, TimedRuntime
-from helpers import PUBLISH_RESULT, created, make_workflow, stage_of, status, wait_terminal, wait_workflow
-
 # Names sort in creation order (the API server's timestamps have one-second resolution).
-DEEP, DDO, CRASH, VALID = 'wf-a-deep', 'wf-b-ddo', 'wf-c-crash', 'wf-z-valid'
+DEEP, DDO, CRASH, VALID = "wf-a-deep", "wf-b-ddo", "wf-c-crash", "wf-z-valid"
 DEPTH = 300  # deeper than the serializers' own limits (pydantic stops at 255 levels)
 
 
 def nested(depth: int) -> Any:
-    value: Any = 'leaf'
+    value: Any = "leaf"
     for _ in range(depth):
-        value = {'a': value}
+        value = {"a": value}
     return value
 
 
 def ddo_with_attributes(name: str, attributes: Any) -> dict[str, Any]:
     """A 2019-shape Workflow whose Metadata service's `attributes` is `attributes`."""
     body = make_workflow(name)
-    body['spec']['metadata'] = {'service': [{'index': 0, 'type': 'Metadata', 'attributes': attributes}]}
+    body["spec"]["metadata"] = {"service": [{"index": 0, "type": "Metadata", "attributes": attributes}]}
     return body
 
 
@@ -52,116 +52,134 @@ def templates_with_a_bug(tmp_path: Path) -> Path:
     '-' the index is undefined and rendering raises, as a real template bug
     would, for that workflow only.
     """
-    folder = tmp_path / 'templates'
+    folder = tmp_path / "templates"
     shutil.copytree(PACKAGED_TEMPLATES_DIR, folder)
-    configmap = folder / 'configmap.yaml.j2'
+    configmap = folder / "configmap.yaml.j2"
     text = configmap.read_text()
-    configmap.write_text(text.replace(
-        '  labels: {{ labels | j }}\n',
-        '  labels: {{ labels | j }}\n'
-        '{% if "-" in labels.workflow %}\n'
-        '  annotations: {example.com/team: {{ labels.workflow.split("-")[2] | j }}}\n'
-        '{% endif %}\n'))
+    configmap.write_text(
+        text.replace(
+            "  labels: {{ labels | j }}\n",
+            "  labels: {{ labels | j }}\n"
+            '{% if "-" in labels.workflow %}\n'
+            '  annotations: {example.com/team: {{ labels.workflow.split("-")[2] | j }}}\n'
+            "{% endif %}\n",
+        )
+    )
     return folder
 
 
 async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_queue(
-        operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, receiver: Receiver,
-        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    runtime.script(f'{VALID}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
-    deep = make_workflow(DEEP, mutate=lambda b: stage_of(b)['output'].__setitem__('deep', nested(DEPTH)))
-    ddo = ddo_with_attributes(DDO, ['workflow', {'stages': []}])
-    crash = make_workflow(CRASH, mutate=lambda b: b['metadata']['labels'].__setitem__('workflow', 'wf-crash'))
+    operator: OperatorFactory,
+    cluster: EmbeddedCluster,
+    runtime: TimedRuntime,
+    receiver: Receiver,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    runtime.script(f"{VALID}-publish-job", Outcome(message=json.dumps(PUBLISH_RESULT)))
+    deep = make_workflow(DEEP, mutate=lambda b: stage_of(b)["output"].__setitem__("deep", nested(DEPTH)))
+    ddo = ddo_with_attributes(DDO, ["workflow", {"stages": []}])
+    crash = make_workflow(CRASH, mutate=lambda b: b["metadata"]["labels"].__setitem__("workflow", "wf-crash"))
     valid = make_workflow(VALID)
-    async with operator(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600',
-                        TEMPLATES_DIR=str(templates_with_a_bug(tmp_path))):
+    async with operator(
+        maxJobs="1", OPERATOR_BACKSTOP_SECONDS="3600", TEMPLATES_DIR=str(templates_with_a_bug(tmp_path))
+    ):
         for body in (deep, ddo, crash, valid):
             await cluster.create(body)
         good = status(await wait_terminal(cluster, VALID, timeout=90))
         bad = {name: status(await wait_terminal(cluster, name, timeout=30)) for name in (DEEP, DDO, CRASH)}
-        await receiver.wait('/stop', VALID)
-    assert good['phase'] == 'Succeeded', good
-    for name, field in ((DEEP, 'spec.metadata.stages[0].output.deep.a.a'),
-                        (DDO, 'spec.metadata.service[0].attributes: must be an object')):
-        message = bad[name].get('message') or ''
-        assert bad[name]['phase'] == 'Failed' and bad[name]['statusCode'] == 70, bad[name]
-        assert field in message and '\n' not in message, f'{name}: {message!r}'
-        assert created(cluster, 'jobs', name) == [], f'{name} must create no Job'
-    assert 'nested deeper than' in bad[DEEP]['message']
+        await receiver.wait("/stop", VALID)
+    assert good["phase"] == "Succeeded", good
+    for name, field in (
+        (DEEP, "spec.metadata.stages[0].output.deep.a.a"),
+        (DDO, "spec.metadata.service[0].attributes: must be an object"),
+    ):
+        message = bad[name].get("message") or ""
+        assert bad[name]["phase"] == "Failed" and bad[name]["statusCode"] == 70, bad[name]
+        assert field in message and "\n" not in message, f"{name}: {message!r}"
+        assert created(cluster, "jobs", name) == [], f"{name} must create no Job"
+    assert "nested deeper than" in bad[DEEP]["message"]
     crashed = bad[CRASH]
-    assert crashed['phase'] == 'Failed' and crashed['statusCode'] == 70, crashed
-    assert crashed['message'].startswith('internal error ('), crashed['message']  # the exception's type
-    assert '\n' not in crashed['message']
-    assert any(c['type'] == 'InternalError' for c in crashed.get('conditions') or []), crashed
-    assert await cluster.list('jobs', {'app': CRASH}) == [], 'the crashed workflow must be cleaned up'
+    assert crashed["phase"] == "Failed" and crashed["statusCode"] == 70, crashed
+    assert crashed["message"].startswith("internal error ("), crashed["message"]  # the exception's type
+    assert "\n" not in crashed["message"]
+    assert any(c["type"] == "InternalError" for c in crashed.get("conditions") or []), crashed
+    assert await cluster.list("jobs", {"app": CRASH}) == [], "the crashed workflow must be cleaned up"
     log = capfd.readouterr().err
-    assert log.count(f'Workflow {CRASH}: unexpected error') == 1, 'the traceback is logged once'
-    assert 'Traceback (most recent call last)' in log
+    assert log.count(f"Workflow {CRASH}: unexpected error") == 1, "the traceback is logged once"
+    assert "Traceback (most recent call last)" in log
 
 
 async def test_a_workflow_as_deep_as_a_real_api_server_stores_is_rejected_and_others_run(
-        operator_process: ProcessFactory, cluster: EmbeddedCluster, runtime: TimedRuntime) -> None:
+    operator_process: ProcessFactory, cluster: EmbeddedCluster, runtime: TimedRuntime
+) -> None:
     """Go's JSON limit (10000 levels) is far beyond Python's default (about 1000): reading must not fail.
 
     The operator runs as its own process: in this one the embedded API server
     has raised the recursion limit already. (The API server's own limit is
     tested in tests/devcluster/test_json_depth.py.)
     """
-    runtime.script(f'{VALID}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
-    proc = await operator_process(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600')
-    await cluster.create(make_workflow(DEEP, mutate=lambda b: stage_of(b)['output'].__setitem__(
-        'deep', nested(9_990))))
+    runtime.script(f"{VALID}-publish-job", Outcome(message=json.dumps(PUBLISH_RESULT)))
+    proc = await operator_process(maxJobs="1", OPERATOR_BACKSTOP_SECONDS="3600")
+    await cluster.create(make_workflow(DEEP, mutate=lambda b: stage_of(b)["output"].__setitem__("deep", nested(9_990))))
     await cluster.create(make_workflow(VALID))
     good = status(await wait_terminal(cluster, VALID, timeout=90, context=lambda: proc.log()[-3000:]))
     bad = status(await wait_terminal(cluster, DEEP, timeout=30))
-    assert good['phase'] == 'Succeeded', good
-    assert bad['phase'] == 'Failed' and 'nested deeper than' in bad['message'], bad
-    assert 'spec.metadata.stages[0].output.deep.a' in bad['message'] and '\n' not in bad['message']
+    assert good["phase"] == "Succeeded", good
+    assert bad["phase"] == "Failed" and "nested deeper than" in bad["message"], bad
+    assert "spec.metadata.stages[0].output.deep.a" in bad["message"] and "\n" not in bad["message"]
 
 
 async def test_the_backstop_pass_goes_on_past_a_workflow_whose_handling_fails(
-        cluster: EmbeddedCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster: EmbeddedCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The engine alone, without kopf's watches, so that only the backstop moves workflows.
 
     The API server fails every read of one Workflow (the embedded server's own
     fault injection, as a real one would under an etcd problem with one key);
     the backstop pass must still reach the Workflow after it.
     """
-    monkeypatch.setenv('KUBECONFIG', str(cluster.write_kubeconfig(tmp_path / 'kubeconfig')))
-    config = config_module.load({'OPERATOR_NAMESPACE': cluster.namespace, 'maxJobs': '1'})
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "kubeconfig")))
+    config = config_module.load({"OPERATOR_NAMESPACE": cluster.namespace, "maxJobs": "1"})
     engine = Engine(config, Kube(new_api_client(), attempts=2, base_delay=0.01, max_delay=0.01))
-    await cluster.create(make_workflow('wf-a-unreadable'))
-    await cluster.create(make_workflow('wf-b-fine'))
-    cluster.faults.inject(rate=1.0, statuses=(500,), methods=('GET',), path_contains='/workflows/wf-a-unreadable')
+    await cluster.create(make_workflow("wf-a-unreadable"))
+    await cluster.create(make_workflow("wf-b-fine"))
+    cluster.faults.inject(rate=1.0, statuses=(500,), methods=("GET",), path_contains="/workflows/wf-a-unreadable")
     engine.start_backstop(cluster.namespace, 0.2)
     try:
-        fine = await wait_workflow(cluster, 'wf-b-fine', lambda o: status(o).get('statusCode') is not None,
-                                   timeout=30, what='a status from the backstop')
+        fine = await wait_workflow(
+            cluster,
+            "wf-b-fine",
+            lambda o: status(o).get("statusCode") is not None,
+            timeout=30,
+            what="a status from the backstop",
+        )
     finally:
         cluster.faults.clear()
         await engine.close()
-    assert status(fine)['phase'] in ('Queued', 'Running'), status(fine)
-    assert status(await cluster.get('wf', 'wf-a-unreadable')).get('statusCode') is None
+    assert status(fine)["phase"] in ("Queued", "Running"), status(fine)
+    assert status(await cluster.get("wf", "wf-a-unreadable")).get("statusCode") is None
 
 
 async def test_a_workflow_that_cannot_even_be_ended_failed_does_not_hold_the_queue(
-        operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, receiver: Receiver) -> None:
+    operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, receiver: Receiver
+) -> None:
     """The API server refuses every write to the oldest Workflow (as an admission webhook could).
 
     It can get neither its finalizer nor any status, so it stays without a
     statusCode: admission, which never overtakes an older unchecked
     workflow, must leave it out rather than keep the newer one Queued.
     """
-    stuck, later = 'wf-a-stuck', 'wf-b-later'
-    runtime.script(f'{later}-publish-job', Outcome(message=json.dumps(PUBLISH_RESULT)))
-    cluster.faults.inject(rate=1.0, statuses=(422,), methods=('PATCH', 'PUT'), path_contains=f'/workflows/{stuck}')
+    stuck, later = "wf-a-stuck", "wf-b-later"
+    runtime.script(f"{later}-publish-job", Outcome(message=json.dumps(PUBLISH_RESULT)))
+    cluster.faults.inject(rate=1.0, statuses=(422,), methods=("PATCH", "PUT"), path_contains=f"/workflows/{stuck}")
     try:
-        async with operator(maxJobs='1', OPERATOR_BACKSTOP_SECONDS='3600'):
+        async with operator(maxJobs="1", OPERATOR_BACKSTOP_SECONDS="3600"):
             await cluster.create(make_workflow(stuck))
             await cluster.create(make_workflow(later))
             good = status(await wait_terminal(cluster, later, timeout=90))
-            await receiver.wait('/stop', later)
+            await receiver.wait("/stop", later)
     finally:
         cluster.faults.clear()
-    assert good['phase'] == 'Succeeded', good
-    assert status(await cluster.get('wf', stuck)).get('statusCode') is None
+    assert good["phase"] == "Succeeded", good
+    assert status(await cluster.get("wf", stuck)).get("statusCode") is None

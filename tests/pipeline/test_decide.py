@@ -17,14 +17,22 @@ def failed(exit_code: int | None = 1, reason: str | None = "BackoffLimitExceeded
     return JobView(exists=True, failed=True, exit_code=exit_code, reason=reason, message=message)
 
 
-def step(code: int, jobs: dict[str, JobView] | None = None, *, stop: bool = False, filtering: bool = False,
-         outcome: dict[str, Any] | None = None, overdue: bool = False, lingering: frozenset[str] = frozenset(),
-         ) -> Step:
+def step(
+    code: int,
+    jobs: dict[str, JobView] | None = None,
+    *,
+    stop: bool = False,
+    filtering: bool = False,
+    outcome: dict[str, Any] | None = None,
+    overdue: bool = False,
+    lingering: frozenset[str] = frozenset(),
+) -> Step:
     status: dict[str, Any] = {"statusCode": code}
     if outcome is not None:
         status["outcome"] = outcome
-    return decide(status, jobs or {}, stop_requested=stop, filtering=filtering, now=NOW, overdue=overdue,
-                  lingering=lingering)
+    return decide(
+        status, jobs or {}, stop_requested=stop, filtering=filtering, now=NOW, overdue=overdue, lingering=lingering
+    )
 
 
 def test_admitted_workflow_gets_its_volumes_and_configure_job():
@@ -112,12 +120,15 @@ def test_stop_request_during_configure_deletes_it_and_waits_before_publishing_lo
     assert result.status["outcome"]["phase"] == "Stopped" and result.status["statusCode"] == 60
 
 
-@pytest.mark.parametrize("code, reader, jobs, writer", [
-    (50, "filter", {}, "algorithm"),
-    (60, "publish", {}, "algorithm"),
-    (60, "publish", {"filter": DONE}, "filter"),
-    (60, "publish", {}, "configure"),
-])
+@pytest.mark.parametrize(
+    "code, reader, jobs, writer",
+    [
+        (50, "filter", {}, "algorithm"),
+        (60, "publish", {}, "algorithm"),
+        (60, "publish", {"filter": DONE}, "filter"),
+        (60, "publish", {}, "configure"),
+    ],
+)
 def test_no_reader_starts_while_a_writer_pod_may_run(code, reader, jobs, writer):
     deleting = JobView(exists=True, failed=True, deleting=True)
     waiting = step(code, {**jobs, writer: deleting}, outcome={}, lingering=frozenset({writer}))
@@ -165,8 +176,11 @@ def test_filter_end_goes_to_publish():
 
 def test_filter_failure_fails_a_successful_workflow_and_withholds_its_outputs():
     result = step(50, {"filter": failed(exit_code=2)}, outcome={})
-    assert result.status["outcome"] == {"phase": "Failed", "withholdOutputs": True,
-                                        "message": "the filter stage failed with exit code 2; outputs withheld"}
+    assert result.status["outcome"] == {
+        "phase": "Failed",
+        "withholdOutputs": True,
+        "message": "the filter stage failed with exit code 2; outputs withheld",
+    }
 
 
 def test_filter_failure_after_an_algorithm_failure_keeps_its_message_and_withholds_outputs():
@@ -177,8 +191,14 @@ def test_filter_failure_after_an_algorithm_failure_keeps_its_message_and_withhol
 def test_publish_success_copies_result_urls_and_ends_succeeded():
     urls = {"algologUrl": "a", "configlogUrl": "c", "publishlogUrl": "p", "outputsUrl": ["o"]}
     result = step(60, {"publish": JobView(exists=True, succeeded=True, exit_code=0, message=urls)}, outcome={})
-    assert result.status == {"statusCode": 70, "statusText": "Job completed", "phase": "Succeeded", "stopreq": 0,
-                             "dateFinished": NOW, **urls}
+    assert result.status == {
+        "statusCode": 70,
+        "statusText": "Job completed",
+        "phase": "Succeeded",
+        "stopreq": 0,
+        "dateFinished": NOW,
+        **urls,
+    }
     assert is_terminal(result.status)
 
 
@@ -205,8 +225,12 @@ def _wf(name: str, created: str, phase: str | None, deleting: bool = False) -> d
 
 
 def test_admission_takes_the_oldest_queued_up_to_free_slots():
-    workflows = [_wf("c", "2026-01-01T00:00:02Z", "Queued"), _wf("a", "2026-01-01T00:00:01Z", "Running"),
-                 _wf("b", "2026-01-01T00:00:03Z", "Queued"), _wf("z", "2026-01-01T00:00:01Z", "Queued")]
+    workflows = [
+        _wf("c", "2026-01-01T00:00:02Z", "Queued"),
+        _wf("a", "2026-01-01T00:00:01Z", "Running"),
+        _wf("b", "2026-01-01T00:00:03Z", "Queued"),
+        _wf("z", "2026-01-01T00:00:01Z", "Queued"),
+    ]
     assert admission(workflows, max_jobs=3) == ["z", "c"]
 
 

@@ -91,8 +91,11 @@ def s3(moto_endpoint: str, pod_env: PodEnv, request: pytest.FixtureRequest) -> S
     import boto3
 
     client = boto3.client(
-        "s3", region_name="us-east-1", endpoint_url=moto_endpoint,
-        aws_access_key_id=FAKE_ACCESS_KEY, aws_secret_access_key=FAKE_SECRET_KEY,
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id=FAKE_ACCESS_KEY,
+        aws_secret_access_key=FAKE_SECRET_KEY,
     )
     suffix = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
     output_bucket, admin_bucket = f"outputs-{suffix}", f"adminlogs-{suffix}"

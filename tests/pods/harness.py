@@ -27,14 +27,42 @@ import pytest
 
 #: Variables of the real environment that would change what the pods do.
 POD_VARIABLES = (
-    "VOLUME", "ADMINLOGS", "WORKFLOW", "TERMINATION_LOG", "diskGB", "CONFIGURE_TIMEOUT",
-    "CONFIGURE_BACKOFF", "CONFIGURE_TOTAL_TIMEOUT", "CONFIGURE_OVERALL_TIMEOUT", "CONFIGURE_ALLOWED_NETWORKS",
-    "STORAGE_EXPIRY", "PUBLISH_TIMEOUT", "LOCAL_STORAGE_DIR",
-    "IPFS_TYPE", "IPFS_OUTPUT", "IPFS_ADMINLOGS", "IPFS_OUTPUT_PREFIX", "IPFS_ADMINLOGS_PREFIX",
-    "IPFS_EXPIRY_TIME", "IPFS_API_KEY", "IPFS_API_CLIENT",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
-    "AWS_DEFAULT_REGION", "AWS_BUCKET_OUTPUT", "AWS_BUCKET_ADMINLOGS", "AWS_ENDPOINT_URL",
-    "AWS_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
+    "VOLUME",
+    "ADMINLOGS",
+    "WORKFLOW",
+    "TERMINATION_LOG",
+    "diskGB",
+    "CONFIGURE_TIMEOUT",
+    "CONFIGURE_BACKOFF",
+    "CONFIGURE_TOTAL_TIMEOUT",
+    "CONFIGURE_OVERALL_TIMEOUT",
+    "CONFIGURE_ALLOWED_NETWORKS",
+    "STORAGE_EXPIRY",
+    "PUBLISH_TIMEOUT",
+    "LOCAL_STORAGE_DIR",
+    "IPFS_TYPE",
+    "IPFS_OUTPUT",
+    "IPFS_ADMINLOGS",
+    "IPFS_OUTPUT_PREFIX",
+    "IPFS_ADMINLOGS_PREFIX",
+    "IPFS_EXPIRY_TIME",
+    "IPFS_API_KEY",
+    "IPFS_API_CLIENT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_BUCKET_OUTPUT",
+    "AWS_BUCKET_ADMINLOGS",
+    "AWS_ENDPOINT_URL",
+    "AWS_PROFILE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 )
 
 #: What the pod tests allow configure to fetch from: their own servers, on loopback.
@@ -204,7 +232,7 @@ def file_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 return
             for index in range(len(reply.body)):
                 try:
-                    self.wfile.write(reply.body[index:index + 1])
+                    self.wfile.write(reply.body[index : index + 1])
                     self.wfile.flush()
                 except OSError:
                     return  # the client gave up
@@ -278,8 +306,17 @@ def ipfs_handler(state: FakeIpfs) -> type[BaseHTTPRequestHandler]:
                 return self._json(404, {"Message": "no such endpoint"})
             field_name, filename, content = _multipart_file(self.headers["Content-Type"], body)
             cid = state.cid_of(content)
-            state.uploads.append(Upload(url.path, urllib.parse.parse_qs(url.query), dict(self.headers.items()),
-                                        field_name, filename, content, cid))
+            state.uploads.append(
+                Upload(
+                    url.path,
+                    urllib.parse.parse_qs(url.query),
+                    dict(self.headers.items()),
+                    field_name,
+                    filename,
+                    content,
+                    cid,
+                )
+            )
             if url.path == "/api/v0/add":
                 return self._json(200, {"Name": filename, "Hash": cid, "Size": str(len(content))})
             answer_cid: Any = {"/": cid} if state.cluster_cid_as_object else cid

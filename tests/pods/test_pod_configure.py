@@ -57,9 +57,7 @@ def test_downloads_each_input_file_to_inputs_did_index(pod_env: PodEnv, file_ser
     assert not pod_env.termination_path.exists()
 
 
-def test_downloads_algorithm_urls_to_algorithm_then_numbered_files(
-    pod_env: PodEnv, file_server: FileServer
-) -> None:
+def test_downloads_algorithm_urls_to_algorithm_then_numbered_files(pod_env: PodEnv, file_server: FileServer) -> None:
     algorithm = {"id": ALGO_DID, "url": [file_server.serve("/main.py", "main"), file_server.serve("/lib.py", "lib")]}
 
     assert run_configure(pod_env, stage([], algorithm)) == 0
@@ -98,10 +96,20 @@ def test_ddos_reach_the_algorithm_without_where_the_data_lives(pod_env: PodEnv, 
     data_url = file_server.serve("/a0", "x") + "?token=presigned-7f3a"
     input_ddo = {
         "id": DID_A,
-        "service": [{"type": "Metadata", "attributes": {"main": {
-            "name": "dataset",
-            "files": [{"index": 0, "contentType": "text/csv", "url": "https://bucket.example/data.csv?sig=s3cr3t"}],
-        }}, "serviceEndpoint": "https://provider.example/api"}],
+        "service": [
+            {
+                "type": "Metadata",
+                "attributes": {
+                    "main": {
+                        "name": "dataset",
+                        "files": [
+                            {"index": 0, "contentType": "text/csv", "url": "https://bucket.example/data.csv?sig=s3cr3t"}
+                        ],
+                    }
+                },
+                "serviceEndpoint": "https://provider.example/api",
+            }
+        ],
         "encryptedFiles": "0x04abcdef",
         "notes": ["copied from " + data_url, "kept"],
         "services": [{"files": "0x04encrypted", "type": "compute"}],
@@ -115,9 +123,18 @@ def test_ddos_reach_the_algorithm_without_where_the_data_lives(pod_env: PodEnv, 
         assert leaked not in written
     assert json.loads(written) == {
         "id": DID_A,
-        "service": [{"type": "Metadata", "attributes": {"main": {
-            "name": "dataset", "files": [{"index": 0, "contentType": "text/csv"}],
-        }}, "serviceEndpoint": "https://provider.example/api"}],
+        "service": [
+            {
+                "type": "Metadata",
+                "attributes": {
+                    "main": {
+                        "name": "dataset",
+                        "files": [{"index": 0, "contentType": "text/csv"}],
+                    }
+                },
+                "serviceEndpoint": "https://provider.example/api",
+            }
+        ],
         "notes": ["kept"],
         "services": [{"type": "compute"}],
     }
@@ -198,8 +215,10 @@ def test_input_over_the_disk_limit_fails_with_31(pod_env: PodEnv, file_server: F
 
 def test_disk_limit_counts_streamed_bytes_without_content_length(pod_env: PodEnv, file_server: FileServer) -> None:
     pod_env.set(diskGB=str(3000 / 1024**3))
-    urls = [file_server.serve("/one", b"x" * 2000, content_length=False),
-            file_server.serve("/two", b"y" * 2000, content_length=False)]
+    urls = [
+        file_server.serve("/one", b"x" * 2000, content_length=False),
+        file_server.serve("/two", b"y" * 2000, content_length=False),
+    ]
 
     assert run_configure(pod_env, stage([data_input(DID_A, *urls)])) == 1
 
@@ -275,7 +294,10 @@ def test_runs_as_a_python_module(pod_env: PodEnv) -> None:
 
     completed = subprocess.run(
         [sys.executable, "-m", "operator_engine.pods.configure"],
-        env=dict(os.environ), capture_output=True, text=True, timeout=60,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert completed.returncode == 0, completed.stdout + completed.stderr

@@ -29,14 +29,11 @@ def test_a_loopback_input_is_refused_by_default_with_31(pod_env: PodEnv, file_se
     assert run_configure(pod_env, stage([data_input(DID_A, url)])) == 1
 
     report = pod_env.termination()
-    assert report == {"statusCode": 31,
-                      "message": f"input {DID_A} (input[0].url[0]): refused: address not allowed"}
+    assert report == {"statusCode": 31, "message": f"input {DID_A} (input[0].url[0]): refused: address not allowed"}
     assert file_server.hits["/data.csv"] == 0
 
 
-def test_an_algorithm_url_at_the_metadata_address_is_refused_with_32(
-    pod_env: PodEnv, network: NetworkStub
-) -> None:
+def test_an_algorithm_url_at_the_metadata_address_is_refused_with_32(pod_env: PodEnv, network: NetworkStub) -> None:
     network.answer("metadata.google.internal", ["169.254.169.254"])
     algorithm = {"id": ALGO_DID, "url": ["http://metadata.google.internal/computeMetadata/v1/?recursive=true"]}
 
@@ -97,8 +94,9 @@ def test_a_slow_drip_input_ends_31_at_the_total_limit(pod_env: PodEnv, file_serv
 
     report = pod_env.termination()
     assert report["statusCode"] == 31
-    assert report["message"] == (f"input {DID_A} (input[0].url[0]): "
-                                 "took longer than the total limit of 0.5s per download")
+    assert report["message"] == (
+        f"input {DID_A} (input[0].url[0]): took longer than the total limit of 0.5s per download"
+    )
 
 
 # -- the configure log reaches the consumer: it names fields, never URLs -----------------------
@@ -109,9 +107,12 @@ def test_no_url_nor_token_reaches_the_log_stdout_stderr_or_the_message(
 ) -> None:
     host = file_server.base_url.removeprefix("http://")
     file_server.serve("/private/a.csv", "aaaa")
-    file_server.serve_sequence("/private/moved.csv", [redirect(f"http://{host}/private/b.csv?X-Amz-Signature=TOKEN-REDIR-2")])
-    file_server.serve_sequence("/private/b.csv", [Reply(503, b"upstream vault-7 said no", reason="vault-7 busy"),
-                                                  Reply(200, b"bbbbbb")])
+    file_server.serve_sequence(
+        "/private/moved.csv", [redirect(f"http://{host}/private/b.csv?X-Amz-Signature=TOKEN-REDIR-2")]
+    )
+    file_server.serve_sequence(
+        "/private/b.csv", [Reply(503, b"upstream vault-7 said no", reason="vault-7 busy"), Reply(200, b"bbbbbb")]
+    )
     file_server.serve("/private/gone.csv", "missing in vault-7", status=404)
     urls = [
         f"http://reader:PASSWORD-1@{host}/private/a.csv?token=TOKEN-QUERY-1",
@@ -130,9 +131,23 @@ def test_no_url_nor_token_reaches_the_log_stdout_stderr_or_the_message(
     assert f"input[0] ({DID_A}) url 2 of 2: attempt 1 of 4 failed (HTTP 503 Service Unavailable)" in log
     assert f"input[0] ({DID_A}) url 2 of 2: downloaded 6 bytes" in log
     assert pod_env.termination()["message"] == f"input {DID_B} (input[1].url[0]): HTTP 404 Not Found"
-    for leak in (*urls, host, "/private", "a.csv", "moved.csv", "gone.csv", "reader", "PASSWORD-1",
-                 "TOKEN-QUERY-1", "TOKEN-QUERY-2", "TOKEN-FRAGMENT-2", "TOKEN-REDIR-2", "TOKEN-QUERY-3",
-                 "vault-7", "http://"):
+    for leak in (
+        *urls,
+        host,
+        "/private",
+        "a.csv",
+        "moved.csv",
+        "gone.csv",
+        "reader",
+        "PASSWORD-1",
+        "TOKEN-QUERY-1",
+        "TOKEN-QUERY-2",
+        "TOKEN-FRAGMENT-2",
+        "TOKEN-REDIR-2",
+        "TOKEN-QUERY-3",
+        "vault-7",
+        "http://",
+    ):
         assert leak not in everything, leak
     assert file_server.seen_headers[0]["Authorization"] == "Basic cmVhZGVyOlBBU1NXT1JELTE="  # reader:PASSWORD-1
 

@@ -44,15 +44,21 @@ class Uploads:
             return [(str(p.relative_to(root)), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
         if self.kind == "s3":
             assert self.s3 is not None
-            return [(key, self.s3.read(bucket, key)) for bucket in (self.s3.output_bucket, self.s3.admin_bucket)
-                    for key in self.s3.keys(bucket)]
+            return [
+                (key, self.s3.read(bucket, key))
+                for bucket in (self.s3.output_bucket, self.s3.admin_bucket)
+                for key in self.s3.keys(bucket)
+            ]
         assert self.ipfs is not None
         return [(upload.filename, upload.content) for upload in self.ipfs.uploads]
 
     def output_names(self) -> list[str]:
         """The stored name of each output (the last path component of a key or file)."""
-        names = [name for name, _ in self.items() if "outputs" in name.split("/")] if self.kind != "ipfs" else \
-            [name for name, _ in self.items() if name not in ("algorithm.log", "configure.log", "publish.log")]
+        names = (
+            [name for name, _ in self.items() if "outputs" in name.split("/")]
+            if self.kind != "ipfs"
+            else [name for name, _ in self.items() if name not in ("algorithm.log", "configure.log", "publish.log")]
+        )
         return [name.rsplit("/", 1)[-1] for name in names]
 
     def everything(self) -> bytes:
@@ -156,7 +162,8 @@ def test_a_link_to_a_secret_is_never_read(target: Uploads, secret_file: Path) ->
 
 
 def test_a_file_swapped_for_a_link_after_the_listing_is_not_followed(
-        target: Uploads, secret_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target: Uploads, secret_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target.env.write("outputs/result.csv", "harmless")
     victim = target.env.volume / "outputs" / "result.csv"
     monkeypatch.setattr(os, "scandir", SwappingScandir(os.scandir, victim, secret_file))
@@ -167,7 +174,8 @@ def test_a_file_swapped_for_a_link_after_the_listing_is_not_followed(
 
 
 def test_a_file_swapped_between_its_check_and_its_open_is_not_followed(
-        target: Uploads, secret_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target: Uploads, secret_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target.env.write("outputs/a.csv", "harmless")
     target.env.write("outputs/b.csv", "harmless too")
     victim = target.env.volume / "outputs" / "a.csv"
@@ -261,15 +269,18 @@ def test_a_non_utf8_output_name_is_escaped(target: Uploads) -> None:
     assert set(stored) <= SAFE_NAME, stored
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("result.csv", "result.csv"),
-    ("../../etc/passwd", "_.._etc_passwd"),
-    ("/absolute/path", "_absolute_path"),
-    ("..", "output"),
-    ("", "output"),
-    ('a"b\r\nc', "a_b__c"),
-    ("caf\udce9", "caf_"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("result.csv", "result.csv"),
+        ("../../etc/passwd", "_.._etc_passwd"),
+        ("/absolute/path", "_absolute_path"),
+        ("..", "output"),
+        ("", "output"),
+        ('a"b\r\nc', "a_b__c"),
+        ("caf\udce9", "caf_"),
+    ],
+)
 def test_object_names_keep_only_safe_characters(name: str, expected: str) -> None:
     assert object_name(name) == expected
 

@@ -66,8 +66,9 @@ def test_archives_several_outputs_before_adding(ipfs_env: PodEnv, ipfs_server: F
 
 
 def test_admin_logs_use_their_own_endpoint_and_prefix(ipfs_env: PodEnv, ipfs_server: FakeIpfs) -> None:
-    ipfs_env.set(IPFS_OUTPUT="http://127.0.0.1:9", IPFS_ADMINLOGS=ipfs_server.base_url,
-                 IPFS_ADMINLOGS_PREFIX="admin://")
+    ipfs_env.set(
+        IPFS_OUTPUT="http://127.0.0.1:9", IPFS_ADMINLOGS=ipfs_server.base_url, IPFS_ADMINLOGS_PREFIX="admin://"
+    )
     ipfs_env.adminlogs.mkdir(parents=True, exist_ok=True)
     (ipfs_env.adminlogs / "configure.log").write_text("configured")
 

@@ -163,7 +163,10 @@ def test_job_id_unsafe_as_a_folder_name_is_rejected(local_env: PodEnv) -> None:
 def test_runs_as_a_python_module(local_env: PodEnv) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "operator_engine.pods.publish"],
-        env=dict(os.environ), capture_output=True, text=True, timeout=60,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert completed.returncode == 0, completed.stdout + completed.stderr

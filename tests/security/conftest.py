@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from pods.harness import FileServer, NetworkStub, file_handler, serve
 
 

@@ -40,8 +40,9 @@ def _projected(values: dict[str, str], items: list[dict[str, Any]] | None) -> di
     return {item["path"]: values[item["key"]] for item in items}
 
 
-def _volume_files(volume: dict[str, Any], pod: dict[str, Any],
-                  objects: dict[tuple[str, str], dict[str, str]]) -> dict[str, str]:
+def _volume_files(
+    volume: dict[str, Any], pod: dict[str, Any], objects: dict[tuple[str, str], dict[str, str]]
+) -> dict[str, str]:
     if "configMap" in volume:
         ref = volume["configMap"]
         return _projected(_lookup(objects, "ConfigMap", ref["name"]), ref.get("items"))
@@ -60,8 +61,9 @@ def _volume_files(volume: dict[str, Any], pod: dict[str, Any],
 
 def readable_by(job: dict[str, Any], children: list[dict[str, Any]]) -> list[str]:
     """Every text the pods of `job` can read that comes from the manifests."""
-    objects = {(c["kind"], c["metadata"]["name"]): _object_data(c) for c in children
-               if c["kind"] in ("ConfigMap", "Secret")}
+    objects = {
+        (c["kind"], c["metadata"]["name"]): _object_data(c) for c in children if c["kind"] in ("ConfigMap", "Secret")
+    }
     pod = job["spec"]["template"]
     spec = pod["spec"]
     volumes = {v["name"]: v for v in spec.get("volumes") or []}

@@ -43,8 +43,9 @@ def leaks(texts: list[str]) -> set[str]:
 @pytest.mark.parametrize("shape", sorted(WORKFLOWS))
 def test_algorithm_and_filter_pods_read_no_input_or_algorithm_url(shape, configuration):
     children = rendered(shape, configuration)
-    components = ["algorithm", "publish"] + (["filter"] if "FILTERING_CONTAINER" in CONFIGURATIONS[configuration]
-                                             else [])
+    components = ["algorithm", "publish"] + (
+        ["filter"] if "FILTERING_CONTAINER" in CONFIGURATIONS[configuration] else []
+    )
     for component in components:
         found = leaks(readable_by(job(children, component), children))
         assert not found, f"{shape}/{configuration}: the {component} pod can read {sorted(found)}"
@@ -66,9 +67,13 @@ def test_the_redacted_document_keeps_the_dids_and_the_container():
     assert documents, "the algorithm pod gets a /workflow.json"
     stage = documents[0]["stages"][0]
     assert [i["id"] for i in stage["input"]] == [
-        "did:op:8d1b4d73e7af4634958f071ab8dfe7ab0df14019755e444090fd392c8ec9c3f4", "did:op:remote1"]
-    assert stage["algorithm"] == {"id": "did:op:algoremote",
-                                  "container": {"image": "python", "tag": "3.11-slim", "entrypoint": "python $ALGO"}}
+        "did:op:8d1b4d73e7af4634958f071ab8dfe7ab0df14019755e444090fd392c8ec9c3f4",
+        "did:op:remote1",
+    ]
+    assert stage["algorithm"] == {
+        "id": "did:op:algoremote",
+        "container": {"image": "python", "tag": "3.11-slim", "entrypoint": "python $ALGO"},
+    }
 
 
 def test_every_needle_encoding_is_found_when_present():
@@ -77,11 +82,18 @@ def test_every_needle_encoding_is_found_when_present():
         assert needle in leaks([f"prefix {form} suffix"])
 
 
-@pytest.mark.parametrize("edit", [
-    ("_job.yaml.j2", "            items: {{ document_items | j }}\n", ""),
-    ("job-algorithm.yaml.j2", "{% block mounts %}\n",
-     "{% block mounts %}\n            - {name: whole, mountPath: /doc}\n"),
-], ids=["no-items", "extra-volume"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("_job.yaml.j2", "            items: {{ document_items | j }}\n", ""),
+        (
+            "job-algorithm.yaml.j2",
+            "{% block mounts %}\n",
+            "{% block mounts %}\n            - {name: whole, mountPath: /doc}\n",
+        ),
+    ],
+    ids=["no-items", "extra-volume"],
+)
 def test_templates_that_give_the_algorithm_the_whole_document_are_refused_at_start(tmp_path, edit):
     import shutil
 
@@ -91,9 +103,16 @@ def test_templates_that_give_the_algorithm_the_whole_document_are_refused_at_sta
     text = (folder / name).read_text()
     assert old in text
     if name == "job-algorithm.yaml.j2":  # a second volume on the whole ConfigMap
-        skeleton = (folder / "_job.yaml.j2").read_text().replace(
-            "      volumes:\n", "      volumes:\n        - name: whole\n          configMap:\n"
-            "            name: {{ names.configmap | j }}\n", 1)
+        skeleton = (
+            (folder / "_job.yaml.j2")
+            .read_text()
+            .replace(
+                "      volumes:\n",
+                "      volumes:\n        - name: whole\n          configMap:\n"
+                "            name: {{ names.configmap | j }}\n",
+                1,
+            )
+        )
         (folder / "_job.yaml.j2").write_text(skeleton)
     (folder / name).write_text(text.replace(old, new, 1))
     with pytest.raises(config_module.ConfigError) as raised:
@@ -109,7 +128,8 @@ def test_templates_that_do_not_render_stop_the_operator_with_one_line(tmp_path):
     shutil.copytree(config_module.PACKAGED_TEMPLATES_DIR, folder)
     text = (folder / "job-filter.yaml.j2").read_text()
     assert "{% endblock %}" in text
-    (folder / "job-filter.yaml.j2").write_text(text.replace(
-        "{% endblock %}", "            - {name: x, mountPath: {{ no_such_value | j }}}\n{% endblock %}"))
+    (folder / "job-filter.yaml.j2").write_text(
+        text.replace("{% endblock %}", "            - {name: x, mountPath: {{ no_such_value | j }}}\n{% endblock %}")
+    )
     with pytest.raises(config_module.ConfigError, match="TEMPLATES_DIR=.*the templates do not render: 'no_such_value'"):
         config_module.load_checked({"TEMPLATES_DIR": str(folder)})

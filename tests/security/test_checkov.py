@@ -36,8 +36,11 @@ POD_POLICIES = ("networkpolicy.yaml", "egress.yaml")
 
 
 def checkov_binary() -> str:
-    for candidate in (os.environ.get("CHECKOV"), str(ROOT / ".venv-checkov" / "bin" / "checkov"),
-                      shutil.which("checkov")):
+    for candidate in (
+        os.environ.get("CHECKOV"),
+        str(ROOT / ".venv-checkov" / "bin" / "checkov"),
+        shutil.which("checkov"),
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     pytest.fail("checkov is not installed: run `bash scripts/setup-checkov.sh` (scripts/test.sh does)")
@@ -47,12 +50,33 @@ def checkov(directory: Path) -> dict[str, Any]:
     """checkov's JSON report of the Kubernetes manifests under `directory`."""
     closed = "http://127.0.0.1:9"  # nothing listens there: any request checkov tried would fail here
     env = {key: value for key, value in os.environ.items() if not key.lower().endswith("_proxy")}
-    env.update(CKV_SKIP_PACKAGE_UPDATE_CHECK="true", BC_SKIP_MAPPING="TRUE", HTTPS_PROXY=closed, HTTP_PROXY=closed,
-               https_proxy=closed, http_proxy=closed, NO_PROXY="", no_proxy="", LOG_LEVEL="WARNING")
+    env.update(
+        CKV_SKIP_PACKAGE_UPDATE_CHECK="true",
+        BC_SKIP_MAPPING="TRUE",
+        HTTPS_PROXY=closed,
+        HTTP_PROXY=closed,
+        https_proxy=closed,
+        http_proxy=closed,
+        NO_PROXY="",
+        no_proxy="",
+        LOG_LEVEL="WARNING",
+    )
     result = subprocess.run(
-        [checkov_binary(), "--directory", str(directory), "--framework", "kubernetes", "--skip-download",
-         "--output", "json", "--compact"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            checkov_binary(),
+            "--directory",
+            str(directory),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--output",
+            "json",
+            "--compact",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -78,8 +102,10 @@ def rendered_folder(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, dict[str, Any]]:
-    return {"kubernetes/": checkov(KUBERNETES),
-            "rendered": checkov(rendered_folder(tmp_path_factory.mktemp("rendered")))}
+    return {
+        "kubernetes/": checkov(KUBERNETES),
+        "rendered": checkov(rendered_folder(tmp_path_factory.mktemp("rendered"))),
+    }
 
 
 def described(checks: list[dict[str, Any]]) -> list[str]:

@@ -21,31 +21,48 @@ from pathlib import Path
 import pytest
 import trustme
 import yaml
+from pods.harness import FileServer, NetworkStub, Reply, file_handler, redirect
 
 from operator_engine import config as config_module
 from operator_engine.model import parse_workflow
 from operator_engine.pods.addresses import forbidden_reason, parse_address, parse_allow_list
 from operator_engine.pods.downloads import ByteBudget, Downloader, DownloadError, RefusedError
 from operator_engine.render import Renderer
-from pods.harness import FileServer, NetworkStub, Reply, file_handler, redirect
 
 PUBLIC = "93.184.216.34"  # stands for any public address; connections to it are routed to loopback
 LOOPBACK = parse_allow_list("127.0.0.0/8,::1")
 
 FORBIDDEN = [
-    ("127.0.0.1", "loopback"), ("127.45.6.7", "loopback"), ("::1", "loopback"),
-    ("10.0.0.1", "private"), ("10.255.255.254", "private"), ("172.16.0.1", "private"),
-    ("172.31.255.254", "private"), ("192.168.1.1", "private"),
-    ("fc00::1", "private"), ("fd12:3456:789a::1", "private"),
-    ("169.254.169.254", "link-local"), ("169.254.0.1", "link-local"), ("fe80::1", "link-local"),
+    ("127.0.0.1", "loopback"),
+    ("127.45.6.7", "loopback"),
+    ("::1", "loopback"),
+    ("10.0.0.1", "private"),
+    ("10.255.255.254", "private"),
+    ("172.16.0.1", "private"),
+    ("172.31.255.254", "private"),
+    ("192.168.1.1", "private"),
+    ("fc00::1", "private"),
+    ("fd12:3456:789a::1", "private"),
+    ("169.254.169.254", "link-local"),
+    ("169.254.0.1", "link-local"),
+    ("fe80::1", "link-local"),
     ("fe80::1%2", "link-local"),
-    ("100.64.0.1", "carrier-grade NAT"), ("100.127.255.254", "carrier-grade NAT"),
-    ("0.0.0.0", "unspecified"), ("::", "unspecified"),
-    ("224.0.0.1", "multicast"), ("239.255.255.250", "multicast"), ("ff02::1", "multicast"),
-    ("240.0.0.1", "reserved"), ("255.255.255.255", "reserved"),
+    ("100.64.0.1", "carrier-grade NAT"),
+    ("100.127.255.254", "carrier-grade NAT"),
+    ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"),
+    ("224.0.0.1", "multicast"),
+    ("239.255.255.250", "multicast"),
+    ("ff02::1", "multicast"),
+    ("240.0.0.1", "reserved"),
+    ("255.255.255.255", "reserved"),
     # IPv6 spellings of forbidden IPv4 addresses: mapped, NAT64, 6to4, IPv4-compatible.
-    ("::ffff:127.0.0.1", "loopback"), ("::ffff:169.254.169.254", "link-local"), ("::ffff:10.0.0.1", "private"),
-    ("64:ff9b::a9fe:a9fe", "link-local"), ("2002:a9fe:a9fe::1", "link-local"), ("::a9fe:a9fe", "reserved"),
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:169.254.169.254", "link-local"),
+    ("::ffff:10.0.0.1", "private"),
+    ("64:ff9b::a9fe:a9fe", "link-local"),
+    ("2002:a9fe:a9fe::1", "link-local"),
+    ("::a9fe:a9fe", "reserved"),
 ]
 
 
@@ -95,9 +112,7 @@ def test_a_host_with_one_forbidden_address_among_public_ones_is_refused(network:
 
 
 @pytest.mark.parametrize("host", ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "[::ffff:a9fe:a9fe]", "127.1"])
-def test_every_spelling_of_an_address_is_checked_once_resolved(
-    host: str, network: NetworkStub, tmp_path: Path
-) -> None:
+def test_every_spelling_of_an_address_is_checked_once_resolved(host: str, network: NetworkStub, tmp_path: Path) -> None:
     with pytest.raises(RefusedError):
         downloader().fetch(f"http://{host}/latest/meta-data/", tmp_path / "out")
 
@@ -107,12 +122,15 @@ def test_every_spelling_of_an_address_is_checked_once_resolved(
 # -- redirects -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("location", [
-    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
-    "http://metadata.internal/computeMetadata/v1/",
-    "http://[fd00::1]/",
-    "http://127.0.0.1:1/admin",
-])
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://metadata.internal/computeMetadata/v1/",
+        "http://[fd00::1]/",
+        "http://127.0.0.1:1/admin",
+    ],
+)
 def test_a_redirect_to_a_forbidden_address_is_refused_without_connecting(
     location: str, network: NetworkStub, file_server: FileServer, tmp_path: Path
 ) -> None:
@@ -156,7 +174,10 @@ def test_redirects_to_allowed_places_are_followed_and_each_hop_is_checked(
     assert (tmp_path / "out").read_text() == "the data"
     assert network.lookups == ["files.example", "cdn.example", "cdn.example"]
     assert [headers.get("Host") for headers in file_server.seen_headers] == [
-        f"files.example:{port}", f"cdn.example:{port}", f"cdn.example:{port}"]
+        f"files.example:{port}",
+        f"cdn.example:{port}",
+        f"cdn.example:{port}",
+    ]
 
 
 def test_too_many_redirects_are_refused(network: NetworkStub, file_server: FileServer, tmp_path: Path) -> None:
@@ -182,6 +203,7 @@ def test_the_connection_goes_to_the_address_that_was_checked(
     file_server.serve_sequence("/data", [Reply(503), Reply(200, b"public data")])  # a retry reconnects
 
     import socket as socket_module
+
     real_getaddrinfo = socket_module.getaddrinfo
 
     def no_second_lookup(host: object, *args: object, **kwargs: object) -> object:
@@ -264,8 +286,13 @@ def test_a_bad_allow_list_stops_the_operator_naming_the_variable(value: str) -> 
 
 
 def test_the_allow_list_and_time_limits_reach_the_configure_pod_only() -> None:
-    config = config_module.load({"CONFIGURE_ALLOWED_NETWORKS": "10.20.0.0/16 minio.svc",
-                                 "CONFIGURE_TOTAL_TIMEOUT": "60", "CONFIGURE_OVERALL_TIMEOUT": "300"})
+    config = config_module.load(
+        {
+            "CONFIGURE_ALLOWED_NETWORKS": "10.20.0.0/16 minio.svc",
+            "CONFIGURE_TOTAL_TIMEOUT": "60",
+            "CONFIGURE_OVERALL_TIMEOUT": "300",
+        }
+    )
     sample = yaml.safe_load((Path(__file__).parents[2] / "k8s_install" / "workflow-1.yaml").read_text())
     workflow = parse_workflow(sample)
     jobs = {child.step: child.manifest for child in Renderer(config).render(workflow) if child.kind == "Job"}
@@ -284,7 +311,9 @@ def test_the_allow_list_and_time_limits_reach_the_configure_pod_only() -> None:
 # -- time limits -----------------------------------------------------------------------
 
 
-def test_a_slow_drip_body_ends_at_the_total_limit(network: NetworkStub, file_server: FileServer, tmp_path: Path) -> None:
+def test_a_slow_drip_body_ends_at_the_total_limit(
+    network: NetworkStub, file_server: FileServer, tmp_path: Path
+) -> None:
     url = file_server.serve_sequence("/drip", [Reply(200, b"x" * 200, drip=0.05)])  # 10 s to send
 
     with pytest.raises(DownloadError) as failed:
@@ -343,7 +372,8 @@ def test_a_slow_drip_of_headers_ends_at_the_total_limit(network: NetworkStub, tm
     try:
         with pytest.raises(DownloadError, match="total limit"):
             downloader(allow=LOOPBACK, total_timeout=0.5).fetch(
-                f"http://127.0.0.1:{listener.getsockname()[1]}/x", tmp_path / "out")
+                f"http://127.0.0.1:{listener.getsockname()[1]}/x", tmp_path / "out"
+            )
     finally:
         stop.set()
         listener.close()
@@ -355,8 +385,10 @@ def test_a_slow_drip_of_headers_ends_at_the_total_limit(network: NetworkStub, tm
 
 def test_an_error_never_tells_what_answered(network: NetworkStub, file_server: FileServer, tmp_path: Path) -> None:
     base = public_host(network, file_server)
-    file_server.serve_sequence("/err", [Reply(500, b"<html>internal-service-v2.3 stack trace</html>",
-                                              reason="Backend internal-service-v2.3 failed")])
+    file_server.serve_sequence(
+        "/err",
+        [Reply(500, b"<html>internal-service-v2.3 stack trace</html>", reason="Backend internal-service-v2.3 failed")],
+    )
 
     with pytest.raises(DownloadError) as failed:
         downloader().fetch(base + "/err", tmp_path / "out")

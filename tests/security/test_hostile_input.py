@@ -72,8 +72,12 @@ DDO_STAGE = ("spec", "metadata", "service", 1, "attributes", "workflow", "stages
 # (body, path, value, the field the message must name): each crashed on the main branch before this file.
 CRASHES: dict[str, tuple[dict[str, Any], tuple[Any, ...], Any, str]] = {
     "deep-output": (SAMPLE, STAGE + ("output", "deep"), nested(300), "spec.metadata.stages[0].output.deep.a"),
-    "deep-list-in-unknown-field": (SAMPLE, STAGE + ("extra",), nested(5000, key=None),
-                                   "spec.metadata.stages[0].extra[0]"),
+    "deep-list-in-unknown-field": (
+        SAMPLE,
+        STAGE + ("extra",),
+        nested(5000, key=None),
+        "spec.metadata.stages[0].extra[0]",
+    ),
     "deep-input-ddo": (SAMPLE, STAGE + ("input", 0, "ddo"), nested(257), "spec.metadata.stages[0].input[0].ddo"),
     "just-too-deep": (SAMPLE, STAGE + ("output",), nested(MAX_NESTING), "spec.metadata.stages[0].output"),
     "ddo-attributes-list": (DDO_SAMPLE, DDO_STAGE[:5], ["workflow"], f"{DDO_SERVICE}.attributes"),
@@ -86,8 +90,12 @@ CRASHES: dict[str, tuple[dict[str, Any], tuple[Any, ...], Any, str]] = {
     "huge-maxtime": (SAMPLE, STAGE + ("compute", "maxtime"), 10**5000, "spec.metadata.stages[0].compute.maxtime"),
     "lone-surrogate": (SAMPLE, STAGE + ("output", "s"), "a\ud800b", "spec.metadata.stages[0].output.s"),
     "lone-surrogate-key": (SAMPLE, STAGE + ("output",), {"\udfff": 1}, "spec.metadata.stages[0].output"),
-    "date-from-yaml": (SAMPLE, ("spec", "metadata", "created"), __import__("datetime").date(2019, 4, 9),
-                       "spec.metadata.created"),
+    "date-from-yaml": (
+        SAMPLE,
+        ("spec", "metadata", "created"),
+        __import__("datetime").date(2019, 4, 9),
+        "spec.metadata.created",
+    ),
     "bytes": (SAMPLE, STAGE + ("algorithm", "rawcode"), b"print(1)", "spec.metadata.stages[0].algorithm.rawcode"),
     "namespace-number": (SAMPLE, ("metadata", "namespace"), 5, "metadata.namespace"),
     "uid-list": (SAMPLE, ("metadata", "uid"), ["u"], "metadata.uid"),
@@ -103,11 +111,17 @@ def test_input_that_crashed_the_model_is_a_validation_error_naming_the_field(cas
     assert len(message) < 1000, message
 
 
-@pytest.mark.parametrize("value, words", [
-    (math.nan, "finite"), (math.inf, "finite"), (-math.inf, "finite"),
-    ({5: "x"}, "keys must be strings"), ({(1, 2): "x"}, "keys must be strings"),
-    ({"a\nkind: Pod": {"b": nested(100)}}, "nested deeper"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (math.nan, "finite"),
+        (math.inf, "finite"),
+        (-math.inf, "finite"),
+        ({5: "x"}, "keys must be strings"),
+        ({(1, 2): "x"}, "keys must be strings"),
+        ({"a\nkind: Pod": {"b": nested(100)}}, "nested deeper"),
+    ],
+)
 def test_values_json_cannot_carry_are_refused(value: Any, words: str) -> None:
     message = outcome(with_value(SAMPLE, STAGE + ("output", "v"), value))
     assert words in message, message
@@ -116,11 +130,22 @@ def test_values_json_cannot_carry_are_refused(value: Any, words: str) -> None:
 LONG = "did:op:" + "a" * 100_000
 
 
-@pytest.mark.parametrize("path", [
-    STAGE + ("output", "long"), STAGE + ("input", 0, "id"), STAGE + ("algorithm", "container", "image"),
-    STAGE + ("algorithm", "container", "tag"), STAGE + ("algorithm", "url"), STAGE + ("compute", "namespace"),
-    ("spec", "secret"), ("metadata", "name"), ("metadata", "labels", "workflow"), DDO_STAGE + ("transformation", "id"),
-], ids=lambda p: ".".join(map(str, p[-2:])))
+@pytest.mark.parametrize(
+    "path",
+    [
+        STAGE + ("output", "long"),
+        STAGE + ("input", 0, "id"),
+        STAGE + ("algorithm", "container", "image"),
+        STAGE + ("algorithm", "container", "tag"),
+        STAGE + ("algorithm", "url"),
+        STAGE + ("compute", "namespace"),
+        ("spec", "secret"),
+        ("metadata", "name"),
+        ("metadata", "labels", "workflow"),
+        DDO_STAGE + ("transformation", "id"),
+    ],
+    ids=lambda p: ".".join(map(str, p[-2:])),
+)
 def test_a_very_long_string_anywhere_renders_or_is_refused(path: tuple[Any, ...]) -> None:
     outcome(with_value(DDO_SAMPLE if path[:4] == DDO_STAGE[:4] else SAMPLE, path, LONG))
     key_path = path[:-1] + (LONG,)
@@ -135,15 +160,37 @@ def test_a_workflow_at_the_nesting_limit_still_renders() -> None:
 
 # ---------------------------------------------------------------- property tests
 
-KEYS = st.text(max_size=6) | st.sampled_from(["stages", "service", "type", "Metadata", "attributes", "workflow",
-                                              "id", "image", "url", "input", "algorithm", "container"])
-SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63 - 2, max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
-           | st.sampled_from(["did:op:1", "python:3.11", "https://h/x", "Metadata", "", "\ud800"]))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(KEYS | st.integers(), inner, max_size=4), max_leaves=25)
-DEEP = st.builds(nested, st.integers(min_value=MAX_NESTING - 10, max_value=2000), JSON,
-                 st.sampled_from(["a", None]))
+KEYS = st.text(max_size=6) | st.sampled_from(
+    [
+        "stages",
+        "service",
+        "type",
+        "Metadata",
+        "attributes",
+        "workflow",
+        "id",
+        "image",
+        "url",
+        "input",
+        "algorithm",
+        "container",
+    ]
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63 - 2, max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.sampled_from(["did:op:1", "python:3.11", "https://h/x", "Metadata", "", "\ud800"])
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS | st.integers(), inner, max_size=4),
+    max_leaves=25,
+)
+DEEP = st.builds(nested, st.integers(min_value=MAX_NESTING - 10, max_value=2000), JSON, st.sampled_from(["a", None]))
 ANY = JSON | DEEP
 
 
@@ -159,8 +206,13 @@ def subtree_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, .
 
 
 SAMPLE_PATHS = [(SAMPLE, p) for p in subtree_paths(SAMPLE)] + [(DDO_SAMPLE, p) for p in subtree_paths(DDO_SAMPLE)]
-PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=300,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @PROPERTY
@@ -174,11 +226,13 @@ def test_a_real_payload_with_any_subtree_replaced_renders_or_is_refused(target: 
 @given(ANY)
 def test_any_json_document_as_the_workflow_renders_or_is_refused(document: Any) -> None:
     outcome(document)
-    outcome({"apiVersion": "oceanprotocol.com/v1alpha", "kind": "WorkFlow", "metadata": {"name": "w"},
-             "spec": document})
+    outcome(
+        {"apiVersion": "oceanprotocol.com/v1alpha", "kind": "WorkFlow", "metadata": {"name": "w"}, "spec": document}
+    )
     outcome({"metadata": {"name": "w"}, "spec": {"metadata": document}})
-    outcome({"metadata": {"name": "w"}, "spec": {"metadata": {"service": [{"type": "Metadata",
-                                                                            "attributes": document}]}}})
+    outcome(
+        {"metadata": {"name": "w"}, "spec": {"metadata": {"service": [{"type": "Metadata", "attributes": document}]}}}
+    )
 
 
 # ---------------------------------------------------------------- the command line
@@ -189,8 +243,14 @@ def render_file(tmp_path: Path, content: str | bytes, name: str = "w.yaml") -> s
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
     env = {k: v for k, v in os.environ.items() if k not in config_module.VARIABLE_NAMES}
-    return subprocess.run([sys.executable, "-m", "operator_engine", "render", str(path)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "operator_engine", "render", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def one_line_exit_2(result: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -206,26 +266,38 @@ def one_line_exit_2(result: subprocess.CompletedProcess[str], *words: str) -> st
 SAMPLE_TEXT = (ROOT / "k8s_install" / "workflow-1.yaml").read_text()
 BILLION_LAUGHS = "\n".join(
     ['lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    + [f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]" for i in range(1, 10)])
+    + [f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]" for i in range(1, 10)]
+)
 
 CLI_CASES: dict[str, tuple[str | bytes, tuple[str, ...]]] = {
     "deep-flow-yaml": ("[" * 100_000 + "]" * 100_000, ("nested deeper",)),
     "deep-json": ('{"kind": "WorkFlow", "spec": ' + '{"a": ' * 50_000 + "1" + "}" * 50_001, ("nested deeper",)),
     "deep-block-yaml": ("".join(f"{' ' * i}a:\n" for i in range(2000)) + " " * 2000 + "b: 1\n", ("nested deeper",)),
     "billion-laughs": (SAMPLE_TEXT + "\n" + BILLION_LAUGHS + "\n", ("aliases expand",)),
-    "billion-laughs-in-spec": (SAMPLE_TEXT.replace("spec:\n", "spec:\n  bomb:\n    " + BILLION_LAUGHS.replace(
-        "\n", "\n    ") + "\n", 1), ("aliases expand",)),
+    "billion-laughs-in-spec": (
+        SAMPLE_TEXT.replace("spec:\n", "spec:\n  bomb:\n    " + BILLION_LAUGHS.replace("\n", "\n    ") + "\n", 1),
+        ("aliases expand",),
+    ),
     "recursive-alias": (SAMPLE_TEXT + "\nloop: &loop [*loop]\n", ("refers to the node that contains it",)),
-    "duplicate-key": (SAMPLE_TEXT.replace("kind: WorkFlow", "kind: WorkFlow\nkind: WorkFlow", 1),
-                      ("duplicate key 'kind'",)),
+    "duplicate-key": (
+        SAMPLE_TEXT.replace("kind: WorkFlow", "kind: WorkFlow\nkind: WorkFlow", 1),
+        ("duplicate key 'kind'",),
+    ),
     "duplicate-key-in-spec": (SAMPLE_TEXT.replace("spec:\n", "spec:\n  secret: a\n", 1), ("duplicate key 'secret'",)),
-    "duplicate-key-in-json": ('{"kind": "WorkFlow", "metadata": {"name": "a", "name": "b"}}', ("duplicate key 'name'",)),
+    "duplicate-key-in-json": (
+        '{"kind": "WorkFlow", "metadata": {"name": "a", "name": "b"}}',
+        ("duplicate key 'name'",),
+    ),
     "invalid-utf8": (SAMPLE_TEXT.encode() + b"\nx: \xff\xfe\xc3\x28\n", ("not UTF-8",)),
     "utf8-encoded-surrogate": (SAMPLE_TEXT.encode() + b"\nx: \xed\xa0\x80\n", ("not UTF-8",)),
-    "escaped-lone-surrogate": (SAMPLE_TEXT.replace("spec:\n", 'spec:\n  note: "\\ud800"\n', 1),
-                               ("spec.note", "lone surrogate")),
-    "escaped-lone-surrogate-in-name": (SAMPLE_TEXT.replace("name: workflow-1", 'name: "w\\udc00\\n"', 1),
-                                       ("metadata.name",)),
+    "escaped-lone-surrogate": (
+        SAMPLE_TEXT.replace("spec:\n", 'spec:\n  note: "\\ud800"\n', 1),
+        ("spec.note", "lone surrogate"),
+    ),
+    "escaped-lone-surrogate-in-name": (
+        SAMPLE_TEXT.replace("name: workflow-1", 'name: "w\\udc00\\n"', 1),
+        ("metadata.name",),
+    ),
     "larger-than-the-api-server-accepts": (SAMPLE_TEXT + "\n# " + "x" * (3 * 1024 * 1024) + "\n", ("3 MiB",)),
     "yaml-nan": (SAMPLE_TEXT.replace("spec:\n", "spec:\n  n: .nan\n", 1), ("spec.n", "finite")),
 }
@@ -254,4 +326,3 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "in.yaml"
     path.write_text(text)
     return path
-

@@ -29,8 +29,11 @@ NAMESPACE = "ocean-compute"
 
 
 def deployment_container() -> dict:
-    deployment = next(d for d in yaml.safe_load_all((ROOT / "kubernetes" / "operator.yml").read_text())
-                      if d and d["kind"] == "Deployment")
+    deployment = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "kubernetes" / "operator.yml").read_text())
+        if d and d["kind"] == "Deployment"
+    )
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return container
 
@@ -59,8 +62,13 @@ def test_the_probes_of_the_deployment_are_answered_by_its_command(tmp_path):
     assert env["READINESS_ENDPOINT"].startswith("http://127.0.0.1:"), env["READINESS_ENDPOINT"]
     with EmbeddedCluster.start_in_thread(NAMESPACE) as cluster:
         env["KUBECONFIG"] = str(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
-        process = subprocess.Popen([sys.executable, "-m", *command], env=env, cwd=tmp_path,
-                                   stdout=subprocess.DEVNULL, stderr=(tmp_path / "operator.log").open("wb"))
+        process = subprocess.Popen(
+            [sys.executable, "-m", *command],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "operator.log").open("wb"),
+        )
         try:
             direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
             answered = {}

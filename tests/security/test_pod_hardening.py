@@ -40,9 +40,12 @@ def jobs(shape: str = "service", **environ: str) -> dict[str, dict[str, Any]]:
 
 @functools.cache
 def _every_job() -> tuple[tuple[str, dict[str, Any]], ...]:
-    return tuple((f"{shape}/{name}/{component}", job)
-                 for shape in sorted(WORKFLOWS) for name, environ in sorted(CONFIGURATIONS.items())
-                 for component, job in jobs(shape, **environ).items())
+    return tuple(
+        (f"{shape}/{name}/{component}", job)
+        for shape in sorted(WORKFLOWS)
+        for name, environ in sorted(CONFIGURATIONS.items())
+        for component, job in jobs(shape, **environ).items()
+    )
 
 
 def every_job() -> list[tuple[str, dict[str, Any]]]:
@@ -61,8 +64,11 @@ def test_the_pull_secret_reaches_only_the_providers_own_images():
 
 
 def test_algorithm_pull_secret_is_a_separate_explicit_setting():
-    rendered = jobs(PULL_SECRET="registry-creds", ALGORITHM_PULL_SECRET="consumer-registry",
-                    FILTERING_CONTAINER="registry.example.com/filter:1")
+    rendered = jobs(
+        PULL_SECRET="registry-creds",
+        ALGORITHM_PULL_SECRET="consumer-registry",
+        FILTERING_CONTAINER="registry.example.com/filter:1",
+    )
     assert rendered["algorithm"]["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "consumer-registry"}]
     for component in PROVIDER_COMPONENTS:
         assert rendered[component]["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
@@ -116,8 +122,16 @@ def test_ephemeral_storage_is_configurable_and_checked():
             config_module.load({"EPHEMERAL_STORAGE": bad})
 
 
-ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                   "projected", "secret"}
+ALLOWED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
@@ -186,16 +200,24 @@ def selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     for expression in selector.get("matchExpressions") or []:
         key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
-        matched = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
-                   "Exists": key in labels, "DoesNotExist": key not in labels}[operator]
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
         if not matched:
             return False
     return True
 
 
 def policies() -> list[dict[str, Any]]:
-    return [d for name in ("networkpolicy.yaml", "egress.yaml")
-            for d in load(KUBERNETES / name) if d["kind"] == "NetworkPolicy"]
+    return [
+        d
+        for name in ("networkpolicy.yaml", "egress.yaml")
+        for d in load(KUBERNETES / name)
+        if d["kind"] == "NetworkPolicy"
+    ]
 
 
 def test_the_algorithm_and_filter_pods_get_no_egress_and_configure_and_publish_only_public_egress():
@@ -243,10 +265,14 @@ def test_the_operator_may_receive_only_its_probes_and_scrapes_and_reach_only_dns
     assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": p} for p in (port, ready, metrics)]}]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 80)}
-    (wide,) = [rule for rule in policy["spec"]["egress"] if ("TCP", 443) in {(p["protocol"], p["port"]) for p in rule["ports"]}]
+    (wide,) = [
+        rule for rule in policy["spec"]["egress"] if ("TCP", 443) in {(p["protocol"], p["port"]) for p in rule["ports"]}
+    ]
     blocks = {peer["ipBlock"]["cidr"]: peer["ipBlock"].get("except", []) for peer in wide["to"] if "ipBlock" in peer}
     assert "169.254.0.0/16" in blocks["0.0.0.0/0"] and "fe80::/10" in blocks["::/0"], "the metadata service is refused"
-    dns = [rule for rule in policy["spec"]["egress"] if ("UDP", 53) in {(p["protocol"], p["port"]) for p in rule["ports"]}]
+    dns = [
+        rule for rule in policy["spec"]["egress"] if ("UDP", 53) in {(p["protocol"], p["port"]) for p in rule["ports"]}
+    ]
     assert dns[0]["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
 
 

@@ -33,29 +33,50 @@ BASE64_URL = base64.b64encode(b"https://leakhost8.example.org/leakpath8?t=leakto
 
 #: Every URL above, decoded: what must not be readable, whole or in parts.
 URLS = (
-    INPUT_URL, INPUT_URL_2, ALGORITHM_URL, REMOTE_URL, DDO_URL,
+    INPUT_URL,
+    INPUT_URL_2,
+    ALGORITHM_URL,
+    REMOTE_URL,
+    DDO_URL,
     "https://leakuser7:leakpass7@leakhost7.example.org/leakpath7?t=leaktoken7",
     "https://leakhost8.example.org/leakpath8?t=leaktoken8",
 )
 #: The distinctive parts of those URLs (users, passwords, hosts, paths, tokens).
-MARKERS = tuple(sorted({
-    word for url in URLS for word in
-    url.replace("/", " ").replace(":", " ").replace("@", " ").replace("?", " ")
-       .replace("&", " ").replace("=", " ").replace(".", " ").split()
-    if word.startswith("leak") and len(word) > len("leak")
-} | {"leakuser6", "leakpass6"}))
+MARKERS = tuple(
+    sorted(
+        {
+            word
+            for url in URLS
+            for word in url.replace("/", " ")
+            .replace(":", " ")
+            .replace("@", " ")
+            .replace("?", " ")
+            .replace("&", " ")
+            .replace("=", " ")
+            .replace(".", " ")
+            .split()
+            if word.startswith("leak") and len(word) > len("leak")
+        }
+        | {"leakuser6", "leakpass6"}
+    )
+)
 
 
 def encodings(needle: str) -> set[str]:
     """`needle` as a pod could find it: plain, percent-encoded, JSON-escaped, base64 at every alignment."""
-    forms = {needle, quote(needle, safe=""), quote(needle), json.dumps(needle)[1:-1],
-             json.dumps(needle, ensure_ascii=False)[1:-1]}
+    forms = {
+        needle,
+        quote(needle, safe=""),
+        quote(needle),
+        json.dumps(needle)[1:-1],
+        json.dumps(needle, ensure_ascii=False)[1:-1],
+    }
     raw = needle.encode()
     for offset in range(3):  # where the needle starts in the encoded stream, modulo 3 bytes
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             encoded = encode(b"\0" * offset + raw).decode()
             # Only the characters whose 6 bits all come from the needle's bytes.
-            core = encoded[-(-8 * offset // 6): 8 * (offset + len(raw)) // 6]
+            core = encoded[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6]
             if len(core) >= 8:
                 forms.add(core)
     return {form for form in forms if form}
@@ -85,19 +106,30 @@ def workflows() -> dict[str, dict[str, Any]]:
 
     body = service_shape()
     stage = body["spec"]["metadata"]["stages"][0]
-    stage["input"].append({"index": 1, "id": "did:op:remote1",
-                           "remote": {"url": REMOTE_URL, "headers": {"Authorization": f"Basic {BASIC_AUTH}"},
-                                      "encoded": BASE64_URL, "escaped": PERCENT_URL}})
-    stage["algorithm"] = {"id": "did:op:algoremote", "remote": {"url": ALGORITHM_URL, "b64": BASE64_URL},
-                          "container": stage["algorithm"]["container"]}
+    stage["input"].append(
+        {
+            "index": 1,
+            "id": "did:op:remote1",
+            "remote": {
+                "url": REMOTE_URL,
+                "headers": {"Authorization": f"Basic {BASIC_AUTH}"},
+                "encoded": BASE64_URL,
+                "escaped": PERCENT_URL,
+            },
+        }
+    )
+    stage["algorithm"] = {
+        "id": "did:op:algoremote",
+        "remote": {"url": ALGORITHM_URL, "b64": BASE64_URL},
+        "container": stage["algorithm"]["container"],
+    }
     bodies["service-remote"] = body
 
     body = service_shape()
     stage = body["spec"]["metadata"]["stages"][0]
     stage["algorithm"].pop("url")
     stage["algorithm"]["rawcode"] = "print('hello')\n"
-    stage["algorithm"]["ddo"] = {"id": "did:op:algo", "service": [{"serviceEndpoint": DDO_URL,
-                                                                   "files": BASE64_URL}]}
+    stage["algorithm"]["ddo"] = {"id": "did:op:algo", "service": [{"serviceEndpoint": DDO_URL, "files": BASE64_URL}]}
     stage["input"][0]["ddo"] = {"id": stage["input"][0]["id"], "files": [{"url": DDO_URL}], "u": PERCENT_URL}
     stage["output"] = {"metadataUri": REMOTE_URL, "brizoUrl": DDO_URL, "nodeUri": INPUT_URL_2}
     bodies["service-rawcode-ddo"] = body
@@ -128,14 +160,26 @@ def workflows() -> dict[str, dict[str, Any]]:
 CONFIGURATIONS: dict[str, dict[str, str]] = {
     "defaults": {},
     "filter": {"FILTERING_CONTAINER": "registry.example.com:5000/team/filter:1.2"},
-    "storage-credentials": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY", "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
-                            "AWS_BUCKET_OUTPUT": "outputs", "AWS_REGION": "eu-west-1",
-                            "IPFS_API_KEY": "ipfs-key", "IPFS_API_CLIENT": "ipfs-client"},
+    "storage-credentials": {
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
+        "AWS_BUCKET_OUTPUT": "outputs",
+        "AWS_REGION": "eu-west-1",
+        "IPFS_API_KEY": "ipfs-key",
+        "IPFS_API_CLIENT": "ipfs-client",
+    },
     "node-selector": {"NODE_SELECTOR": "c2d-nodes"},
     "pull-secret": {"PULL_SECRET": "registry-creds", "PULL_POLICY": "Always"},
-    "everything": {"FILTERING_CONTAINER": "registry.example.com:5000/team/filter:1.2",
-                   "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY", "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
-                   "AWS_BUCKET_OUTPUT": "outputs", "NODE_SELECTOR": "c2d-nodes", "PULL_SECRET": "registry-creds",
-                   "ALGORITHM_PULL_SECRET": "algorithm-registry", "SERVICE_ACCOUNT": "ocean-compute-pods",
-                   "STORAGE_CLASS": "standard", "OPERATOR_PRIVATE_KEY": "0x" + "11" * 32},
+    "everything": {
+        "FILTERING_CONTAINER": "registry.example.com:5000/team/filter:1.2",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
+        "AWS_BUCKET_OUTPUT": "outputs",
+        "NODE_SELECTOR": "c2d-nodes",
+        "PULL_SECRET": "registry-creds",
+        "ALGORITHM_PULL_SECRET": "algorithm-registry",
+        "SERVICE_ACCOUNT": "ocean-compute-pods",
+        "STORAGE_CLASS": "standard",
+        "OPERATOR_PRIVATE_KEY": "0x" + "11" * 32,
+    },
 }
