@@ -325,6 +325,8 @@ class ProcessNode:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Clean-ups already under way (a deleted pod being killed) end before the client closes.
+        await asyncio.gather(*self._background, return_exceptions=True)
         self.api_client.close()
 
     async def __aenter__(self) -> ProcessNode:
@@ -565,15 +567,20 @@ class ProcessNode:
         meta = pod["metadata"]
         uid = meta["uid"]
         running = self._pods.get(uid)
+        # A deleted pod's task is cancelled once: every later event of the pod (another delete shortening the
+        # grace period, the garbage collector's own delete, our status report) would otherwise cancel its
+        # clean-up half way, and the object would stay Terminating.
         if kind == "DELETED":
             if running is not None:
                 self.runtime.grace_overrides[uid] = 0.0  # removed without us: kill now
-                running.cancel()
+                if not running.cancelling():
+                    running.cancel()
             return
         if meta.get("deletionTimestamp"):
             if running is not None:
-                self.runtime.grace_overrides[uid] = float(meta.get("deletionGracePeriodSeconds") or 0)
-                running.cancel()  # the task kills the process, then deletes the object
+                if not running.cancelling():
+                    self.runtime.grace_overrides[uid] = float(meta.get("deletionGracePeriodSeconds") or 0)
+                    running.cancel()  # the task kills the process, then deletes the object
             elif uid not in self._finalizing:
                 self._finalizing.add(uid)
                 self._spawn(self._final_delete(pod))
@@ -583,17 +590,43 @@ class ProcessNode:
             self._pods[uid] = asyncio.create_task(self._run_pod(pod), name=f"pod {meta['namespace']}/{meta['name']}")
 
     async def _final_delete(self, pod: dict[str, Any]) -> None:
-        """The kubelet's last word on a deleted pod: remove the object at once (grace 0, this uid only)."""
+        """The kubelet's last word on a deleted pod: remove the object at once (grace 0, this uid only).
+
+        Retried, as the kubelet does, until the API server takes it or the pod is gone (404, or 409: another
+        pod of that name), so that an API server restarting at that moment leaves no pod Terminating.
+        """
         meta = pod["metadata"]
-        await self._call(
-            f"delete pod {meta['namespace']}/{meta['name']}",
-            self.core.delete_namespaced_pod,
-            meta["name"],
-            meta["namespace"],
-            ignore=_ignore(404, 409),
-            body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"])),
-        )
+        options = client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"]))
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self.core.delete_namespaced_pod, meta["name"], meta["namespace"], body=options)
+                break
+            except ApiException as e:
+                if e.status in (404, 409):
+                    break
+                logger.warning(
+                    "node %s: delete pod %s/%s: %s %s (retrying)",
+                    self.name,
+                    meta["namespace"],
+                    meta["name"],
+                    e.status,
+                    e.reason,
+                )
+            except Exception as e:  # unreachable: the API server is restarting
+                logger.warning(
+                    "node %s: delete pod %s/%s: %r (retrying)", self.name, meta["namespace"], meta["name"], e
+                )
+            await asyncio.sleep(STATUS_RETRY)
         self.runtime.grace_overrides.pop(meta["uid"], None)
+
+    async def _end_killed(
+        self, pod: dict[str, Any], started: str, run: asyncio.Task[Result] | None, *, report: bool
+    ) -> None:
+        if run is not None and not run.done():
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+        if report:
+            await self._after_kill(pod, started)
 
     async def _after_kill(self, pod: dict[str, Any], started: str) -> None:
         """A deleted pod's container was killed: report it Failed (143: SIGTERM), then the final delete."""
@@ -682,14 +715,16 @@ class ProcessNode:
                 )
             self._finished.add(uid)
         except asyncio.CancelledError:
-            # Deleted (or the node stops): SIGTERM, SIGKILL after the grace period, then the final delete.
-            if run is not None and not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
+            # Deleted (or the node stops): SIGTERM, SIGKILL after the grace period, then the final delete. The
+            # clean-up runs as a task of its own, shielded: nothing may cut it short once it has begun.
             self._finished.add(uid)
-            if not self._stopping.is_set():
+            stopping = self._stopping.is_set()
+            if not stopping:
                 self._finalizing.add(uid)
-                await asyncio.shield(self._after_kill(pod, started))
+            ending = asyncio.create_task(self._end_killed(pod, started, run, report=not stopping))
+            self._background.add(ending)
+            ending.add_done_callback(self._background.discard)
+            await asyncio.shield(ending)
             raise
         finally:
             self._pods.pop(uid, None)
