@@ -20,6 +20,23 @@ What it does of a kubelet's work, and nothing else (it serves no port, so
   tail); writes the pod status as the kubelet does (phase, conditions,
   ``containerStatuses[].state``; :func:`kubelet_pod_status`, shared with the
   embedded cluster); enforces the pod's ``activeDeadlineSeconds``;
+* gives each pod what a kubelet gives it to reach the API server:
+  ``KUBERNETES_SERVICE_HOST``/``_PORT`` (the API server on loopback) and the
+  ServiceAccount volume that admission adds (``kube-api-access-*``: a token
+  from the TokenRequest API bound to the pod, ``ca.crt`` from
+  ``kube-root-ca.crt``, the namespace). A local process cannot have
+  ``/var/run/secrets/kubernetes.io/serviceaccount``, where in-cluster clients
+  look, so the node also sets ``KUBECONFIG`` to a file built from that token
+  and CA: in-cluster loading fails, and the kubernetes client and kopf fall
+  back to it (a deliberate difference, docs/TESTING.md). The token is not
+  renewed (it lives the volume's ``expirationSeconds``, 3607 s by default);
+* runs the ``readinessProbe`` (``httpGet`` on 127.0.0.1) and reports the
+  pod's Ready condition from it; liveness and startup probes are not run,
+  and a container that ends is not restarted (the ReplicaSet replaces the pod);
+* treats container ports as host ports (the processes share the node's
+  network): a pod whose ports another running pod holds waits, Pending,
+  until they are free (two operator replicas on this one node: one runs,
+  the other waits, as a standby would);
 * ends a deleted pod (``deletionTimestamp`` set) with SIGTERM, SIGKILL after its
   grace period, then removes the object (the kubelet's final delete with
   grace period 0);
@@ -44,12 +61,17 @@ import json
 import logging
 import platform
 import shutil
+import ssl
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -74,6 +96,12 @@ TERMINAL = ("Succeeded", "Failed")
 STATUS_RETRY = 1.0
 #: When the node stops, a pod's process gets at most this long between SIGTERM and SIGKILL.
 STOP_GRACE = 5.0
+#: Where a container finds its ServiceAccount's token, CA and namespace (the ServiceAccount admission's mount).
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Lifetime of a projected token when the volume names none (the admission plugin's default: 3607 s).
+TOKEN_SECONDS = 3607
+#: Seconds between checks whether a waiting pod's container ports are free.
+PORT_WAIT = 1.0
 
 
 def _now() -> str:
@@ -140,6 +168,81 @@ class NodeRuntime(ProcessRuntime):
         folder = Path(source.path)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def service_account_token(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
+        """
+        A token of the pod's ServiceAccount from the TokenRequest API, bound to the pod (it stops
+        working once the pod is deleted), as the kubelet writes into ``kube-api-access-*``.
+        """
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        account = spec.get("serviceAccountName") or "default"
+        audience = source.get("audience")
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": [audience] if audience else None,
+                "expirationSeconds": int(source.get("expirationSeconds") or TOKEN_SECONDS),
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+            },
+        }
+        try:
+            response = self.core.create_namespaced_service_account_token(account, meta["namespace"], body)
+        except ApiException as e:
+            raise PodSetupError(
+                "CreateContainerConfigError",
+                f'cannot get a token for serviceaccount "{account}": {e.status} {e.reason}',
+            ) from e
+        return str(response.status.token)
+
+    def node_env(self, pod: dict[str, Any], mounts: Mapping[str, Path]) -> dict[str, str]:
+        """
+        What a kubelet gives every container: ``KUBERNETES_SERVICE_HOST``/``_PORT`` (here the API
+        server itself, on loopback). With the service-account volume mounted, also ``KUBECONFIG``:
+        a file built from its token and CA, because a local process cannot have the fixed path
+        ``/var/run/secrets/kubernetes.io/serviceaccount`` that in-cluster clients read; they find it
+        missing and fall back to ``KUBECONFIG`` (the kubernetes client and kopf both do).
+        """
+        server = urllib.parse.urlsplit(self.core.api_client.configuration.host)
+        host, port = server.hostname or "127.0.0.1", str(server.port or 443)
+        env = {
+            "KUBERNETES_SERVICE_HOST": host,
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://{host}:{port}",
+        }
+        folder = mounts.get(SERVICE_ACCOUNT_PATH)
+        if folder is not None and (folder / "token").is_file():
+            meta = pod["metadata"]
+            kubeconfig = self.pod_dir(meta["namespace"], meta["name"]) / "kubeconfig"
+            cluster: dict[str, Any] = {"server": self.core.api_client.configuration.host}
+            if (folder / "ca.crt").is_file():
+                cluster["certificate-authority"] = str(folder / "ca.crt")
+            kubeconfig.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Config",
+                        "current-context": "in-cluster",
+                        "clusters": [{"name": "in-cluster", "cluster": cluster}],
+                        "users": [{"name": "service-account", "user": {"token": (folder / "token").read_text()}}],
+                        "contexts": [
+                            {
+                                "name": "in-cluster",
+                                "context": {
+                                    "cluster": "in-cluster",
+                                    "user": "service-account",
+                                    "namespace": meta["namespace"],
+                                },
+                            }
+                        ],
+                    }
+                ),
+                encoding="utf-8",
+            )
+            kubeconfig.chmod(0o600)
+            env["KUBECONFIG"] = str(kubeconfig)
+        return env
 
     def grace_period(self, pod: dict[str, Any]) -> float:
         uid = pod["metadata"].get("uid", "")
@@ -278,6 +381,7 @@ class ProcessNode:
         self._finalizing: set[str] = set()  # pod uids whose final delete was sent
         self._background: set[asyncio.Task[Any]] = set()  # short requests in flight (held: tasks are weak)
         self._informers: list[Informer] = []
+        self._ports_taken: set[tuple[str, int]] = set()  # container ports of the pods running here
         self.boot_id = str(uuid.uuid4())
 
     # ---------------------------------------------------------------- lifecycle
@@ -646,9 +750,10 @@ class ProcessNode:
         state: dict[str, Any],
         reason: str | None = None,
         message: str | None = None,
+        ready: bool | None = None,
     ) -> None:
         meta = pod["metadata"]
-        status = kubelet_pod_status(pod, phase, started, _now(), state, reason, message)
+        status = kubelet_pod_status(pod, phase, started, _now(), state, reason, message, ready=ready)
         # As the kubelet's status manager: retried until the API server takes it (it may be restarting),
         # the pod is gone, or the node stops.
         while not self._stopping.is_set():
@@ -685,13 +790,32 @@ class ProcessNode:
     async def _run_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
-        started = _now()
         deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
         run: asyncio.Task[Result] | None = None
+        ports = container_ports(pod)
+        probe = readiness_probe(pod)
+        ended = asyncio.Event()
+        prober: asyncio.Task[None] | None = None
+        holding = False
+        started = _now()
         try:
-            await self._pod_status(pod, "Running", started, {"running": {"startedAt": started}})
+            # Local processes share one network namespace: a pod whose ports another pod of this node
+            # holds waits (Pending) until they are free, instead of failing to bind them.
+            while ports & self._ports_taken:
+                await asyncio.sleep(PORT_WAIT)
+            self._ports_taken |= ports
+            holding = True
+            started = _now()
+            await self._pod_status(
+                pod, "Running", started, {"running": {"startedAt": started}}, ready=None if probe is None else False
+            )
             run = asyncio.create_task(self.runtime.run(pod, pod))
+            if probe is not None:
+                prober = asyncio.create_task(self._probe(pod, started, probe, ended))
             done, _ = await asyncio.wait({run}, timeout=deadline)
+            ended.set()
+            if prober is not None:
+                await prober  # it ends at once, so no probe result lands after the final status
             if not done:
                 # The kubelet kills a pod past its activeDeadlineSeconds: phase Failed, reason DeadlineExceeded.
                 run.cancel()
@@ -727,4 +851,85 @@ class ProcessNode:
             await asyncio.shield(ending)
             raise
         finally:
+            ended.set()
+            if prober is not None and not prober.done():
+                prober.cancel()
+            if holding:
+                self._ports_taken -= ports
             self._pods.pop(uid, None)
+
+    async def _probe(self, pod: dict[str, Any], started: str, probe: dict[str, Any], ended: asyncio.Event) -> None:
+        """
+        The readiness probe (``httpGet``, on 127.0.0.1): the pod's Ready condition follows it,
+        ``successThreshold`` successes in a row to become ready, ``failureThreshold`` failures to stop.
+        """
+        period = float(probe.get("periodSeconds") or 10)
+        timeout = float(probe.get("timeoutSeconds") or 1)
+        successes_needed = int(probe.get("successThreshold") or 1)
+        failures_needed = int(probe.get("failureThreshold") or 3)
+        url = probe["url"]
+        ready, successes, failures = False, 0, 0
+        wait = float(probe.get("initialDelaySeconds") or 0)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), wait)
+            if ended.is_set():
+                return
+            wait = period
+            ok = await asyncio.to_thread(http_probe, url, timeout)
+            successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+            verdict = True if successes >= successes_needed else False if failures >= failures_needed else ready
+            if verdict != ready and not ended.is_set():
+                ready = verdict
+                await self._pod_status(pod, "Running", started, {"running": {"startedAt": started}}, ready=ready)
+
+
+def container_ports(pod: dict[str, Any]) -> set[tuple[str, int]]:
+    """The (protocol, port) pairs the pod's containers declare: on this node they are host ports."""
+    return {
+        (str(port.get("protocol") or "TCP"), int(port["containerPort"]))
+        for container in (pod.get("spec") or {}).get("containers") or []
+        for port in container.get("ports") or []
+        if port.get("containerPort")
+    }
+
+
+def readiness_probe(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """
+    The first container's ``readinessProbe`` with its URL on 127.0.0.1 (a named port resolved from the
+    container's ports), or None: no probe, or one this node cannot run (exec, tcpSocket, grpc: then
+    running means ready, as before).
+    """
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if not containers:
+        return None
+    container = containers[0]
+    probe = container.get("readinessProbe") or {}
+    get = probe.get("httpGet")
+    if not get:
+        return None
+    port = get.get("port")
+    if isinstance(port, str) and not port.isdigit():
+        port = next((p.get("containerPort") for p in container.get("ports") or [] if p.get("name") == port), None)
+        if port is None:
+            return None
+    scheme = str(get.get("scheme") or "HTTP").lower()
+    path = get.get("path") or "/"
+    return {**probe, "url": f"{scheme}://127.0.0.1:{int(port)}{path if path.startswith('/') else '/' + path}"}
+
+
+#: Probes go straight to the pod (no proxy from the environment); HTTPS is not verified, as the kubelet's.
+_PROBE_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl._create_unverified_context())
+)
+
+
+def http_probe(url: str, timeout: float) -> bool:
+    """One httpGet probe: a status from 200 to 399 succeeds, anything else (or no answer) fails."""
+    try:
+        with _PROBE_OPENER.open(url, timeout=timeout) as response:
+            return 200 <= int(response.status) < 400
+    except urllib.error.HTTPError as e:
+        return 200 <= e.code < 400
+    except (OSError, ValueError):
+        return False

@@ -21,7 +21,10 @@ What a pod becomes:
     reused name starts empty, as a newly provisioned volume would;
   - a ConfigMap or Secret volume -> files written from the object in the API
     server's store (one file with ``subPath``, else one per key);
-  - ``emptyDir`` -> a folder of the pod.
+  - ``emptyDir`` -> a folder of the pod;
+  - a ``projected`` volume (ConfigMap, Secret, downward-API and
+    ``serviceAccountToken`` sources) -> files written as above; the token only
+    where the runtime can ask an API server for one (ProcessNode, node.py).
 
 * Paths: the container's mount paths are mapped onto those host folders by
   rewriting path prefixes (longest mount path first) in the command, the
@@ -301,6 +304,9 @@ class ProcessRuntime(Runtime):
                 elif "emptyDir" in volume:
                     sources[name] = pod_dir / "emptydir" / name
                     sources[name].mkdir(parents=True, exist_ok=True)
+                elif "projected" in volume:
+                    sources[name] = pod_dir / "files" / name
+                    self._write_files(sources[name], self._projected(pod, volume["projected"]), None)
                 else:
                     kinds = ", ".join(k for k in volume if k != "name")
                     raise PodSetupError(
@@ -317,6 +323,70 @@ class ProcessRuntime(Runtime):
                     raise PodSetupError("CreateContainerConfigError", f'subPath "{sub}" not found in volume "{name}"')
             mounts[str(PurePosixPath(mount["mountPath"]))] = host
         return mounts
+
+    def _projected(self, pod: dict[str, Any], projected: dict[str, Any]) -> dict[str, str | bytes]:
+        """
+        The files of a ``projected`` volume (path -> content) from its ConfigMap, Secret, downward-API
+        and ``serviceAccountToken`` sources: what the API server's ServiceAccount admission adds to
+        every pod that does not opt out (``kube-api-access-*``: token, ``ca.crt``, namespace).
+        """
+        namespace = pod["metadata"]["namespace"]
+        files: dict[str, str | bytes] = {}
+
+        def pick(values: Mapping[str, str | bytes], items: list[dict[str, Any]] | None) -> None:
+            for item in items or [{"key": k, "path": k} for k in values]:
+                if item["key"] not in values:
+                    raise PodSetupError("CreateContainerConfigError", f'key "{item["key"]}" not found')
+                files[item.get("path", item["key"])] = values[item["key"]]
+
+        for source in projected.get("sources") or []:
+            if "configMap" in source:
+                ref = source["configMap"]
+                pick(self._configmap(namespace, ref["name"], ref.get("optional", False)) or {}, ref.get("items"))
+            elif "secret" in source:
+                ref = source["secret"]
+                pick(self._secret(namespace, ref["name"], ref.get("optional", False)) or {}, ref.get("items"))
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"].get("items") or []:
+                    value = self._field(pod, (item.get("fieldRef") or {}).get("fieldPath", ""))
+                    if value is None:
+                        raise PodSetupError(
+                            "CreateContainerConfigError", f'downwardAPI item "{item.get("path")}": unsupported field'
+                        )
+                    files[item["path"]] = value
+            elif "serviceAccountToken" in source:
+                token = source["serviceAccountToken"]
+                files[token["path"]] = self.service_account_token(pod, token)
+            else:
+                kinds = ", ".join(source)
+                raise PodSetupError("CreateContainerConfigError", f"projected source {kinds} is not supported")
+        return files
+
+    def service_account_token(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
+        """A token for the pod's ServiceAccount (a projected ``serviceAccountToken``): none without an API server."""
+        raise PodSetupError(
+            "CreateContainerConfigError",
+            "this runtime cannot request service-account tokens (set automountServiceAccountToken: false)",
+        )
+
+    def node_env(self, pod: dict[str, Any], mounts: Mapping[str, Path]) -> dict[str, str]:
+        """Variables the node gives every pod before its own env (a kubelet's KUBERNETES_SERVICE_*): none here."""
+        return {}
+
+    @staticmethod
+    def _field(pod: dict[str, Any], field: str) -> str | None:
+        """A downward-API ``fieldRef`` of the pod (the fields this runtime knows), or None."""
+        meta = pod["metadata"]
+        value = {
+            "metadata.name": meta.get("name"),
+            "metadata.namespace": meta.get("namespace"),
+            "metadata.uid": meta.get("uid"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+            "spec.nodeName": (pod.get("spec") or {}).get("nodeName") or "localhost",
+            "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName"),
+        }.get(field)
+        return None if value is None else str(value)
 
     def _path_mapping(self, mounts: dict[str, Path], pod_dir: Path) -> dict[str, Path]:
         """Mounts, plus every directory above a mount mapped into a symlink tree ``<pod>/fs``."""
@@ -396,17 +466,7 @@ class ProcessRuntime(Runtime):
                             f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}",
                         )
             elif "fieldRef" in source:
-                field = source["fieldRef"].get("fieldPath", "")
-                meta = pod["metadata"]
-                value = {
-                    "metadata.name": meta.get("name"),
-                    "metadata.namespace": meta.get("namespace"),
-                    "metadata.uid": meta.get("uid"),
-                    "status.podIP": "127.0.0.1",
-                    "status.hostIP": "127.0.0.1",
-                    "spec.nodeName": (pod.get("spec") or {}).get("nodeName") or "localhost",
-                    "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName"),
-                }.get(field)
+                value = self._field(pod, source["fieldRef"].get("fieldPath", ""))
             if value is not None:
                 env[name] = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
         return env
@@ -445,7 +505,8 @@ class ProcessRuntime(Runtime):
                 f'container "{container.get("name")}" has no command: the process '
                 f"runtime ignores images, so it cannot use the image's entrypoint",
             )
-        env = {k: env_mapper(v) for k, v in pod_env.items()}
+        # The node's variables first (a kubelet's KUBERNETES_SERVICE_*); the pod's own env wins.
+        env = {**self.node_env(pod, mounts), **{k: env_mapper(v) for k, v in pod_env.items()}}
         env.update(
             {
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), DEFAULT_PATH]),

@@ -50,6 +50,7 @@ def kubelet_pod_status(
     reason: str | None = None,
     message: str | None = None,
     host_ip: str = "127.0.0.1",
+    ready: bool | None = None,
 ) -> dict[str, Any]:
     """
     A Pod's whole ``status`` as a kubelet reports it: phase, the five pod
@@ -57,8 +58,11 @@ def kubelet_pod_status(
     the containers ended), and one containerStatus per container in ``state``
     (``{'running': ...}`` or ``{'terminated': ...}``). The embedded cluster's
     Job controller and the ProcessNode for a real API server both write this.
+    ``ready``: the readiness probe's verdict for a running container (None: no
+    probe, so running means ready).
     """
     running = "running" in state
+    is_ready = running if ready is None else running and ready
     containers = (pod.get("spec") or {}).get("containers") or [{"name": "main"}]
 
     def condition(kind: str, ok: bool, why: str | None = None) -> dict[str, Any]:
@@ -72,7 +76,7 @@ def kubelet_pod_status(
             found["reason"] = why
         return found
 
-    ended = None if running else "PodCompleted"
+    ended = None if is_ready else "ContainersNotReady" if running else "PodCompleted"
     status: dict[str, Any] = {
         "phase": phase,
         "startTime": started,
@@ -84,8 +88,8 @@ def kubelet_pod_status(
         "conditions": [
             condition("PodReadyToStartContainers", running),
             condition("Initialized", True),
-            condition("Ready", running, ended),
-            condition("ContainersReady", running, ended),
+            condition("Ready", is_ready, ended),
+            condition("ContainersReady", is_ready, ended),
             condition("PodScheduled", True),
         ],
         "containerStatuses": [
@@ -94,7 +98,7 @@ def kubelet_pod_status(
                 "image": c.get("image", ""),
                 "imageID": "",
                 "containerID": f"process://{(pod.get('metadata') or {}).get('uid', '')}/{c.get('name', 'main')}",
-                "ready": running,
+                "ready": is_ready,
                 "started": running,
                 "restartCount": 0,
                 "state": state,
