@@ -701,26 +701,14 @@ class ProcessNode:
         """
         meta = pod["metadata"]
         options = client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"]))
-        while not self._stopping.is_set():
-            try:
-                await asyncio.to_thread(self.core.delete_namespaced_pod, meta["name"], meta["namespace"], body=options)
-                break
-            except ApiException as e:
-                if e.status in (404, 409):
-                    break
-                logger.warning(
-                    "node %s: delete pod %s/%s: %s %s (retrying)",
-                    self.name,
-                    meta["namespace"],
-                    meta["name"],
-                    e.status,
-                    e.reason,
-                )
-            except Exception as e:  # unreachable: the API server is restarting
-                logger.warning(
-                    "node %s: delete pod %s/%s: %r (retrying)", self.name, meta["namespace"], meta["name"], e
-                )
-            await asyncio.sleep(STATUS_RETRY)
+        await self._until_taken(
+            f"delete pod {meta['namespace']}/{meta['name']}",
+            (404, 409),
+            self.core.delete_namespaced_pod,
+            meta["name"],
+            meta["namespace"],
+            body=options,
+        )
         self.runtime.grace_overrides.pop(meta["uid"], None)
 
     async def _end_killed(
@@ -756,35 +744,30 @@ class ProcessNode:
         status = kubelet_pod_status(pod, phase, started, _now(), state, reason, message, ready=ready)
         # As the kubelet's status manager: retried until the API server takes it (it may be restarting),
         # the pod is gone, or the node stops.
+        await self._until_taken(
+            f"report the status of pod {meta['namespace']}/{meta['name']}",
+            (404,),
+            self.core.patch_namespaced_pod_status,
+            meta["name"],
+            meta["namespace"],
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def _until_taken(
+        self, what: str, final: tuple[int, ...], function: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> None:
+        """A client call in a thread, retried until the API server takes it or answers ``final``, or the node stops."""
         while not self._stopping.is_set():
             try:
-                await asyncio.to_thread(
-                    self.core.patch_namespaced_pod_status,
-                    meta["name"],
-                    meta["namespace"],
-                    {"status": status},
-                    _content_type="application/merge-patch+json",
-                )
+                await asyncio.to_thread(function, *args, **kwargs)
                 return
             except ApiException as e:
-                if e.status == 404:
+                if e.status in final:
                     return
-                logger.warning(
-                    "node %s: report the status of pod %s/%s: %s %s (retrying)",
-                    self.name,
-                    meta["namespace"],
-                    meta["name"],
-                    e.status,
-                    e.reason,
-                )
+                logger.warning("node %s: %s: %s %s (retrying)", self.name, what, e.status, e.reason)
             except Exception as e:  # unreachable: the API server is restarting
-                logger.warning(
-                    "node %s: report the status of pod %s/%s: %r (retrying)",
-                    self.name,
-                    meta["namespace"],
-                    meta["name"],
-                    e,
-                )
+                logger.warning("node %s: %s: %r (retrying)", self.name, what, e)
             await asyncio.sleep(STATUS_RETRY)
 
     async def _run_pod(self, pod: dict[str, Any]) -> None:

@@ -194,11 +194,11 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def events(
+    def raw(
         self, user: str | None = OPERATOR_USER, since: int = 0, stages: tuple[str, ...] = ("ResponseComplete",)
-    ) -> list[AuditEvent]:
-        """The requests of ``user`` (None: everyone's) from line ``since`` on, at the given audit stages."""
-        found: list[AuditEvent] = []
+    ) -> list[dict[str, Any]]:
+        """The audit events as the API server wrote them, of ``user`` (None: everyone's), from line ``since`` on."""
+        found: list[dict[str, Any]] = []
         if not self.path.exists():
             return found
         with self.path.open(encoding="utf-8", errors="replace") as lines:
@@ -211,25 +211,33 @@ class AuditLog:
                     continue  # a line being written
                 if event.get("stage") not in stages:
                     continue
-                username = (event.get("user") or {}).get("username", "")
-                if user is not None and username != user:
+                if user is not None and (event.get("user") or {}).get("username", "") != user:
                     continue
-                ref = event.get("objectRef") or {}
-                resource = ref.get("resource", "")
-                if ref.get("subresource"):
-                    resource += "/" + ref["subresource"]
-                found.append(
-                    AuditEvent(
-                        username,
-                        event.get("verb", ""),
-                        ref.get("apiGroup", ""),
-                        resource,
-                        ref.get("namespace", ""),
-                        ref.get("name", ""),
-                        int((event.get("responseStatus") or {}).get("code") or 0),
-                        event.get("requestURI", ""),
-                    )
+                found.append(event)
+        return found
+
+    def events(
+        self, user: str | None = OPERATOR_USER, since: int = 0, stages: tuple[str, ...] = ("ResponseComplete",)
+    ) -> list[AuditEvent]:
+        """The requests of ``user`` (None: everyone's) from line ``since`` on, at the given audit stages."""
+        found: list[AuditEvent] = []
+        for event in self.raw(user, since, stages):
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", "")
+            if ref.get("subresource"):
+                resource += "/" + ref["subresource"]
+            found.append(
+                AuditEvent(
+                    (event.get("user") or {}).get("username", ""),
+                    event.get("verb", ""),
+                    ref.get("apiGroup", ""),
+                    resource,
+                    ref.get("namespace", ""),
+                    ref.get("name", ""),
+                    int((event.get("responseStatus") or {}).get("code") or 0),
+                    event.get("requestURI", ""),
                 )
+            )
         return found
 
     def lines(self) -> int:

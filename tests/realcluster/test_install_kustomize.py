@@ -22,7 +22,7 @@ from operator_engine.demo import LOOPBACK_NETWORKS
 from operator_engine.devcluster.realstack import OPERATOR_CONFIGMAP, STORAGE_CLASS, manifests_dir
 
 from .conftest import RealCluster, clean_namespace
-from .support import NS, OPERATOR_USER, wait_until
+from .support import NS, wait_until
 from .test_workflows import sample
 
 DEPLOYMENT = "ocean-compute-operator"
@@ -63,20 +63,10 @@ def pod_output(real: RealCluster) -> str:
     return "\n".join(texts)
 
 
-def audit_events(real: RealCluster, since: int) -> list[dict[str, Any]]:
-    """The ServiceAccount's requests (raw audit events, ResponseComplete) from line ``since`` on."""
-    found = []
-    with real.audit.path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines):
-            if number < since or not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("stage") == "ResponseComplete" and (event.get("user") or {}).get("username") == OPERATOR_USER:
-                found.append(event)
-    return found
+def patch_settings(real: RealCluster, data: dict[str, Any]) -> None:
+    """Merge ``data`` into the operator's settings ConfigMap, as an admin would with kubectl."""
+    patch = json.dumps({"data": data})
+    kubectl(real, "patch", "configmap", OPERATOR_CONFIGMAP, "-n", NS, "--type=merge", "-p", patch)
 
 
 # The session's control plane, two operator starts (the apply, the restart) and one workflow.
@@ -100,17 +90,7 @@ def test_apply_k_installs_the_operator_which_runs_a_workflow_as_its_service_acco
             "LOCAL_STORAGE_DIR": str(results),
             "CONFIGURE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
         }
-        kubectl(
-            real,
-            "patch",
-            "configmap",
-            OPERATOR_CONFIGMAP,
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            json.dumps({"data": settings}),
-        )
+        patch_settings(real, settings)
         kubectl(real, "rollout", "restart", f"deployment/{DEPLOYMENT}", "-n", NS)
 
         # Two replicas, one node: the pods' ports are host ports here (local processes share one
@@ -134,7 +114,7 @@ def test_apply_k_installs_the_operator_which_runs_a_workflow_as_its_service_acco
 
         # Every request of the operator came with the ServiceAccount's token the node projected into
         # that pod (the API server records the pod a bound token belongs to), and none was refused.
-        events = audit_events(real, since)
+        events = real.audit.raw(since=since)
         refused = [
             (e.get("verb"), e.get("requestURI")) for e in events if (e.get("responseStatus") or {}).get("code") == 403
         ]
@@ -165,15 +145,5 @@ def test_apply_k_installs_the_operator_which_runs_a_workflow_as_its_service_acco
         if original:
             current = json.loads(kubectl(real, "get", "configmap", OPERATOR_CONFIGMAP, "-n", NS, "-o", "json"))
             restore = {k: original.get(k) for k in current.get("data") or {} if current["data"][k] != original.get(k)}
-            kubectl(
-                real,
-                "patch",
-                "configmap",
-                OPERATOR_CONFIGMAP,
-                "-n",
-                NS,
-                "--type=merge",
-                "-p",
-                json.dumps({"data": restore}),
-            )
+            patch_settings(real, restore)
         clean_namespace(real)
