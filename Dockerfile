@@ -15,7 +15,9 @@ RUN groupadd --system --gid 10001 ocean \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin ocean
 
-# Pinned dependencies first, so this layer is cached across code changes.
+# Pinned dependencies first, so this layer is cached across code changes. The
+# runtime set only: the [dev] extra (requirements_dev_extra.txt: KMock and what
+# only the embedded cluster and the demo use) is not installed.
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from operator_engine import __version__
 
 EXIT_INVALID_INPUT = 2  # a Workflow or an argument is invalid
 EXIT_BAD_CONFIG = 78  # sysexits.h EX_CONFIG: an environment variable or template is invalid
+EXIT_MISSING_EXTRA = 1  # `demo` or `dev` without the [dev] extra installed
 
 
 def _fail(message: str, code: int) -> int:
@@ -240,13 +242,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+DEV_EXTRA = "dev"  # the optional dependencies of the embedded cluster and the demo (pyproject.toml)
+
+
+def _dev_extra_requirements() -> list[str]:
+    """The distributions the [dev] extra adds, as the installed package's metadata lists them."""
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("operator-engine") or []
+    except metadata.PackageNotFoundError:  # run from a source tree without installing: the import below decides
+        return []
+    marker = re.compile(r"""extra\s*==\s*["']""" + DEV_EXTRA + """["']""")
+    return [re.split(r"[^A-Za-z0-9._-]", line, maxsplit=1)[0] for line in requires if marker.search(line)]
+
+
+def missing_dev_extra() -> list[str]:
+    """What of the [dev] extra cannot be imported (empty when it is installed)."""
+    import importlib
+
+    missing = []
+    for name in _dev_extra_requirements():
+        try:
+            importlib.import_module(name.replace("-", "_"))
+        except ImportError:
+            missing.append(name)
+    if not missing:
+        try:
+            importlib.import_module("operator_engine.devcluster")
+        except ModuleNotFoundError as exc:
+            if exc.name and not exc.name.startswith("operator_engine"):
+                missing.append(exc.name.split(".")[0])
+    return missing
+
+
+def _require_dev_extra(command: str) -> int | None:
+    """One line naming the extra when `demo` or `dev` cannot run without it, else None."""
+    missing = missing_dev_extra()
+    if not missing:
+        return None
+    return _fail(
+        f"{command} needs the [{DEV_EXTRA}] extra (the embedded cluster), which is not installed "
+        f"(missing: {', '.join(missing)}): pip install 'operator-engine[{DEV_EXTRA}]'",
+        EXIT_MISSING_EXTRA,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if (refused := _require_dev_extra("demo")) is not None:
+        return refused
     from operator_engine.demo import demo_main
 
     return demo_main(args.workdir, args.data_port)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    if (refused := _require_dev_extra("dev")) is not None:
+        return refused
     from operator_engine.demo import dev_main
 
     return dev_main(args.workdir, args.data_port, args.control_plane)

@@ -35,7 +35,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import yaml
 
@@ -139,37 +139,40 @@ class Stack:
     operator_log: Path
     operator: asyncio.Task[Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    config: Any = None  # the operator's checked configuration (operator_engine.config.Config)
 
 
-@contextlib.contextmanager
-def _environ(changes: Mapping[str, str | None]) -> Any:
-    saved = {k: os.environ.get(k) for k in changes}
-    try:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def stack_environment(
+    workdir: Path, metrics: bool = False, operator_env: Mapping[str, str | None] | None = None
+) -> dict[str, str | None]:
+    """What the stack sets for its operator, on top of the process's environment (None unsets)."""
+    env: dict[str, str | None] = {
+        "KUBECONFIG": str(workdir / "kubeconfig"),  # for a person's kubectl; the operator is given it directly
+        "LOCAL_STORAGE_DIR": str(workdir / "results"),
+        "OPERATOR_NAMESPACE": NAMESPACE,
+        "CONFIGURE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
+    }
+    if not metrics:
+        env["METRICS_PORT"] = "0"
+    env.update(operator_env or {})
+    return env
 
 
-@contextlib.contextmanager
-def _kubernetes_client_default(kubeconfig: Path) -> Any:
-    """The ``kubernetes`` client reads KUBECONFIG once, at import: point its default at ours meanwhile."""
-    from kubernetes.config import kube_config
+def operator_config(operator_env: Mapping[str, str | None]) -> Any:
+    """The operator's configuration: the process's environment with ``operator_env`` on top (None unsets).
 
-    saved = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-    try:
-        yield
-    finally:
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved
+    Checked (``config.load_checked``): a bad variable raises ConfigError before
+    anything starts. The process's environment itself is left as it is.
+    """
+    from operator_engine import config
+
+    environ = dict(os.environ)
+    for key, value in operator_env.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    return config.load_checked(environ)
 
 
 @contextlib.asynccontextmanager
@@ -184,22 +187,28 @@ async def running_stack(
     """
     Start the cluster (ProcessRuntime under ``<workdir>/cluster``), the data server and the operator.
 
-    ``operator_env`` is added to the operator's environment (os.environ, for
-    the duration); ``LOCAL_STORAGE_DIR`` defaults to ``<workdir>/results`` and
+    The operator's configuration is the process's environment with
+    ``operator_env`` on top (the environment itself is not changed), checked
+    before anything starts (a bad variable raises ConfigError);
+    ``LOCAL_STORAGE_DIR`` defaults to ``<workdir>/results`` and
     ``CONFIGURE_ALLOWED_NETWORKS`` to loopback (where the demo data is served).
     ``data_port=None`` skips the data server. With ``logs_to_file``, the
-    process's stderr (where the operator logs) goes to ``<workdir>/operator.log``.
+    operator's log lines go to ``<workdir>/operator.log``, else to stderr.
     Without ``metrics``, METRICS_PORT is 0 unless ``operator_env`` sets it.
     """
     import kopf
 
     from operator_engine.devcluster import EmbeddedCluster, ProcessRuntime
+    from operator_engine.operator_main import launch_memo
 
     workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
     results = workdir / "results"
-    results.mkdir(exist_ok=True)
     operator_log = workdir / "operator.log"
+    kubeconfig = workdir / "kubeconfig"
+    env = stack_environment(workdir, metrics, operator_env)
+    config = operator_config(env)  # before anything starts: a bad variable leaves nothing behind
+    workdir.mkdir(parents=True, exist_ok=True)
+    results.mkdir(exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         data_url = ""
         if data_port is not None:
@@ -207,25 +216,13 @@ async def running_stack(
         cluster = await stack.enter_async_context(
             EmbeddedCluster(namespace=NAMESPACE, runtime=ProcessRuntime(workdir / "cluster"))
         )
-        kubeconfig = workdir / "kubeconfig"
         partial = workdir / ".kubeconfig.tmp"
         cluster.write_kubeconfig(partial)
         partial.replace(kubeconfig)  # atomically: whoever waits for the file reads it whole
-        env: dict[str, str | None] = {
-            "KUBECONFIG": str(kubeconfig),
-            "LOCAL_STORAGE_DIR": str(results),
-            "OPERATOR_NAMESPACE": NAMESPACE,
-            "CONFIGURE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
-        }
-        if not metrics:
-            env["METRICS_PORT"] = "0"
-        env.update(operator_env or {})
-        stack.enter_context(_environ(env))
-        stack.enter_context(_kubernetes_client_default(kubeconfig))
+        log_stream: TextIO | None = None
         if logs_to_file:
-            log_stream: IO[str] = stack.enter_context(operator_log.open("a", encoding="utf-8", buffering=1))
-            stack.enter_context(contextlib.redirect_stderr(log_stream))
-        import operator_engine.operator_main  # noqa: F401  (registers the handlers; reads the env)
+            log_stream = stack.enter_context(operator_log.open("a", encoding="utf-8", buffering=1))
+        memo = launch_memo(config, kubeconfig=str(kubeconfig), log_stream=log_stream)
 
         # The operator gets its own thread and event loop, as in a real deployment
         # where it is a process of its own: at exit kopf waits for every task of
@@ -233,7 +230,8 @@ async def running_stack(
         stop = threading.Event()
         operator = asyncio.create_task(
             asyncio.to_thread(
-                asyncio.run, kopf.operator(standalone=True, namespaces=[NAMESPACE], clusterwide=False, stop_flag=stop)
+                asyncio.run,
+                kopf.operator(standalone=True, namespaces=[NAMESPACE], clusterwide=False, stop_flag=stop, memo=memo),
             )
         )
 
@@ -252,6 +250,7 @@ async def running_stack(
             operator_log=operator_log,
             operator=operator,
             env={k: v for k, v in env.items() if v is not None},
+            config=config,
         )
         if operator.done() and not operator.cancelled() and operator.exception() is not None:
             raise RuntimeError("the operator stopped unexpectedly") from operator.exception()
@@ -379,7 +378,16 @@ async def run_demo(
 
 def _entry(command: str, run: Callable[..., Any], workdir: str | None, data_port: int, **options: Any) -> int:
     """Run `run(workdir, data_port=...)`; a person's mistake ends with one line, not a traceback."""
+    from operator_engine.config import ConfigError
     from operator_engine.devcluster.realstack import MissingBinaries
+    from operator_engine.operator_main import EXIT_BAD_CONFIG, configuration_problem
+
+    if options.get("control_plane") != "real":  # the real stack's operator reads kubernetes/operator.yml instead
+        try:  # before anything starts, on stderr (the operator's own lines go to <workdir>/operator.log)
+            operator_config(stack_environment(Path(workdir or tempfile.gettempdir()), metrics=command == "dev"))
+        except ConfigError as exc:
+            print(configuration_problem(exc), file=sys.stderr)
+            return EXIT_BAD_CONFIG
 
     if options.get("control_plane") == "real":
         try:  # before anything starts: a missing build leaves nothing behind, not even a folder
@@ -395,6 +403,9 @@ def _entry(command: str, run: Callable[..., Any], workdir: str | None, data_port
     except (DataServerError, FileNotFoundError, MissingBinaries) as exc:
         print(f"operator-engine {command}: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(configuration_problem(exc), file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except KeyboardInterrupt:
         return 130
 
@@ -448,7 +459,7 @@ async def run_dev(
         say(f"results:      {stack.results}")
         say(f"volumes/pods: {workdir / 'cluster'}")
         say(f"operator log: {stack.operator_log}")
-        say(f"metrics:      {_metrics_url()}")
+        say(f"metrics:      {_metrics_url(stack.config.METRICS_PORT)}")
         say("")
         say("try:")
         say(f"  export KUBECONFIG={k}")
@@ -472,10 +483,7 @@ async def run_dev(
     return 0
 
 
-def _metrics_url() -> str:
-    from operator_engine import config
-
-    port = config.load().METRICS_PORT
+def _metrics_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/metrics (METRICS_PORT)" if port else "off (METRICS_PORT=0)"
 
 

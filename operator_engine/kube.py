@@ -1,12 +1,15 @@
-"""The Kubernetes calls the operator makes, with retries, through the official client.
+"""The Kubernetes calls the operator makes, with retries, through an asyncio client.
 
-Each call runs the synchronous `kubernetes` client in a worker thread so the
-kopf event loop never blocks. Transient answers (429, 5xx, connection
-errors, timeouts) are retried with exponential backoff; "already exists" on
-create and "not found" on delete count as success, which is what makes every
-handler safe to run again after a crash. Any other 4xx is permanent and
-raised as `PermanentError` with the API server's message, so the workflow
-can end `Failed` saying why.
+`kubernetes_asyncio` mirrors the official client's API (the same method
+names, arguments and model classes) on aiohttp, which kopf already brings:
+each call is a coroutine on the operator's event loop, so hundreds of
+workflows wait on the API server together instead of taking turns on a few
+worker threads. Transient answers (429, 5xx, connection errors, timeouts)
+are retried with exponential backoff; "already exists" on create and "not
+found" on delete count as success, which is what makes every handler safe
+to run again after a crash. Any other 4xx is permanent and raised as
+`PermanentError` with the API server's message, so the workflow can end
+`Failed` saying why.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import kubernetes
-import urllib3
-from kubernetes.client import ApiException
+import aiohttp
+import kopf
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from operator_engine import __version__, metrics
 from operator_engine.leader import holder_identity
@@ -29,6 +34,13 @@ T = TypeVar("T")
 
 GROUP, VERSION, PLURAL = "oceanprotocol.com", "v1alpha", "workflows"
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Connections to the API server one client may hold at once (aiohttp's connector limit; requests
+#: beyond it wait for a free connection). Hundreds of workflows reconcile at once, each with a
+#: request or two in flight; the API server's own default allows 400 read and 200 write requests
+#: in flight (--max-requests-inflight, --max-mutating-requests-inflight).
+POOL_SIZE = 400
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 class PermanentError(Exception):
@@ -42,39 +54,75 @@ class TransientError(Exception):
 def _message(exc: ApiException) -> str:
     try:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return str(exc.reason)
 
 
-def new_api_client() -> kubernetes.client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config).
+async def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
+    """Where the API server is and how to authenticate, as `kubectl` would find it.
+
+    With `kubeconfig` (a path), that file. Without: in-cluster credentials when
+    running in a pod (the projected ServiceAccount token, re-read as the
+    kubelet rotates it), else the kubeconfig named by KUBECONFIG (read now, not
+    when a module was imported), else ~/.kube/config.
+    """
+    configuration = k8s.Configuration()
+    if kubeconfig is None:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+            return configuration
+        except k8s_config.ConfigException:
+            kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration, persist_config=False)
+    return configuration
+
+
+async def new_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
+    """An API client (see `load_configuration`) whose pool holds `POOL_SIZE` connections.
 
     Its User-Agent names the operator and this replica (the Lease holder
     identity), so the API server's audit log tells apart the replicas' writes.
+    Create it on the event loop that uses it (aiohttp binds its session to
+    that loop) and close it there (`await client.close()`).
     """
-    try:
-        kubernetes.config.load_incluster_config()
-        client = kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        # The client reads KUBECONFIG once, when first imported; read it now.
-        client = kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+    configuration = await load_configuration(kubeconfig)
+    configuration.connection_pool_maxsize = POOL_SIZE  # read when the client creates its pool, just below
+    client = k8s.ApiClient(configuration)
     client.user_agent = f"operator-engine/{__version__} ({holder_identity()})"
     return client
+
+
+async def kopf_connection(kubeconfig: str) -> kopf.ConnectionInfo:
+    """kopf's credentials from a kubeconfig file, read the way the operator's own client reads it."""
+    configuration = await load_configuration(kubeconfig)
+    header = await configuration.get_api_key_with_prefix("BearerToken") or ""
+    scheme, _, token = header.partition(" ") if " " in header else ("", "", header)  # RFC 7235: "Bearer xyz"
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert or None,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file or None,
+        private_key_path=configuration.key_file or None,
+    )
 
 
 class Kube:
     def __init__(
         self,
-        api_client: kubernetes.client.ApiClient,
+        api_client: k8s.ApiClient,
         attempts: int = 8,
         base_delay: float = 0.1,
         max_delay: float = 2.0,
         request_timeout: float = 15.0,
     ) -> None:
         self.client = api_client
-        self.core = kubernetes.client.CoreV1Api(api_client)
-        self.batch = kubernetes.client.BatchV1Api(api_client)
-        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.batch = k8s.BatchV1Api(api_client)
+        self.custom = k8s.CustomObjectsApi(api_client)
         # (create, delete, list) for each kind of child the operator makes. Only Jobs
         # are listed (to follow the stages); the others are deleted by their known
         # names, so the Role grants no `list` on them: `list` on Secrets would read
@@ -94,13 +142,17 @@ class Kube:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.timeout = request_timeout
+        # The loop the client's connections belong to (aiohttp binds them to it): close() runs there.
+        self._loop = asyncio.get_running_loop()
 
-    async def call(self, fn: Callable[..., T], *args: Any, ok: tuple[int, ...] = (), **kwargs: Any) -> T | None:
-        """Run fn with retries; a status in `ok` returns None instead of raising."""
+    async def call(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, ok: tuple[int, ...] = (), **kwargs: Any
+    ) -> T | None:
+        """Await fn with retries; a status in `ok` returns None instead of raising."""
         delay = self.base_delay
         for attempt in range(1, self.attempts + 1):
             try:
-                return await asyncio.to_thread(fn, *args, _request_timeout=self.timeout, **kwargs)
+                return await fn(*args, _request_timeout=self.timeout, **kwargs)
             except ApiException as exc:
                 if exc.status in ok:
                     return None
@@ -110,7 +162,8 @@ class Kube:
                 last = f"{exc.status} {_message(exc)}"
                 retry_after = (exc.headers or {}).get("Retry-After") if exc.status == 429 else None
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                # No answer: refused or reset connections, a server that went away, the request timeout.
                 metrics.api_error(None)
                 last, wait = f"{type(exc).__name__}: {exc}", delay
             if attempt == self.attempts:
@@ -119,9 +172,27 @@ class Kube:
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        """Close pooled connections (a keep-alive connection would hold a local API server's shutdown)."""
-        self.client.close()
+    async def aclose(self) -> None:
+        """Close the pooled connections (a keep-alive connection would hold a local API server's shutdown)."""
+        await self.client.close()
+
+    def close(self) -> Any:
+        """`await kube.close()` on the client's event loop; from another thread, blocks until closed.
+
+        Both forms work so that a caller that closed the synchronous client of
+        earlier versions in a worker thread (`await asyncio.to_thread(kube.close)`)
+        still closes this one, on the loop its connections belong to.
+        """
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread
+            running = None
+        if running is self._loop:
+            return asyncio.ensure_future(self.aclose())
+        if self._loop.is_closed():
+            return None
+        asyncio.run_coroutine_threadsafe(self.aclose(), self._loop).result(timeout=30)
+        return None
 
     # --- Workflows
 
@@ -144,6 +215,7 @@ class Kube:
             PLURAL,
             name,
             {"status": status},
+            _content_type=MERGE_PATCH,
             ok=(404,),
         )
         return result is not None
@@ -171,7 +243,7 @@ class Kube:
             PLURAL,
             name,
             ops,
-            _content_type="application/json-patch+json",
+            _content_type=JSON_PATCH,
             ok=(404, 422),
         )
 
@@ -193,7 +265,7 @@ class Kube:
             PLURAL,
             name,
             ops,
-            _content_type="application/json-patch+json",
+            _content_type=JSON_PATCH,
             ok=(404, 422),
         )
 
@@ -210,7 +282,7 @@ class Kube:
         # Foreground: the Job stays (deletionTimestamp set) until its pods are gone, and its
         # deletion event then says so; a stopped stage is deleted this way.
         policy = "Foreground" if foreground else "Background"
-        body = kubernetes.client.V1DeleteOptions(propagation_policy=policy)
+        body = k8s.V1DeleteOptions(propagation_policy=policy)
         result = await self.call(self.child_apis[kind][1], name, namespace, body=body, ok=(404,))
         return result is not None
 
@@ -251,4 +323,6 @@ class Kube:
         }
         created = await self.call(self.core.create_namespaced_config_map, namespace, body, ok=(409,))
         if created is None:
-            await self.call(self.core.patch_namespaced_config_map, name, namespace, {"data": data})
+            await self.call(
+                self.core.patch_namespaced_config_map, name, namespace, {"data": data}, _content_type=MERGE_PATCH
+            )

@@ -20,8 +20,10 @@ way client-go's leader election does:
 * a leader that stops gracefully releases the Lease (empty holder), so the
   standby takes over within a poll instead of a lease duration.
 
-The election runs in threads of its own with the synchronous `kubernetes`
-client, so a busy event loop neither delays a renewal nor the deadline check.
+The election runs in threads of its own, so a busy operator event loop
+neither delays a renewal nor the deadline check: one thread runs a small
+event loop of its own with the operator's asyncio client (`kubernetes_asyncio`,
+see operator_engine/kube.py), the other only watches the clock.
 kopf's peering was not used: it pauses operators (a priority handshake over
 its own cluster-wide or namespaced peering CRDs), rather than guaranteeing a
 single active replica with a deadline (see the README, "Two replicas").
@@ -29,6 +31,8 @@ single active replica with a deadline (see the README, "Two replicas").
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -36,11 +40,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import kubernetes
-from kubernetes.client import ApiException
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +76,23 @@ def _now_micro() -> datetime.datetime:
 
 
 class LeaderElector:
-    """Competes for the Lease; calls `on_acquired` (from its thread) once it holds it, `on_lost` if it loses it."""
+    """Competes for the Lease; calls `on_acquired` (from its thread) once it holds it, `on_lost` if it loses it.
+
+    `api_client` makes the elector's API client (for example `kube.new_api_client`):
+    it is called in the elector's own thread, on the event loop that client then uses.
+    """
 
     def __init__(
         self,
-        api_client: kubernetes.client.ApiClient,
+        api_client: Callable[[], Awaitable[k8s.ApiClient]],
         namespace: str,
         identity: str,
         on_acquired: Callable[[], None],
         on_lost: Callable[[], None] = hard_exit,
         lease_name: str = LEASE_NAME,
     ) -> None:
-        self.api = kubernetes.client.CoordinationV1Api(api_client)
+        self.make_client = api_client
+        self.api: k8s.CoordinationV1Api | None = None
         self.namespace = namespace
         self.identity = identity
         self.lease_name = lease_name
@@ -92,10 +102,13 @@ class LeaderElector:
         self._renewed_at = 0.0  # time.monotonic() when the last successful renewal was sent
         self._observed: tuple[Any, ...] | None = None  # the other holder's record as last seen
         self._observed_at = 0.0
+        self._release = True
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
         self._threads = [
-            threading.Thread(target=self._run, name="leader-election", daemon=True),
+            threading.Thread(target=self._main, name="leader-election", daemon=True),
             threading.Thread(target=self._watchdog, name="leader-deadline", daemon=True),
         ]
 
@@ -109,48 +122,84 @@ class LeaderElector:
             thread.start()
 
     def stop(self, release: bool = True) -> None:
-        """Stop competing; a leader gives the Lease up so a standby need not wait for it to expire."""
-        self._stop.set()
+        """Stop competing; a leader gives the Lease up so a standby need not wait for it to expire.
+
+        Blocking (it waits for the elector's thread, which releases the Lease on its way out):
+        from a coroutine, `await asyncio.to_thread(elector.stop)`.
+        """
+        with self._lock:
+            self._release = release
+            self._stop.set()
+            loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has already ended
+                loop.call_soon_threadsafe(wake.set)
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(REQUEST_TIMEOUT * 3)
         with self._lock:
-            was_leader, self._leader = self._leader, False
-        if release and was_leader:
-            try:
-                lease = self._get()
-                if lease is not None and lease.spec.holder_identity == self.identity:
-                    lease.spec.holder_identity = None
-                    lease.spec.lease_duration_seconds = 1
-                    self._replace(lease)
-                    log.info(f"released the leader Lease {self.lease_name}")
-            except (ApiException, OSError) as exc:
-                log.warning(f"could not release the leader Lease {self.lease_name}: {exc}")
+            self._leader = False
 
     # --- the loops
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            leader = self._leader
-            sent = time.monotonic()
-            try:
-                ok = self._try_acquire_or_renew()
-            except Exception as exc:  # the API server is unreachable or unwell: the deadline decides
-                log.warning(f"leader election: {type(exc).__name__}: {exc}")
-                ok = False
-            if ok:
-                with self._lock:
-                    if leader and not self._leader:
-                        ok = False  # declared lost while this renewal was on its way: it stays lost
-                    else:
-                        self._renewed_at = sent
-                        self._leader = True
-                if ok and not leader:
-                    log.info(f"became the leader ({self.identity}); acting from now on")
-                    self.on_acquired()
-            elif leader and not self._stop.is_set():
-                self._check_deadline()
-            self._stop.wait(RENEW_PERIOD if self._leader else POLL_PERIOD)
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        wake = asyncio.Event()
+        with self._lock:
+            self._loop, self._wake = asyncio.get_running_loop(), wake
+        if self._stop.is_set():
+            return
+        try:
+            client = await self.make_client()
+        except Exception as exc:  # no credentials: this replica never leads, and says why
+            log.error(f"leader election cannot start: {type(exc).__name__}: {exc}")
+            return
+        self.api = k8s.CoordinationV1Api(client)
+        try:
+            while not self._stop.is_set():
+                await self._attempt()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), RENEW_PERIOD if self._leader else POLL_PERIOD)
+            with self._lock:
+                was_leader, self._leader = self._leader, False
+            if self._release and was_leader:
+                await self._give_up()
+        finally:
+            await client.close()
+
+    async def _attempt(self) -> None:
+        leader = self._leader
+        sent = time.monotonic()
+        try:
+            ok = await self._try_acquire_or_renew()
+        except Exception as exc:  # the API server is unreachable or unwell: the deadline decides
+            log.warning(f"leader election: {type(exc).__name__}: {exc}")
+            ok = False
+        if ok:
+            with self._lock:
+                if leader and not self._leader:
+                    ok = False  # declared lost while this renewal was on its way: it stays lost
+                else:
+                    self._renewed_at = sent
+                    self._leader = True
+            if ok and not leader:
+                log.info(f"became the leader ({self.identity}); acting from now on")
+                self.on_acquired()
+        elif leader and not self._stop.is_set():
+            self._check_deadline()
+
+    async def _give_up(self) -> None:
+        try:
+            lease = await self._get()
+            if lease is not None and lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                lease.spec.lease_duration_seconds = 1
+                await self._replace(lease)
+                log.info(f"released the leader Lease {self.lease_name}")
+        except (ApiException, aiohttp.ClientError, OSError) as exc:
+            log.warning(f"could not release the leader Lease {self.lease_name}: {exc}")
 
     def _watchdog(self) -> None:
         while not self._stop.wait(0.2):
@@ -166,22 +215,23 @@ class LeaderElector:
 
     # --- one attempt
 
-    def _try_acquire_or_renew(self) -> bool:
-        lease = self._get()
+    async def _try_acquire_or_renew(self) -> bool:
+        assert self.api is not None
+        lease = await self._get()
         now = _now_micro()
         if lease is None:
-            body = kubernetes.client.V1Lease(
-                metadata=kubernetes.client.V1ObjectMeta(name=self.lease_name, namespace=self.namespace),
+            body = k8s.V1Lease(
+                metadata=k8s.V1ObjectMeta(name=self.lease_name, namespace=self.namespace),
                 spec=self._spec(now, now, 0),
             )
             try:
-                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+                await self.api.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
             except ApiException as exc:
                 if exc.status == 409:
                     return False  # another replica created it first
                 raise
             return True
-        spec = lease.spec or kubernetes.client.V1LeaseSpec()
+        spec = lease.spec or k8s.V1LeaseSpec()
         holder = spec.holder_identity
         if holder == self.identity:
             lease.spec = self._spec(spec.acquire_time or now, now, spec.lease_transitions or 0)
@@ -203,17 +253,15 @@ class LeaderElector:
                     return False
             lease.spec = self._spec(now, now, (spec.lease_transitions or 0) + (1 if holder else 0))
         try:
-            self._replace(lease)  # carries the resourceVersion read above
+            await self._replace(lease)  # carries the resourceVersion read above
         except ApiException as exc:
             if exc.status == 409:
                 return False  # changed since read: someone renewed or took it
             raise
         return True
 
-    def _spec(
-        self, acquired: datetime.datetime, renewed: datetime.datetime, transitions: int
-    ) -> kubernetes.client.V1LeaseSpec:
-        return kubernetes.client.V1LeaseSpec(
+    def _spec(self, acquired: datetime.datetime, renewed: datetime.datetime, transitions: int) -> k8s.V1LeaseSpec:
+        return k8s.V1LeaseSpec(
             holder_identity=self.identity,
             lease_duration_seconds=LEASE_DURATION,
             acquire_time=acquired,
@@ -221,13 +269,19 @@ class LeaderElector:
             lease_transitions=transitions,
         )
 
-    def _get(self) -> Any:
+    async def _get(self) -> Any:
+        assert self.api is not None
         try:
-            return self.api.read_namespaced_lease(self.lease_name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+            return await self.api.read_namespaced_lease(
+                self.lease_name, self.namespace, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
-    def _replace(self, lease: Any) -> None:
-        self.api.replace_namespaced_lease(self.lease_name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT)
+    async def _replace(self, lease: Any) -> None:
+        assert self.api is not None
+        await self.api.replace_namespaced_lease(
+            self.lease_name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
+        )

@@ -155,9 +155,9 @@ def default_format(stream: TextIO) -> str:
 
 
 #: Loggers never heard below INFO, whatever LOG_LEVEL or a LOG_CFG file says: at
-#: DEBUG the kubernetes client logs whole response bodies, and those carry
+#: DEBUG the kubernetes clients log whole response bodies, and those carry
 #: spec.secret (Workflows), the Secrets' values and the input URLs (ConfigMaps).
-CLAMPED_LOGGERS = ("kubernetes",)
+CLAMPED_LOGGERS = ("kubernetes", "kubernetes_asyncio")
 
 
 def _clamped(name: str) -> bool:
@@ -198,7 +198,9 @@ def _apply_clamp() -> None:
         top.setLevel(max(logging.INFO, top.getEffectiveLevel()))
 
 
-def setup(level: str = "INFO", config_file: str | None = None, log_format: str | None = None) -> None:
+def setup(
+    level: str = "INFO", config_file: str | None = None, log_format: str | None = None, stream: TextIO | None = None
+) -> None:
     """Configure the process's logging: LOG_LEVEL, LOG_FORMAT, then LOG_CFG on top; idempotent.
 
     The root logger gets one handler on stderr with our formatter, replacing
@@ -216,7 +218,7 @@ def setup(level: str = "INFO", config_file: str | None = None, log_format: str |
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    stream = sys.stderr
+    stream = stream or sys.stderr  # another stream: an operator run inside another program (the demo)
     chosen = log_format or default_format(stream)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(

@@ -6,43 +6,76 @@ the previous one ended (a Job event, or the status patch of the step before);
 the engine's backstop task (one for all workflows, every
 OPERATOR_BACKSTOP_SECONDS) only catches missed events and deadlines.
 
-Importing this module checks the configuration and the templates, so a bad
-variable stops the operator at start with a message naming it (docs/contract.md §3, exit 78: §6).
+Importing this module only registers the handlers: it reads no variable,
+sets up no logging and exits nothing, so tests and `operator-engine demo`
+import it as it is. The startup handler reads and checks the configuration
+first, before anything else runs: a bad variable stops the operator with one
+line naming it (docs/contract.md §3) and exit code 78 (§6). Who runs the
+operator in a process of its own (`operator-engine demo`, the tests) passes
+what it would otherwise read from the environment in kopf's memo
+(`launch_memo`): the checked configuration, a kubeconfig path and a stream
+for the log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
-from typing import Any
+import threading
+from typing import Any, TextIO
 
 import kopf
 
 from operator_engine import config as _config
 from operator_engine import health, leader, logs, metrics
 from operator_engine.engine import Engine
-from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
+from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, kopf_connection, new_api_client
 from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 
-try:
-    _settings = _config.load_checked()
-    # Now, not only at startup: kopf's own lines from here on go through our formatter, once.
-    logs.setup(_settings.LOG_LEVEL, _settings.LOG_CFG, _settings.LOG_FORMAT)
-except _config.ConfigError as _exc:
-    print(f"operator-engine: configuration error: {'; '.join(_exc.problems)}", file=sys.stderr)
-    raise SystemExit(78) from None
-
+EXIT_BAD_CONFIG = 78  # sysexits.h EX_CONFIG, as the command line (operator_engine/cli.py)
 MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
 
-# kopf's watch stream and the kubernetes client decode Workflows with Python's
-# json, which recurses once per level and gives up near sys.getrecursionlimit()
-# (1000 by default). A real API server stores Workflows up to 10000 levels deep:
-# one of them would make every list and watch of Workflows fail, stopping all
-# workflows. With room for that depth the operator reads it and rejects it
-# (model.MAX_NESTING) like any other invalid Workflow. (py_ecc, imported for the
-# notification signatures, happens to raise the limit too; this must not depend on it.)
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * KUBERNETES_MAX_JSON_DEPTH))
+
+def launch_memo(config: _config.Config, kubeconfig: str | None = None, log_stream: TextIO | None = None) -> kopf.Memo:
+    """kopf's memo for an operator run inside another program (`kopf.operator(memo=...)`).
+
+    `config` is used as given (check it first: `config.load_checked`), instead
+    of the process's environment; the API clients (kopf's and the engine's)
+    use `kubeconfig` instead of KUBECONFIG or in-cluster credentials; the log
+    lines go to `log_stream` instead of stderr.
+    """
+    return kopf.Memo(config=config, kubeconfig=kubeconfig, log_stream=log_stream)
+
+
+def configuration_problem(exc: _config.ConfigError) -> str:
+    """The one line a bad configuration prints."""
+    return f"operator-engine: configuration error: {'; '.join(exc.problems)}"
+
+
+def _prepare(memo: kopf.Memo) -> _config.Config:
+    """The checked configuration (the memo's, else the environment's) with logging set up; exit 78 when bad."""
+    try:
+        config = memo.get("config") or _config.load_checked()
+        logs.setup(config.LOG_LEVEL, config.LOG_CFG, config.LOG_FORMAT, stream=memo.get("log_stream"))
+    except _config.ConfigError as exc:
+        print(configuration_problem(exc), file=sys.stderr, flush=True)
+        if threading.current_thread() is threading.main_thread():
+            # `kopf run`: nothing has started yet (this is the first handler), and a SystemExit
+            # through kopf's tasks would add warnings about tasks never started to the one line.
+            os._exit(EXIT_BAD_CONFIG)
+        raise SystemExit(EXIT_BAD_CONFIG) from None  # an operator in a thread of another program: ends it
+    # kopf's watch stream and the kubernetes client decode Workflows with Python's
+    # json, which recurses once per level and gives up near sys.getrecursionlimit()
+    # (1000 by default). A real API server stores Workflows up to 10000 levels deep:
+    # one of them would make every list and watch of Workflows fail, stopping all
+    # workflows. With room for that depth the operator reads it and rejects it
+    # (model.MAX_NESTING) like any other invalid Workflow. (py_ecc, imported for the
+    # notification signatures, happens to raise the limit too; this must not depend on it.)
+    # Set here, before kopf starts any watch (they start once the startup handlers are done).
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * KUBERNETES_MAX_JSON_DEPTH))
+    return config
 
 
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -56,9 +89,7 @@ def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> 
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Read again at each start: tests and `operator-engine dev` start the operator in-process.
-    config = _config.load()
-    logs.setup(config.LOG_LEVEL, config.LOG_CFG, config.LOG_FORMAT)
+    config = _prepare(memo)
     # The operator is namespaced (a Role, not cluster-admin): it must not list
     # namespaces or CRDs cluster-wide, which kopf's scanning would try.
     settings.scanning.disabled = True
@@ -72,6 +103,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # kopf runs on every replica (its watches and liveness endpoint too); the
     # handlers act only once `memo.engine` exists: at once without election,
     # else when this replica acquires the Lease (a lost Lease ends the process).
+    kubeconfig = memo.get("kubeconfig")
     memo.engine = None
     memo.elector = None
     memo.readiness_server = None
@@ -79,7 +111,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     readiness = health.Readiness(lambda: memo.elector is None or memo.elector.is_leader)
     if config.LEADER_ELECTION:
         memo.elector = leader.LeaderElector(
-            new_api_client(),
+            lambda: new_api_client(kubeconfig),
             config.OPERATOR_NAMESPACE,
             leader.holder_identity(),
             on_acquired=lambda: loop.call_soon_threadsafe(_start_take_over, config, memo, readiness),
@@ -105,7 +137,7 @@ async def _take_over(config: _config.Config, memo: kopf.Memo, readiness: health.
     reached it as a standby were ignored, so it reconciles every workflow
     that is not settled first.
     """
-    engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
+    engine = Engine(config, Kube(await new_api_client(memo.get("kubeconfig"))), post_event=_post_event)
     memo.engine = engine
     if first:
         await engine.admit(config.OPERATOR_NAMESPACE)
@@ -120,8 +152,10 @@ async def _take_over(config: _config.Config, memo: kopf.Memo, readiness: health.
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In-cluster credentials, else the kubeconfig named by KUBECONFIG at the time of login."""
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The memo's kubeconfig, else in-cluster credentials, else the kubeconfig named by KUBECONFIG at login."""
+    if memo.get("kubeconfig"):
+        return await kopf_connection(memo.kubeconfig)
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 

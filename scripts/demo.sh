@@ -3,5 +3,5 @@
 # (operator-engine demo): real data in, real results out, no Kubernetes needed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh requirements.txt
+bash scripts/setup.sh requirements_dev_extra.txt   # the runtime set and the [dev] extra (the embedded cluster)
 exec .venv/bin/operator-engine demo "$@"

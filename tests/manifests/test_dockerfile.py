@@ -69,3 +69,33 @@ def test_dockerfile_has_commented_dev_mode_tail_alternative():
 def test_dockerignore_excludes_venv_git_and_caches():
     entries = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".venv", ".git", ".pytest_cache", ".tox"} <= entries
+
+
+def _pinned(path, seen=None):
+    """The package names a requirements file pins, following its `-r` includes."""
+    seen = seen if seen is not None else set()
+    names = set()
+    for line in (ROOT / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            included = line[3:].strip()
+            if included not in seen:
+                seen.add(included)
+                names |= _pinned(included, seen)
+        elif line:
+            names.add(re.split(r"[^A-Za-z0-9._-]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_the_image_installs_the_operator_without_the_embedded_cluster():
+    """The [dev] extra (KMock and what only devcluster/demo use) stays out of the production image."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = {re.split(r"[^A-Za-z0-9._-]", r, maxsplit=1)[0].lower() for r in project["optional-dependencies"]["dev"]}
+    runtime = {re.split(r"[^A-Za-z0-9._-]", r, maxsplit=1)[0].lower() for r in project["dependencies"]}
+    assert "kmock" in extra and not extra & runtime
+    runs = " ".join(arg for word, arg in instructions() if word == "RUN")
+    assert "[dev]" not in runs and "requirements_dev" not in runs
+    assert not extra & _pinned("requirements.txt"), "requirements.txt pins a package of the [dev] extra"
+    assert extra <= _pinned("requirements_dev_extra.txt") <= _pinned("requirements_dev.txt")

@@ -9,7 +9,8 @@ Fixtures of the operator's acceptance tests.
   notifications; ``receiver.fail_first = K`` answers 503 to the first K.
 * ``operator``: ``async with operator(**env) as op:`` runs the real operator
   (``operator_engine.operator_main`` through kopf) in a background thread of
-  this process, configured by environment variables, until the block ends.
+  this process, configured by variables as a process would be (given in
+  kopf's memo: this process's environment stays as it is), until the block ends.
 * ``operator_process``: ``proc = await operator_process(**env)`` runs it as a
   ``kopf run`` subprocess (``proc.kill()`` is a hard SIGKILL;
   ``await proc.restart()``); all are killed at teardown.
@@ -360,8 +361,9 @@ def operator_environment(
 class InProcessOperator:
     """kopf running ``operator_engine.operator_main``'s handlers on its own event loop in a thread."""
 
-    def __init__(self, cluster: EmbeddedCluster) -> None:
+    def __init__(self, cluster: EmbeddedCluster, memo: Any) -> None:
         self.cluster = cluster
+        self.memo = memo
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -379,16 +381,13 @@ class InProcessOperator:
                     clusterwide=False,
                     stop_flag=self._stop,
                     ready_flag=self._ready,
+                    memo=self.memo,
                 )
             )
         except BaseException as e:  # reported to the test
             self._error = e
 
     async def start(self) -> None:
-        try:
-            import operator_engine.operator_main  # noqa: F401  (registers the handlers, once)
-        except SystemExit as e:
-            raise AssertionError(f"importing operator_engine.operator_main exited with {e.code}") from None
         since = len(self.cluster.request_log)
         self._thread.start()
         deadline = time.monotonic() + READY_TIMEOUT
@@ -420,21 +419,17 @@ OperatorFactory = Callable[..., contextlib.AbstractAsyncContextManager[InProcess
 
 
 @pytest.fixture
-def operator(
-    cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> OperatorFactory:
+def operator(cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path) -> OperatorFactory:
     """``async with operator(maxJobs=2, ...) as op:`` — the real operator, in this process."""
+    from operator_engine.operator_main import launch_memo  # registers the handlers, once
+
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
 
     @contextlib.asynccontextmanager
     async def run(**overrides: Any) -> AsyncIterator[InProcessOperator]:
         env = operator_environment(cluster, receiver, kubeconfig, overrides)
-        for key, value in env.items():
-            if value is None:
-                monkeypatch.delenv(key, raising=False)
-            else:
-                monkeypatch.setenv(key, value)
-        runner = InProcessOperator(cluster)
+        config = config_module.load_checked({k: v for k, v in env.items() if v is not None})
+        runner = InProcessOperator(cluster, launch_memo(config, kubeconfig=str(kubeconfig)))
         await runner.start()
         try:
             yield runner

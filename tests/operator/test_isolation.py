@@ -141,7 +141,7 @@ async def test_the_backstop_pass_goes_on_past_a_workflow_whose_handling_fails(
     """
     monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "kubeconfig")))
     config = config_module.load({"OPERATOR_NAMESPACE": cluster.namespace, "maxJobs": "1"})
-    engine = Engine(config, Kube(new_api_client(), attempts=2, base_delay=0.01, max_delay=0.01))
+    engine = Engine(config, Kube(await new_api_client(), attempts=2, base_delay=0.01, max_delay=0.01))
     await cluster.create(make_workflow("wf-a-unreadable"))
     await cluster.create(make_workflow("wf-b-fine"))
     cluster.faults.inject(rate=1.0, statuses=(500,), methods=("GET",), path_contains="/workflows/wf-a-unreadable")

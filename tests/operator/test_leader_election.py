@@ -19,8 +19,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
-import kubernetes
 from conftest import ProcessFactory, Receiver, TimedRuntime
 from helpers import (
     PUBLISH_RESULT,
@@ -37,6 +37,7 @@ from helpers import (
 )
 
 from operator_engine.devcluster import EmbeddedCluster, Outcome, RequestRecord
+from operator_engine.kube import new_api_client
 from operator_engine.leader import LEASE_NAME, LeaderElector
 
 WORKFLOWS = [f"wf-ha-{i:02d}" for i in range(20)]
@@ -167,25 +168,29 @@ async def test_a_leader_cut_off_from_the_api_stops_before_the_standby_may_take_t
     """The deadline: a leader that cannot renew stops acting before another replica may acquire the Lease."""
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
     events: dict[str, float] = {}
+    clients: dict[str, Any] = {}
 
-    def elector(who: str) -> tuple[LeaderElector, kubernetes.client.ApiClient]:
-        client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    def elector(who: str) -> LeaderElector:
+        async def client() -> Any:  # called in the elector's own thread, on its own event loop
+            clients[who] = await new_api_client(str(kubeconfig))
+            return clients[who]
+
         return LeaderElector(
             client,
             cluster.namespace,
             who,
             on_acquired=lambda: events.setdefault(f"{who} acquired", time.monotonic()),
             on_lost=lambda: events.setdefault(f"{who} lost", time.monotonic()),
-        ), client
+        )
 
-    first, first_client = elector("a")
-    second, _ = elector("b")
+    first = elector("a")
+    second = elector("b")
     first.start()
     try:
         await wait_until(lambda: first.is_leader, timeout=30, what="a leading")
         second.start()
         await wait_until(lambda: "a acquired" in events and not second.is_leader, timeout=30, what="b standing by")
-        first_client.configuration.host = "http://127.0.0.1:9"  # a's network fails: nothing listens there
+        clients["a"].configuration.host = "http://127.0.0.1:9"  # a's network fails: nothing listens there
         cut_at = time.monotonic()
         await wait_until(lambda: "b acquired" in events, timeout=30, what="b taking over")
         assert "a lost" in events, "the cut-off leader never stopped"
