@@ -101,10 +101,7 @@ def test_apply_k_installs_the_operator_which_runs_a_workflow_as_its_service_acco
             ]
             return next((p for p in pods if is_ready(p)), None)
 
-        leader = wait_until(
-            ready_pod, 240, "an operator pod of the restarted Deployment to be Ready", lambda: pod_output(real)
-        )
-        pod_name = leader.metadata.name
+        wait_until(ready_pod, 240, "an operator pod of the restarted Deployment to be Ready", lambda: pod_output(real))
 
         real.kube.create_workflow(sample(real, name))
         final = real.kube.wait_terminal(name, timeout=240, context=lambda: pod_output(real))
@@ -127,8 +124,11 @@ def test_apply_k_installs_the_operator_which_runs_a_workflow_as_its_service_acco
             and (e.get("objectRef") or {}).get("subresource") == "status"
         ]
         assert writes, "the operator never wrote the status of the Workflow as its ServiceAccount"
+        # ... and from one pod: the leader, as its Lease names it (POD_NAME from the downward API).
         pods = {tuple((e["user"].get("extra") or {}).get(POD_NAME_EXTRA) or ()) for e in writes}
-        assert pods == {(pod_name,)}, f"status writes came from pods {pods}, not only {pod_name}"
+        lease = json.loads(kubectl(real, "get", "lease", LEASE, "-n", NS, "-o", "json"))
+        holder = lease["spec"].get("holderIdentity")
+        assert pods == {(holder,)}, f"status writes came from pods {pods}, not only the leader {holder}"
         jobs = [e for e in events if e.get("verb") == "create" and (e.get("objectRef") or {}).get("resource") == "jobs"]
         assert jobs, "the operator created no Job as its ServiceAccount"
     finally:

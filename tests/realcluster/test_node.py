@@ -20,7 +20,7 @@ from .conftest import RealCluster
 from .support import wait_until
 
 NAMESPACE = "node-test"
-DEADLINE = 60.0
+DEADLINE = 180.0  # (as the other tiers' waits: the machine may be loaded)
 
 # Ignores SIGTERM, as an algorithm may: only the SIGKILL after the grace period ends it.
 STUBBORN = (
@@ -69,13 +69,24 @@ def stubborn_pod(real: RealCluster, namespace: str, grace: int) -> tuple[str, st
         },
     }
     real.kube.core.create_namespaced_pod(namespace, pod)
-    wait_until(lambda: running_with(marker), DEADLINE, f"pod {name}'s process to start")
+    wait_until(lambda: running_with(marker), DEADLINE, f"pod {name}'s process to start", lambda: describe(real, name))
 
     def phase() -> str | None:
         return real.kube.core.read_namespaced_pod(name, namespace).status.phase
 
     wait_until(lambda: phase() == "Running", DEADLINE, f"pod {name} Running")
     return name, marker
+
+
+def describe(real: RealCluster, name: str) -> str:
+    """The pod as the API server has it, and what the node has of it, for a failure's message."""
+    try:
+        pod = real.kube.core.read_namespaced_pod(name, NAMESPACE)
+        seen = f"phase {pod.status.phase}, conditions {[(c.type, c.status) for c in pod.status.conditions or []]}"
+    except ApiException as e:
+        seen = f"read: {e.status} {e.reason}"
+    folder = real.node.runtime.pod_dir(NAMESPACE, name)
+    return f"pod {name}: {seen}; node folder {folder} exists: {folder.exists()}"
 
 
 def gone(real: RealCluster, namespace: str, name: str) -> bool:
