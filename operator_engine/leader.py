@@ -78,7 +78,7 @@ class LeaderElector:
         api_client: kubernetes.client.ApiClient,
         namespace: str,
         identity: str,
-        on_acquired: Callable[[], None],
+        on_acquired: Callable[[], object],
         on_lost: Callable[[], None] = hard_exit,
         lease_name: str = LEASE_NAME,
     ) -> None:
