@@ -1,23 +1,27 @@
 """The operator's configuration: every environment variable of docs/contract.md §3.
 
-One table (`VARIABLES`) says, for each variable, its default, how its text is
-parsed and what is allowed. `load()` reads them all at once and reports every
-bad value together, each naming the variable, the value and what is allowed,
-so an admin fixes the ConfigMap in one go instead of one crash at a time.
-Secret values (the private key, cloud credentials) are never echoed in an
-error message.
+One table, the fields of `Config` (a pydantic-settings class), says for each
+variable its type, its default, how its text is parsed and what is allowed;
+`VARIABLES` lists them for the documentation checks. `load()` reads them all
+at once and reports every bad value together, each naming the variable, the
+value and what is allowed, so an admin fixes the ConfigMap in one go instead
+of one crash at a time. Secret values (the private key, cloud credentials)
+are `SecretStr`: never echoed in an error message, a repr or a log line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from operator_engine import __version__
 
@@ -71,7 +75,10 @@ def _number(minimum: float) -> Callable[[str], float]:
     return parse
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
+def _choice(literal: Any) -> Callable[[str], str]:
+    """The parser of a variable whose type is a Literal of its allowed values."""
+    choices = get_args(literal)
+
     def parse(text: str) -> str:
         value = text.strip()
         if value not in choices:
@@ -175,6 +182,22 @@ def _private_key(text: str) -> str:
     return value if value.startswith("0x") else "0x" + value
 
 
+def _address(private_key: str) -> str:
+    from eth_account import Account
+
+    return str(Account.from_key(private_key).address)
+
+
+def _usable_private_key(value: SecretStr | None) -> SecretStr | None:
+    """64 hex digits are not always a secp256k1 key (zero, or not below the curve's order)."""
+    if value is not None:
+        try:
+            _address(value.get_secret_value())
+        except Exception:  # eth-account raises several types for out-of-range keys
+            raise ValueError("not a valid secp256k1 private key (value not shown)") from None
+    return value
+
+
 def _allow_list(text: str) -> str:
     from operator_engine.pods.addresses import parse_allow_list  # the one definition, shared with the pod
 
@@ -210,145 +233,184 @@ def _log_config_file(text: str) -> str:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
-class Variable:
-    name: str
-    parse: Callable[[str], Any]
-    default: Any
-    description: str
-    secret: bool = False
+# --- the table: one field per variable of docs/contract.md §3, in its order. Each field's type is
+# what the operator uses; its parser (a BeforeValidator) turns the text of the variable into that
+# type and says what is allowed when it cannot; its default applies when the variable is unset or
+# blank; its description is the one line of the contract's table. Secrets are SecretStr: shown as
+# '**********' in any repr, and never echoed in an error.
+
+IpfsType = Literal["CLIENT", "CLUSTER"]
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["json", "console"]
 
 
-VARIABLES: tuple[Variable, ...] = (
-    # --- the compute environment (what operator-service advertises)
-    Variable("nCPU", _integer(1), 1, "CPUs for each algorithm pod (requests = limits)"),
-    Variable("cpuType", _single_line, "", "Type of CPU (informational)"),
-    Variable("nGPU", _integer(0), 0, "GPUs (nvidia.com/gpu) for each algorithm pod"),
-    Variable("gpuRam", _single_line, "", "RAM per GPU (informational)"),
-    Variable("gpuType", _single_line, "", "Type of GPU (informational)"),
-    Variable("ramGB", _integer(1), 1, "Memory in GiB for each algorithm pod (requests = limits)"),
-    Variable("diskGB", _integer(1), 1, "Size in GiB of each workflow volume (data and admin logs)"),
-    Variable("priceMinute", _number(0), 0.0, "Price per minute (informational)"),
-    Variable("description", _text, "", "Description of this environment"),
-    Variable("maxJobs", _integer(1), 5, "Maximum number of workflows running at once; the rest wait Queued"),
-    Variable("maxJobDuration", _integer(1), 3600, "Maximum algorithm run time in seconds"),
-    Variable("STORAGE_EXPIRY", _integer(0), 0, "Hours the published results are kept; 0 means no expiry"),
-    # --- the operator
-    Variable("OPERATOR_PRIVATE_KEY", _private_key, None, "Key that signs notifications (hex)", secret=True),
-    Variable("OPERATOR_NAMESPACE", _namespace, "ocean-compute", "Namespace the operator watches and runs pods in"),
-    Variable(
-        "IPFS_TYPE", _choice("CLIENT", "CLUSTER"), "CLIENT", "IPFS API: CLIENT (ipfs node) or CLUSTER (ipfs-cluster)"
-    ),
-    Variable("IPFS_OUTPUT", _host_or_url, None, "IPFS API for outputs and the algorithm log"),
-    Variable("IPFS_ADMINLOGS", _host_or_url, None, "IPFS API for the admin logs (configure and publish)"),
-    Variable("IPFS_OUTPUT_PREFIX", _single_line, None, "Prefix of returned output URLs (default ipfs://)"),
-    Variable("IPFS_ADMINLOGS_PREFIX", _single_line, None, "Prefix of returned admin-log URLs (default ipfs://)"),
-    Variable("IPFS_EXPIRY_TIME", _go_duration, None, "Pin expiry for ipfs-cluster, Go duration; 0 = unlimited"),
-    Variable("IPFS_API_KEY", _single_line, None, "IPFS API key (publish pod only)", secret=True),
-    Variable("IPFS_API_CLIENT", _single_line, None, "IPFS API client id (publish pod only)", secret=True),
-    Variable("AWS_ACCESS_KEY_ID", _single_line, None, "S3 access key (publish pod only)", secret=True),
-    Variable("AWS_SECRET_ACCESS_KEY", _single_line, None, "S3 secret key (publish pod only)", secret=True),
-    Variable("AWS_REGION", _single_line, None, "S3 region"),
-    Variable("AWS_BUCKET_OUTPUT", _single_line, None, "S3 bucket for outputs and the algorithm log"),
-    Variable("AWS_BUCKET_ADMINLOGS", _single_line, None, "S3 bucket for the admin logs"),
-    Variable("STORAGE_CLASS", _k8s_name, None, "storageClassName of the workflow volumes (cluster default if unset)"),
-    Variable("NOTIFY_START_URL", _http_url, None, "URL that receives the start notification (POST JSON)"),
-    Variable("NOTIFY_STOP_URL", _http_url, None, "URL that receives the stop notification (POST JSON)"),
-    Variable("SERVICE_ACCOUNT", _k8s_name, "default", "Service account of the workflow pods"),
-    Variable("NODE_SELECTOR", _label_value, None, "Pods get the required node affinity scope In [value]"),
-    Variable(
-        "PULL_SECRET",
-        _k8s_name,
-        None,
-        "imagePullSecrets name for the provider's own pods (configure, filter, publish), never the algorithm's",
-    ),
-    Variable(
-        "ALGORITHM_PULL_SECRET",
-        _k8s_name,
-        None,
-        "imagePullSecrets name for the algorithm pods (the consumer's image); unset: none",
-    ),
-    Variable("PULL_POLICY", _choice("Always", "IfNotPresent", "Never"), None, "imagePullPolicy for every container"),
-    Variable(
-        "EPHEMERAL_STORAGE",
-        _quantity,
-        "1Gi",
-        "ephemeral-storage request and limit of every workflow pod, also the size limit of its /tmp",
-    ),
-    Variable("FILTERING_CONTAINER", _image, None, "Image of the optional filter stage, run after the algorithm"),
-    Variable("POD_CONFIGURATION_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the configure pod"),
-    Variable("POD_PUBLISH_CONTAINER", _image, DEFAULT_POD_IMAGE, "Image of the publish pod"),
-    Variable("LOG_CFG", _log_config_file, None, "A logging configuration file (YAML, logging.config dictConfig)"),
-    Variable("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO", "Log level"),
-    Variable(
-        "LOG_FORMAT",
-        _choice("json", "console"),
-        None,
-        "Log lines as JSON objects or console text (unset: console on a terminal, else json)",
-    ),
-    Variable("DEBUG_NO_CLEANUP", _boolean, False, "Keep Jobs, volumes, ConfigMap and Secrets after the end"),
-    Variable("TEMPLATES_DIR", _existing_dir, str(PACKAGED_TEMPLATES_DIR), "Folder of the manifest templates"),
-    Variable("LOCAL_STORAGE_DIR", _single_line, None, "Publish into this folder (embedded cluster only)"),
-    Variable(
-        "CONFIGURE_ALLOWED_NETWORKS",
-        _allow_list,
-        None,
-        "Networks (CIDRs) and host names the configure pod may fetch from although they are "
-        "loopback, link-local, private, CGNAT or reserved (refused by default)",
-    ),
-    Variable(
-        "CONFIGURE_TOTAL_TIMEOUT",
-        _integer(0),
-        None,
-        "Seconds one download of the configure pod may take in all (unset: 1800; 0: no limit)",
-    ),
-    Variable(
-        "CONFIGURE_OVERALL_TIMEOUT",
-        _integer(0),
-        None,
-        "Seconds all downloads of a workflow may take together (unset: 3000; 0: no limit)",
-    ),
-    Variable(
-        "METRICS_PORT",
-        _integer(0, 65535),
-        9100,
-        "Port of the Prometheus /metrics endpoint on every interface; 0 turns the metrics off",
-    ),
-    Variable(
-        "OPERATOR_BACKSTOP_SECONDS", _integer(1), 30, "Interval of the timer that catches missed events and deadlines"
-    ),
-    Variable(
-        "LEADER_ELECTION",
-        _boolean,
-        False,
-        "Act only while holding the Lease operator-engine-leader (for more than one replica)",
-    ),
-    Variable(
-        "READINESS_ENDPOINT",
-        _http_endpoint,
-        None,
-        "Where to answer readiness, http://HOST:PORT/PATH: 200 while this replica acts, else 503",
-    ),
-)
-
-VARIABLE_NAMES = frozenset(v.name for v in VARIABLES)
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
+class Config(BaseSettings):
     """The parsed configuration. Attribute names are the variable names."""
 
-    values: Mapping[str, Any]
+    # Case-sensitive names (nCPU is not NCPU); frozen, as the configuration of a running operator.
+    # The parsers read text: a default is already a value of the field's type, so it is not re-parsed.
+    model_config = SettingsConfigDict(case_sensitive=True, frozen=True, extra="ignore", validate_default=False)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    # --- the compute environment (what operator-service advertises)
+    nCPU: Annotated[int, BeforeValidator(_integer(1))] = Field(
+        1, description="CPUs for each algorithm pod (requests = limits)"
+    )
+    cpuType: Annotated[str, BeforeValidator(_single_line)] = Field("", description="Type of CPU (informational)")
+    nGPU: Annotated[int, BeforeValidator(_integer(0))] = Field(
+        0, description="GPUs (nvidia.com/gpu) for each algorithm pod"
+    )
+    gpuRam: Annotated[str, BeforeValidator(_single_line)] = Field("", description="RAM per GPU (informational)")
+    gpuType: Annotated[str, BeforeValidator(_single_line)] = Field("", description="Type of GPU (informational)")
+    ramGB: Annotated[int, BeforeValidator(_integer(1))] = Field(
+        1, description="Memory in GiB for each algorithm pod (requests = limits)"
+    )
+    diskGB: Annotated[int, BeforeValidator(_integer(1))] = Field(
+        1, description="Size in GiB of each workflow volume (data and admin logs)"
+    )
+    priceMinute: Annotated[float, BeforeValidator(_number(0))] = Field(
+        0.0, description="Price per minute (informational)"
+    )
+    description: Annotated[str, BeforeValidator(_text)] = Field("", description="Description of this environment")
+    maxJobs: Annotated[int, BeforeValidator(_integer(1))] = Field(
+        5, description="Maximum number of workflows running at once; the rest wait Queued"
+    )
+    maxJobDuration: Annotated[int, BeforeValidator(_integer(1))] = Field(
+        3600, description="Maximum algorithm run time in seconds"
+    )
+    STORAGE_EXPIRY: Annotated[int, BeforeValidator(_integer(0))] = Field(
+        0, description="Hours the published results are kept; 0 means no expiry"
+    )
+    # --- the operator
+    OPERATOR_PRIVATE_KEY: Annotated[
+        SecretStr | None, BeforeValidator(_private_key), AfterValidator(_usable_private_key)
+    ] = Field(None, description="Key that signs notifications (hex)")
+    OPERATOR_NAMESPACE: Annotated[str, BeforeValidator(_namespace)] = Field(
+        "ocean-compute", description="Namespace the operator watches and runs pods in"
+    )
+    IPFS_TYPE: Annotated[IpfsType, BeforeValidator(_choice(IpfsType))] = Field(
+        "CLIENT", description="IPFS API: CLIENT (ipfs node) or CLUSTER (ipfs-cluster)"
+    )
+    IPFS_OUTPUT: Annotated[str | None, BeforeValidator(_host_or_url)] = Field(
+        None, description="IPFS API for outputs and the algorithm log"
+    )
+    IPFS_ADMINLOGS: Annotated[str | None, BeforeValidator(_host_or_url)] = Field(
+        None, description="IPFS API for the admin logs (configure and publish)"
+    )
+    IPFS_OUTPUT_PREFIX: Annotated[str | None, BeforeValidator(_single_line)] = Field(
+        None, description="Prefix of returned output URLs (default ipfs://)"
+    )
+    IPFS_ADMINLOGS_PREFIX: Annotated[str | None, BeforeValidator(_single_line)] = Field(
+        None, description="Prefix of returned admin-log URLs (default ipfs://)"
+    )
+    IPFS_EXPIRY_TIME: Annotated[str | None, BeforeValidator(_go_duration)] = Field(
+        None, description="Pin expiry for ipfs-cluster, Go duration; 0 = unlimited"
+    )
+    IPFS_API_KEY: Annotated[SecretStr | None, BeforeValidator(_single_line)] = Field(
+        None, description="IPFS API key (publish pod only)"
+    )
+    IPFS_API_CLIENT: Annotated[SecretStr | None, BeforeValidator(_single_line)] = Field(
+        None, description="IPFS API client id (publish pod only)"
+    )
+    AWS_ACCESS_KEY_ID: Annotated[SecretStr | None, BeforeValidator(_single_line)] = Field(
+        None, description="S3 access key (publish pod only)"
+    )
+    AWS_SECRET_ACCESS_KEY: Annotated[SecretStr | None, BeforeValidator(_single_line)] = Field(
+        None, description="S3 secret key (publish pod only)"
+    )
+    AWS_REGION: Annotated[str | None, BeforeValidator(_single_line)] = Field(None, description="S3 region")
+    AWS_BUCKET_OUTPUT: Annotated[str | None, BeforeValidator(_single_line)] = Field(
+        None, description="S3 bucket for outputs and the algorithm log"
+    )
+    AWS_BUCKET_ADMINLOGS: Annotated[str | None, BeforeValidator(_single_line)] = Field(
+        None, description="S3 bucket for the admin logs"
+    )
+    STORAGE_CLASS: Annotated[str | None, BeforeValidator(_k8s_name)] = Field(
+        None, description="storageClassName of the workflow volumes (cluster default if unset)"
+    )
+    NOTIFY_START_URL: Annotated[str | None, BeforeValidator(_http_url)] = Field(
+        None, description="URL that receives the start notification (POST JSON)"
+    )
+    NOTIFY_STOP_URL: Annotated[str | None, BeforeValidator(_http_url)] = Field(
+        None, description="URL that receives the stop notification (POST JSON)"
+    )
+    SERVICE_ACCOUNT: Annotated[str, BeforeValidator(_k8s_name)] = Field(
+        "default", description="Service account of the workflow pods"
+    )
+    NODE_SELECTOR: Annotated[str | None, BeforeValidator(_label_value)] = Field(
+        None, description="Pods get the required node affinity scope In [value]"
+    )
+    PULL_SECRET: Annotated[str | None, BeforeValidator(_k8s_name)] = Field(
+        None,
+        description="imagePullSecrets name for the provider's own pods (configure, filter, publish), "
+        "never the algorithm's",
+    )
+    ALGORITHM_PULL_SECRET: Annotated[str | None, BeforeValidator(_k8s_name)] = Field(
+        None, description="imagePullSecrets name for the algorithm pods (the consumer's image); unset: none"
+    )
+    PULL_POLICY: Annotated[PullPolicy | None, BeforeValidator(_choice(PullPolicy))] = Field(
+        None, description="imagePullPolicy for every container"
+    )
+    EPHEMERAL_STORAGE: Annotated[str, BeforeValidator(_quantity)] = Field(
+        "1Gi",
+        description="ephemeral-storage request and limit of every workflow pod, also the size limit of its /tmp",
+    )
+    FILTERING_CONTAINER: Annotated[str | None, BeforeValidator(_image)] = Field(
+        None, description="Image of the optional filter stage, run after the algorithm"
+    )
+    POD_CONFIGURATION_CONTAINER: Annotated[str, BeforeValidator(_image)] = Field(
+        DEFAULT_POD_IMAGE, description="Image of the configure pod"
+    )
+    POD_PUBLISH_CONTAINER: Annotated[str, BeforeValidator(_image)] = Field(
+        DEFAULT_POD_IMAGE, description="Image of the publish pod"
+    )
+    LOG_CFG: Annotated[str | None, BeforeValidator(_log_config_file)] = Field(
+        None, description="A logging configuration file (YAML, logging.config dictConfig)"
+    )
+    LOG_LEVEL: Annotated[LogLevel, BeforeValidator(_choice(LogLevel))] = Field("INFO", description="Log level")
+    LOG_FORMAT: Annotated[LogFormat | None, BeforeValidator(_choice(LogFormat))] = Field(
+        None, description="Log lines as JSON objects or console text (unset: console on a terminal, else json)"
+    )
+    DEBUG_NO_CLEANUP: Annotated[bool, BeforeValidator(_boolean)] = Field(
+        False, description="Keep Jobs, volumes, ConfigMap and Secrets after the end"
+    )
+    TEMPLATES_DIR: Annotated[str, BeforeValidator(_existing_dir)] = Field(
+        str(PACKAGED_TEMPLATES_DIR), description="Folder of the manifest templates"
+    )
+    LOCAL_STORAGE_DIR: Annotated[str | None, BeforeValidator(_single_line)] = Field(
+        None, description="Publish into this folder (embedded cluster only)"
+    )
+    CONFIGURE_ALLOWED_NETWORKS: Annotated[str | None, BeforeValidator(_allow_list)] = Field(
+        None,
+        description="Networks (CIDRs) and host names the configure pod may fetch from although they are "
+        "loopback, link-local, private, CGNAT or reserved (refused by default)",
+    )
+    CONFIGURE_TOTAL_TIMEOUT: Annotated[int | None, BeforeValidator(_integer(0))] = Field(
+        None, description="Seconds one download of the configure pod may take in all (unset: 1800; 0: no limit)"
+    )
+    CONFIGURE_OVERALL_TIMEOUT: Annotated[int | None, BeforeValidator(_integer(0))] = Field(
+        None, description="Seconds all downloads of a workflow may take together (unset: 3000; 0: no limit)"
+    )
+    METRICS_PORT: Annotated[int, BeforeValidator(_integer(0, 65535))] = Field(
+        9100, description="Port of the Prometheus /metrics endpoint on every interface; 0 turns the metrics off"
+    )
+    OPERATOR_BACKSTOP_SECONDS: Annotated[int, BeforeValidator(_integer(1))] = Field(
+        30, description="Interval of the timer that catches missed events and deadlines"
+    )
+    LEADER_ELECTION: Annotated[bool, BeforeValidator(_boolean)] = Field(
+        False, description="Act only while holding the Lease operator-engine-leader (for more than one replica)"
+    )
+    READINESS_ENDPOINT: Annotated[str | None, BeforeValidator(_http_endpoint)] = Field(
+        None, description="Where to answer readiness, http://HOST:PORT/PATH: 200 while this replica acts, else 503"
+    )
 
-    def __repr__(self) -> str:  # never show secret values, even in a debugger or a traceback
-        shown = {v.name: ("***" if v.secret and self.values[v.name] else self.values[v.name]) for v in VARIABLES}
-        return f"Config({shown})"
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: Any) -> Any:
+        """An empty (or blank) ConfigMap entry means "not set": the default applies."""
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and v.strip() == "")}
+        return data
 
     @property
     def upload_target(self) -> str | None:
@@ -363,11 +425,9 @@ class Config:
 
     @property
     def consumer_address(self) -> str | None:
-        if not self.OPERATOR_PRIVATE_KEY:
+        if self.OPERATOR_PRIVATE_KEY is None:
             return None
-        from eth_account import Account
-
-        return str(Account.from_key(self.OPERATOR_PRIVATE_KEY).address)
+        return _address(self.OPERATOR_PRIVATE_KEY.get_secret_value())
 
     def environment(self, current_jobs: int = 0) -> dict[str, Any]:
         """The compute environment entry operator-service serves (docs/contract.md §5, check-config)."""
@@ -389,32 +449,54 @@ class Config:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One environment variable, as docs/contract.md §3 and the README's table list it."""
+
+    name: str
+    default: Any
+    description: str
+    secret: bool
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+#: Every variable the operator reads, in the order of the contract: the fields of `Config`.
+VARIABLES: tuple[Variable, ...] = tuple(
+    Variable(name, field.default, field.description or "", _is_secret(field.annotation))
+    for name, field in Config.model_fields.items()
+)
+VARIABLE_NAMES = frozenset(v.name for v in VARIABLES)
+_SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.secret)
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One bad variable as a line: its name, its value (unless secret, at most 80 characters), what is allowed."""
+    name = str(error["loc"][0]) if error["loc"] else "configuration"
+    if error["type"] == "value_error":  # our parsers' ValueError: its text says what is allowed
+        reason = str(error.get("ctx", {}).get("error", error["msg"]))
+    else:
+        reason = error["msg"]
+    shown = ""
+    if name not in _SECRET_NAMES and isinstance(error.get("input"), str):
+        shown = f"={error['input']!r}"
+        if len(shown) > 80:
+            shown = shown[:77] + "...'"
+    return f"{name}{shown}: {reason}"
+
+
 def load(environ: Mapping[str, str] | None = None) -> Config:
-    """Parse every variable; raise ConfigError listing all bad ones."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for variable in VARIABLES:
-        raw = environ.get(variable.name)
-        if raw is None or raw.strip() == "":  # an empty ConfigMap entry means "not set"
-            values[variable.name] = variable.default
-            continue
-        try:
-            values[variable.name] = variable.parse(raw)
-        except ValueError as exc:
-            shown = "" if variable.secret else f"={raw!r}"
-            if len(shown) > 80:
-                shown = shown[:77] + "...'"
-            problems.append(f"{variable.name}{shown}: {exc}")
-    if problems:
-        raise ConfigError(problems)
-    config = Config(values)
-    if config.OPERATOR_PRIVATE_KEY:
-        try:
-            config.consumer_address  # noqa: B018 - proves the key is a usable secp256k1 key
-        except Exception:  # eth-account raises several types for out-of-range keys
-            raise ConfigError(["OPERATOR_PRIVATE_KEY: not a valid secp256k1 private key (value not shown)"]) from None
-    return config
+    """Parse every variable, from `environ` or else the process environment; raise ConfigError listing all bad ones."""
+    try:
+        if environ is None:
+            return Config()  # pydantic-settings reads the variables from os.environ
+        # An explicit mapping (tests, tools) is the whole environment: its only source, os.environ unread.
+        given = InitSettingsSource(Config, init_kwargs={k: v for k, v in environ.items() if k in VARIABLE_NAMES})
+        return Config(_build_sources=((given,), {}))
+    except ValidationError as exc:
+        raise ConfigError([_problem(error) for error in exc.errors(include_url=False)]) from None
 
 
 def load_checked(environ: Mapping[str, str] | None = None) -> Config:

@@ -45,8 +45,9 @@ CLEANUP_CHILDREN = (
     ("ConfigMap", ("configmap",)),
     ("Secret", ("algorithm_secret", "publish_secret")),
 )
-# The stage whose Job's outcome decides the next step, by status code.
-STAGE_OF_CODE = {20: "configure", 40: "algorithm", 50: "filter", 60: "publish"}
+# The stage whose Job's outcome decides the next step, by status code (looked up with
+# whatever statusCode a status holds, None included: hence `object` keys).
+STAGE_OF_CODE: dict[object, str] = {20: "configure", 40: "algorithm", 50: "filter", 60: "publish"}
 # Held on every valid Workflow so that deleting one waits until the operator has
 # stopped its Jobs, cleaned up and sent the stop notification.
 FINALIZER = "oceanprotocol.com/operator-engine"
@@ -197,7 +198,7 @@ class Engine:
             started = _parse_time(status.get("algorithmStarted"))
             deadline = self.renderer.limits(workflow).algorithm_deadline
             overdue = (
-                bool(started)
+                started is not None
                 and (datetime.datetime.now(datetime.UTC) - started).total_seconds() > deadline + DEADLINE_GRACE_SECONDS
             )
         code = status.get("statusCode")

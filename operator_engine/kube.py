@@ -18,7 +18,7 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -98,7 +98,7 @@ async def kopf_connection(kubeconfig: str) -> kopf.ConnectionInfo:
     header = await configuration.get_api_key_with_prefix("BearerToken") or ""
     scheme, _, token = header.partition(" ") if " " in header else ("", "", header)  # RFC 7235: "Bearer xyz"
     return kopf.ConnectionInfo(
-        server=configuration.host,
+        server=str(configuration.host),
         ca_path=configuration.ssl_ca_cert or None,
         insecure=not configuration.verify_ssl,
         username=configuration.username or None,
@@ -160,7 +160,8 @@ class Kube:
                 if exc.status not in TRANSIENT_STATUSES and exc.status != 0:
                     raise PermanentError(f"{exc.status} {_message(exc)}") from None
                 last = f"{exc.status} {_message(exc)}"
-                retry_after = (exc.headers or {}).get("Retry-After") if exc.status == 429 else None
+                headers: Mapping[str, str] = exc.headers or {}
+                retry_after = headers.get("Retry-After") if exc.status == 429 else None
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 # No answer: refused or reset connections, a server that went away, the request timeout.

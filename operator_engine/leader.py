@@ -87,7 +87,7 @@ class LeaderElector:
         api_client: Callable[[], Awaitable[k8s.ApiClient]],
         namespace: str,
         identity: str,
-        on_acquired: Callable[[], None],
+        on_acquired: Callable[[], object],
         on_lost: Callable[[], None] = hard_exit,
         lease_name: str = LEASE_NAME,
     ) -> None:

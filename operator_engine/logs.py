@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 import structlog
 import yaml
+from structlog.typing import EventDict
 
 SECRET_KEYS = frozenset(
     {
@@ -51,7 +52,7 @@ SECRET_KEYS = frozenset(
 )
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event: EventDict) -> EventDict:
     for key in SECRET_KEYS & event.keys():
         event[key] = "***"
     return event
@@ -66,7 +67,7 @@ def _job_suffixes() -> dict[str, str]:
     return {names[stage]: stage for stage in ("configure", "algorithm", "filter", "publish")}
 
 
-def _kopf_object(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _kopf_object(_: Any, __: str, event: EventDict) -> EventDict:
     """kopf's per-object lines carry the object in the record (`k8s_ref`): make it fields.
 
     A line about a Workflow names it as `workflow`; one about a stage Job
@@ -115,7 +116,7 @@ SHARED_PROCESSORS: tuple[Any, ...] = (
 LEADING_FIELDS = ("timestamp", "level", "logger", "event", "workflow", "stage")
 
 
-def _leading_fields_first(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _leading_fields_first(_: Any, __: str, event: EventDict) -> EventDict:
     return {**{key: event[key] for key in LEADING_FIELDS if key in event}, **event}
 
 

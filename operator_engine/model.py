@@ -89,7 +89,8 @@ def check_did(value: str) -> str:
 
 def check_image_reference(value: str) -> str:
     """Accept exactly what a container runtime would parse as an image reference."""
-    if len(value) > 512 or not _REFERENCE.fullmatch(value) or len(_REFERENCE.fullmatch(value)["name"]) > 255:
+    match = _REFERENCE.fullmatch(value) if len(value) <= 512 else None
+    if match is None or len(match["name"]) > 255:
         raise ValueError(
             "must be a valid image reference, such as python:3.11-slim or registry:5000/team/algo@sha256:<64 hex>"
         )

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from pydantic import SecretStr
 
 from operator_engine import metrics
 from operator_engine.model import Workflow
@@ -33,7 +34,7 @@ def sign(private_key: str | None, text: str) -> str | None:
     return signature if signature.startswith("0x") else "0x" + signature
 
 
-def payload(workflow: Workflow, private_key: str | None) -> dict[str, Any]:
+def payload(workflow: Workflow, private_key: SecretStr | None) -> dict[str, Any]:
     dids = workflow.input_dids
     text = signed_text(workflow.secret, dids, workflow.job_id, workflow.algorithm_did)
     return {
@@ -41,7 +42,7 @@ def payload(workflow: Workflow, private_key: str | None) -> dict[str, Any]:
         "jobId": workflow.job_id,
         "secret": workflow.secret,
         "DID": dids,
-        "signature": sign(private_key, text),
+        "signature": sign(private_key.get_secret_value() if private_key else None, text),
     }
 
 

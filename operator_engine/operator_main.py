@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import kopf
 
@@ -80,7 +80,8 @@ def _prepare(memo: kopf.Memo) -> _config.Config:
 
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     try:
-        kopf.event(body, type=type_, reason=reason, message=message)
+        # A body the engine read from the API: a Kubernetes object, as kopf.RawBody declares one.
+        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
     except LookupError:
         # kopf's event poster starts after the startup handlers: an admission made
         # while starting up has its log line and status condition, not an Event.
@@ -175,8 +176,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def workflow_changed(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if event.get("type") != "DELETED" and memo.engine is not None:
+async def workflow_changed(event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") != "DELETED" and namespace and memo.engine is not None:  # Workflows are namespaced
         await memo.engine.reconcile(namespace, name)
 
 
@@ -194,7 +195,7 @@ def _job_finished(status: kopf.Status, meta: kopf.Meta, type: str | None = None,
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)
-async def job_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     workflow = labels.get("app")
-    if workflow and memo.engine is not None:
+    if workflow and namespace and memo.engine is not None:
         await memo.engine.reconcile(namespace, workflow)

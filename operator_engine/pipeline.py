@@ -143,7 +143,7 @@ def decide(
     if code == 20:
         configure = job("configure")
         if stop_requested and not configure.finished:
-            stopped = {"phase": "Stopped", "stopreq": 1, "message": "stop requested while provisioning"}
+            stopped: dict[str, Any] = {"phase": "Stopped", "stopreq": 1, "message": "stop requested while provisioning"}
             return to_output_stages(stopped, False, ("Stopped", stopped["message"]), stopping=["configure"])
         if not configure.exists:
             return Step(create=["configure"])  # lost (deleted by hand): make it again
@@ -170,7 +170,7 @@ def decide(
             return to_output_stages({}, True, ("AlgorithmFinished", "the algorithm succeeded"))
         if algorithm.failed:
             if algorithm.reason == "DeadlineExceeded":
-                ended = {
+                ended: dict[str, Any] = {
                     "phase": "TimedOut",
                     "stopreq": 2,
                     "message": "the algorithm exceeded its maximum duration and was stopped",
@@ -189,7 +189,7 @@ def decide(
             stopped = {"phase": "Stopped", "stopreq": 1, "message": "stopped on request"}
             return to_output_stages(stopped, True, ("Stopped", stopped["message"]), stopping=["algorithm"])
         if not algorithm.exists:
-            lost = {"phase": "Failed", "message": "the algorithm Job was deleted before it finished"}
+            lost: dict[str, Any] = {"phase": "Failed", "message": "the algorithm Job was deleted before it finished"}
             return to_output_stages(lost, True, ("AlgorithmLost", lost["message"]))
         return Step()
 

@@ -334,7 +334,12 @@ class Renderer:
                     secret_data={"secret": workflow.secret},
                 )
             )
-        credentials = {key: getattr(self.config, key) for key in PUBLISH_CREDENTIALS if getattr(self.config, key)}
+        # The one place the credentials leave their SecretStr: the publish pod's Secret.
+        credentials = {
+            key: secret.get_secret_value()
+            for key in PUBLISH_CREDENTIALS
+            if (secret := getattr(self.config, key)) is not None
+        }
         if credentials:
             children.append(
                 self._child(
@@ -392,6 +397,8 @@ class Renderer:
             env = self._algorithm_env(workflow, names, with_secret=True)
             resources, deadline = limits.algorithm_resources, limits.algorithm_deadline
         elif component == "filter":
+            if config.FILTERING_CONTAINER is None:  # job_components() has a filter only when it is set
+                raise ValueError("the filter stage needs FILTERING_CONTAINER")
             image, command = config.FILTERING_CONTAINER, None
             env = self._algorithm_env(workflow, names, with_secret=False)
             resources, deadline = SYSTEM_POD_RESOURCES, limits.algorithm_deadline
@@ -435,7 +442,7 @@ class Renderer:
 
     def _algorithm_env(self, workflow: Workflow, names: dict[str, str], with_secret: bool) -> list[dict[str, Any]]:
         dids = [did.removeprefix("did:op:") for did in workflow.input_dids]
-        env = [
+        env: list[dict[str, Any]] = [
             {"name": "DIDS", "value": json.dumps(dids)},
             {"name": "TRANSFORMATION_DID", "value": workflow.algorithm_did or ""},
             {"name": "VOLUME", "value": DATA},
@@ -452,7 +459,7 @@ class Renderer:
     def _system_env(
         self, workflow: Workflow, component: str, names: dict[str, str], has_credentials: bool
     ) -> list[dict[str, Any]]:
-        env = [
+        env: list[dict[str, Any]] = [
             {"name": "VOLUME", "value": DATA},
             {"name": "ADMINLOGS", "value": f"{DATA}/adminlogs"},
             {"name": "WORKFLOW", "value": "/workflow.json"},

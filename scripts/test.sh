@@ -8,4 +8,6 @@ bash scripts/setup-checkov.sh   # checkov, for tests/security/test_checkov.py (a
 # Lint and format first: a finding fails the run in seconds, before the long tiers.
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# Static types of the package (configured in pyproject.toml's [tool.mypy]).
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import builtins
 import contextlib
 import copy
 import dataclasses
@@ -279,14 +280,14 @@ class ApiServer(kmock.KubernetesScaffold):
         """Serve a resource and publish it in discovery with its verbs and subresources."""
         self.specs[spec.key] = spec
         # The 3-argument form: the string form misparses versions like `v1alpha`.
-        self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = {
-            "kind": spec.kind,
-            "namespaced": spec.namespaced,
-            "singular": spec.singular,
-            "shortnames": set(spec.shortnames),
-            "subresources": {"status"} if spec.has_status else set(),
-            "verbs": {"create", "delete", "get", "list", "patch", "update", "watch"},
-        }
+        self.resources[kmock.resource(spec.group, spec.version, spec.plural)] = kmock.ResourceInfo(
+            kind=spec.kind,
+            namespaced=spec.namespaced,
+            singular=spec.singular,
+            shortnames=set(spec.shortnames),
+            subresources={"status"} if spec.has_status else set(),
+            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        )
 
     async def _serve_version(self, request: kmock.Request) -> dict[str, Any]:
         """Discovery of one group/version, with two corrections to KMock's answer."""
@@ -323,7 +324,10 @@ class ApiServer(kmock.KubernetesScaffold):
     def creation_index(self, uid: str) -> int:
         return self._creation_indexes[uid]
 
-    def get(self, spec: ResourceSpec, namespace: str | None, name: str) -> dict[str, Any]:
+    # kmock's get(url)/delete(url) are HTTP client shortcuts for a test that talks to the
+    # emulator; neither kmock nor this project calls them on the server, which serves the
+    # store through get()/delete() of its own signature instead.
+    def get(self, spec: ResourceSpec, namespace: str | None, name: str) -> dict[str, Any]:  # type: ignore[override]
         """A copy of one object; ApiError 404 if absent."""
         obj = self._store.get(self._key(spec, namespace, name))
         if obj is None:
@@ -354,7 +358,8 @@ class ApiServer(kmock.KubernetesScaffold):
         ]
         return result
 
-    def dependents(self, owner_uid: str) -> list[tuple[ResourceSpec, dict[str, Any]]]:
+    # `builtins.list`: inside the class body, `list` is the method above.
+    def dependents(self, owner_uid: str) -> builtins.list[tuple[ResourceSpec, dict[str, Any]]]:
         """Objects with an ownerReference to this uid (for the garbage collector)."""
         return [
             (self.specs[skey], obj)
@@ -521,7 +526,7 @@ class ApiServer(kmock.KubernetesScaffold):
             self._remove(spec, key)  # the last finalizer is gone: the deletion completes
         return copy.deepcopy(committed)
 
-    def delete(
+    def delete(  # type: ignore[override]  # see get()
         self,
         spec: ResourceSpec,
         namespace: str | None,
@@ -764,7 +769,7 @@ class ApiServer(kmock.KubernetesScaffold):
     def table(
         self,
         spec: ResourceSpec,
-        objects: list[dict[str, Any]],
+        objects: builtins.list[dict[str, Any]],
         include_object: str = "Metadata",
     ) -> dict[str, Any]:
         """A meta.k8s.io/v1 Table of objects, with the resource's printer columns (see tables.py)."""

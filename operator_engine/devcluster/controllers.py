@@ -238,7 +238,7 @@ class JobController:
                     "Job was active longer than specified deadline",
                 )
                 return
-            if result is not None and result.exit_code == 0:
+            if isinstance(result, Result) and result.exit_code == 0:
                 await self._finish(
                     namespace,
                     name,

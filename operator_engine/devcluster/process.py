@@ -457,9 +457,9 @@ class ProcessRuntime(Runtime):
             )
             if key_ref is not None:
                 kind, ref, lookup = key_ref
-                values = lookup(namespace, ref["name"], ref.get("optional", False))
-                if values is not None:
-                    value = values.get(ref["key"])
+                entries: Mapping[str, str | bytes] | None = lookup(namespace, ref["name"], ref.get("optional", False))
+                if entries is not None:
+                    value = entries.get(ref["key"])
                     if value is None and not ref.get("optional", False):
                         raise PodSetupError(
                             "CreateContainerConfigError",

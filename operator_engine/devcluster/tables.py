@@ -24,14 +24,14 @@ from operator_engine.devcluster.resources import ResourceSpec
 
 __all__ = ["wants_table", "to_table", "human_duration", "WORKFLOW_COLUMNS"]
 
-NAME_COLUMN = {
+NAME_COLUMN: dict[str, Any] = {
     "name": "Name",
     "type": "string",
     "format": "name",
     "priority": 0,
     "description": "Name must be unique within a namespace.",
 }
-AGE_COLUMN = {
+AGE_COLUMN: dict[str, Any] = {
     "name": "Age",
     "type": "date",
     "jsonPath": ".metadata.creationTimestamp",

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
 import requests
+from requests_toolbelt import MultipartEncoder
 
 from .common import PodError, env_float, redact_url
 from .downloads import describe_request_error
@@ -102,15 +102,19 @@ class IpfsEndpoint:
         """Upload one file; return its content identifier."""
         params = {"expire-in": self.expiry} if self.cluster and self.expiry else {}
         shown = redact_url(self.add_url)
+        # A multipart/form-data body read from the file as it is sent (requests' own files= would
+        # build the whole body in memory, and an output may be as large as the data volume); its
+        # length is known, so requests sends a Content-Length rather than a chunked body. The file
+        # name is encoded as browsers do (WHATWG HTML): '"', CR and LF percent-encoded.
+        body = MultipartEncoder(fields={"file": (name, source, "application/octet-stream")})
         try:
-            with MultipartFile(source, "file", name) as body:
-                response = requests.post(
-                    self.add_url,
-                    params=params,
-                    data=body,
-                    headers={**self.headers, "Content-Type": body.content_type},
-                    timeout=(CONNECT_TIMEOUT, self.timeout),
-                )
+            response = requests.post(
+                self.add_url,
+                params=params,
+                data=body,
+                headers={**self.headers, "Content-Type": body.content_type},
+                timeout=(CONNECT_TIMEOUT, self.timeout),
+            )
         except requests.RequestException as exc:
             raise PodError(
                 f"IPFS add of {name} to {shown} failed: {describe_request_error(exc, self.add_url, self.timeout)}"
@@ -131,61 +135,6 @@ class IpfsEndpoint:
             if isinstance(value, str) and value:
                 return value
         raise PodError(f"IPFS add of {name} to {shown} answered without a '{key}': {body[:200]!r}")
-
-
-class MultipartFile:
-    """A ``multipart/form-data`` body with one file, read from disk as it is sent.
-
-    ``requests``' own ``files=`` builds the whole body in memory, and job
-    outputs may be as large as the data volume. Having ``__len__`` makes
-    ``requests`` send a Content-Length instead of a chunked body.
-    """
-
-    def __init__(self, source: BinaryIO, field_name: str, filename: str) -> None:
-        boundary = secrets.token_hex(16)
-        # As browsers encode a multipart filename (WHATWG HTML, "multipart/form-data
-        # encoding algorithm"): '"', CR and LF percent-encoded, so no name can end
-        # the parameter or the header line, whatever the caller passed.
-        quoted = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
-        self.content_type = f"multipart/form-data; boundary={boundary}"
-        self._head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="{field_name}"; filename="{quoted}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        self._tail = f"\r\n--{boundary}--\r\n".encode()
-        self._file: BinaryIO | None = source
-        self._size = os.fstat(source.fileno()).st_size - source.tell()
-        self._pending = self._head
-
-    def __len__(self) -> int:
-        return len(self._head) + self._size + len(self._tail)
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes of: the part header, the file, the closing boundary."""
-        if size is None or size < 0:
-            size = len(self)
-        out = bytearray()
-        while len(out) < size:
-            if self._pending:
-                taken = self._pending[: size - len(out)]
-                self._pending = self._pending[len(taken) :]
-                out += taken
-            elif self._file is not None:
-                data = self._file.read(size - len(out))
-                if not data:  # the file is done: the closing boundary comes next
-                    self._file = None
-                    self._pending = self._tail
-                out += data
-            else:
-                break
-        return bytes(out)
-
-    def __enter__(self) -> MultipartFile:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._file = None  # the caller owns (and closes) the file
 
 
 def _json_objects(body: str) -> list[dict[str, Any]]:

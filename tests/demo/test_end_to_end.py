@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -126,7 +127,17 @@ def test_dev_serves_kubectl_until_stopped(tmp_path: Path) -> None:
         assert str(kubeconfig) in (tmp_path / "dev.out").read_text()
         assert "CONFIGURE_ALLOWED_NETWORKS=127.0.0.0/8,::1" in (tmp_path / "dev.out").read_text()
         assert f"http://127.0.0.1:{metrics_port}/metrics" in (tmp_path / "dev.out").read_text()
-        assert finished("Succeeded") == 0
+        # "ready" comes once the operator's thread is started; its startup handler (which opens
+        # the metrics port) may still be running: wait for the endpoint, then read it.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                before = finished("Succeeded")
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, f"nothing listens on METRICS_PORT {metrics_port}"
+                time.sleep(0.2)
+        assert before == 0
         applied = kubectl("apply", "-f", str(sample_workflow_path()))
         assert applied.returncode == 0, applied.stderr
         code = ""

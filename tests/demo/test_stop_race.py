@@ -1,4 +1,4 @@
-"""A stopped algorithm that ignores SIGTERM cannot change what is published (issue 8, item 3).
+"""A stopped algorithm that ignores SIGTERM cannot change what is published (docs/SECURITY.md §3).
 
 Real processes (ProcessRuntime): the algorithm ignores SIGTERM and appends
 to its output every few milliseconds until the kubelet's SIGKILL at the end

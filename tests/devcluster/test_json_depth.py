@@ -1,7 +1,7 @@
 """The embedded API server nests JSON as deep as a real one: 10000 levels stored, deeper refused with 400.
 
 kube-apiserver decodes bodies with Go's encoding/json, whose limit is 10000
-levels; the operator must cope with anything up to that (issue 8, item 4), so
+levels; the operator must cope with anything up to that (docs/SECURITY.md §4), so
 the embedded server must neither refuse less nor crash on more.
 """
 

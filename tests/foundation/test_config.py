@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from pydantic import SecretStr
 
 from operator_engine import config as config_module
 from operator_engine.render import TEMPLATE_FILES
@@ -185,3 +186,42 @@ def test_bad_metrics_port_stops_check_config_naming_it(bad):
 def test_metrics_port_defaults_to_9100_and_0_turns_it_off():
     assert config_module.load({}).METRICS_PORT == 9100
     assert config_module.load({"METRICS_PORT": "0"}).METRICS_PORT == 0
+
+
+def test_secret_variables_are_kept_as_secret_strings():
+    cfg = config_module.load({"OPERATOR_PRIVATE_KEY": KNOWN_KEY[2:], "AWS_SECRET_ACCESS_KEY": "very-secret"})
+    secrets = {v.name for v in config_module.VARIABLES if v.secret}
+    assert secrets == {
+        "OPERATOR_PRIVATE_KEY",
+        "IPFS_API_KEY",
+        "IPFS_API_CLIENT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    assert isinstance(cfg.AWS_SECRET_ACCESS_KEY, SecretStr) and str(cfg.AWS_SECRET_ACCESS_KEY) == "**********"
+    assert cfg.AWS_SECRET_ACCESS_KEY.get_secret_value() == "very-secret"
+    assert cfg.OPERATOR_PRIVATE_KEY is not None
+    assert cfg.OPERATOR_PRIVATE_KEY.get_secret_value() == KNOWN_KEY  # normalized with its 0x prefix
+    assert cfg.consumer_address == KNOWN_ADDRESS
+
+
+def test_a_bad_secret_is_named_but_its_value_never_shown():
+    with pytest.raises(config_module.ConfigError) as caught:
+        config_module.load({"IPFS_API_KEY": "line-one\nsecret-line-two", "nCPU": "x"})
+    assert caught.value.problems == ["nCPU='x': must be an integer >= 1", "IPFS_API_KEY: must be a single line"]
+    assert "secret-line-two" not in str(caught.value)
+
+
+def test_a_blank_value_means_unset():
+    cfg = config_module.load({"nCPU": "   ", "OPERATOR_NAMESPACE": "\t", "LOG_FORMAT": " "})
+    assert (cfg.nCPU, cfg.OPERATOR_NAMESPACE, cfg.LOG_FORMAT) == (1, "ocean-compute", None)
+
+
+def test_a_given_mapping_is_the_whole_environment_and_without_one_the_process_environment_is_read(monkeypatch):
+    monkeypatch.setenv("nCPU", "7")
+    monkeypatch.setenv("NCPU", "9")  # names are case-sensitive: not nCPU
+    assert config_module.load({}).nCPU == 1
+    assert config_module.load().nCPU == 7
+    monkeypatch.setenv("maxJobs", "many")
+    with pytest.raises(config_module.ConfigError, match=r"^invalid configuration: maxJobs='many': must be"):
+        config_module.load()

@@ -1,4 +1,4 @@
-"""Log lines: console text on a terminal, JSON otherwise; LOG_FORMAT and LOG_CFG as documented (issue 10, item 3).
+"""Log lines: console text on a terminal, JSON otherwise; LOG_FORMAT and LOG_CFG as README.md's Logs section documents.
 
 These configure logging as the operator does (``logs.setup``) and log through
 the real loggers, structlog's and the standard library's (as kopf does);

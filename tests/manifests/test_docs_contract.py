@@ -27,6 +27,8 @@ SKIPPED_DIRS = {
     ".venv-checkov",
     "__pycache__",
     ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
     ".hypothesis",
     ".tox",
     "build",

@@ -1,4 +1,4 @@
-"""Install with one command (issue 10, item 4): `kubectl apply -k kubernetes/`.
+"""Install with one command (README.md, Deploying to a cluster): `kubectl apply -k kubernetes/`.
 
 `kubectl kustomize kubernetes/` (the real kubectl, whose kustomize is built
 in; offline, no cluster) must render every object of the step-by-step install

@@ -1,4 +1,4 @@
-"""maxJobs: at most N workflows admitted at once, the rest Queued, admitted in creation order (issue 3, 1)."""
+"""maxJobs: at most N workflows admitted at once, the rest Queued, admitted in creation order."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The compute environment ConfigMap with a live currentJobs (issue 3, 9)."""
+"""The compute environment ConfigMap with a live currentJobs (docs/contract.md §2.2)."""
 
 from __future__ import annotations
 

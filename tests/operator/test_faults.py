@@ -1,4 +1,4 @@
-"""API faults (500, 429) for a window: every workflow still completes (issue 3, 7)."""
+"""API faults (500, 429) for a window: every workflow still completes."""
 
 from __future__ import annotations
 

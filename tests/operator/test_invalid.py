@@ -1,4 +1,4 @@
-"""Invalid Workflows end Failed with a message naming the field, create no Job, and others go on (issue 3, 1)."""
+"""Invalid Workflows end Failed naming the field, create no Job, and others go on (docs/contract.md §1.1)."""
 
 from __future__ import annotations
 

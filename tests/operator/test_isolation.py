@@ -1,4 +1,4 @@
-"""One bad Workflow never stops the others (issue 8, item 4).
+"""One bad Workflow never stops the others (docs/SECURITY.md §4).
 
 Workflows the operator cannot understand, or whose handling raises, are
 created first, then a valid one; with maxJobs=1 and the backstop timer far

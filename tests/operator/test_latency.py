@@ -1,4 +1,4 @@
-"""Stage transitions are event-driven: the next Job within 1 s of the previous one's end (issue 3, 3).
+"""Stage transitions are event-driven: the next Job within 1 s of the previous one's end.
 
 The operator's backstop timer stays at its 30 s default here, so only a
 reaction to the Job's watch event can pass; the bound catches polling, it is

@@ -1,4 +1,4 @@
-"""Two replicas, one active (issue 10, item 5): a Lease decides which operator acts.
+"""Two replicas, one active (README.md, Two replicas, one active): a Lease decides which operator acts.
 
 Two operator processes run against one embedded cluster with leader election
 on, each with its own holder identity (POD_NAME), which its API client puts

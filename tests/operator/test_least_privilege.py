@@ -1,4 +1,4 @@
-"""The operator's Role grants exactly what the operator uses (issue 8, item 7).
+"""The operator's Role grants exactly what the operator uses (docs/SECURITY.md §7).
 
 One operator runs the scenarios of this suite in one go: success through the
 filter stage, configure failures 31 and 32, a timeout, a stop request, a

@@ -1,4 +1,4 @@
-"""Timeouts, stop and delete: each ends as the contract says, with nothing left running (issue 3, 4–5)."""
+"""Timeouts, stop and delete: each ends as the contract says, with nothing left running."""
 
 from __future__ import annotations
 

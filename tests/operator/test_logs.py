@@ -1,4 +1,4 @@
-"""The operator's log lines: JSON, about the right workflow, at the right level, without secrets (issue 10, item 3).
+"""The operator's log lines: JSON, about the right workflow, at the right level, without secrets (README.md, Logs).
 
 The real operator (``kopf run`` as a subprocess) runs one Workflow to its end
 and rejects an invalid one, on the embedded cluster, once per LOG_LEVEL, with

@@ -1,4 +1,4 @@
-"""Prometheus metrics, scraped over HTTP from the operator process while workflows run (issue 10, 1).
+"""Prometheus metrics, scraped over HTTP from the operator process while workflows run (README.md, Metrics).
 
 The operator runs as a `kopf run` process with METRICS_PORT on a free port;
 the test reads `/metrics` the way Prometheus does and parses it with

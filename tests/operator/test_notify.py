@@ -1,4 +1,4 @@
-"""A notification receiver that is down is retried and never holds up the workflow (issue 3, 7; docs/contract.md §4)."""
+"""A notification receiver that is down is retried and never holds up the workflow (docs/contract.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pipeline of one Workflow, from admission to clean-up (issue 3, behaviour 2; docs/contract.md §1–§4)."""
+"""The pipeline of one Workflow, from admission to clean-up (docs/contract.md §1–§4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash safety: a hard kill at a stage boundary, a restart, and the workflow goes on (issue 3, 6)."""
+"""Crash safety: a hard kill at a stage boundary, a restart, and the workflow goes on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A stopped or timed-out stage is gone before anything reads its outputs (issue 8, item 3).
+"""A stopped or timed-out stage is gone before anything reads its outputs (docs/SECURITY.md §3).
 
 The algorithm here ignores SIGTERM: told to stop, it goes on for a few
 seconds (until the kubelet's SIGKILL at the latest), as a hostile one would,

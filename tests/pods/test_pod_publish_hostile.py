@@ -1,4 +1,4 @@
-"""The publish pod against a hostile algorithm's volume (issue 8: item 3, and escaped upload names).
+"""The publish pod against a hostile algorithm's volume (docs/SECURITY.md §3, and escaped upload names).
 
 The algorithm wrote ``outputs/`` and ``logs/``: it may leave links to the
 publish pod's secrets, swap a file for a link between the listing and the

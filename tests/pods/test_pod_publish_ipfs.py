@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from operator_engine.pods import publish
+from operator_engine.pods import publish, storage
 
 from .harness import FakeIpfs, PodEnv
 
@@ -145,3 +145,29 @@ def test_streams_a_large_output_intact_with_a_content_length(ipfs_env: PodEnv, i
     assert upload.content == content
     assert url == "ipfs://" + ipfs_server.cid_of(content)
     assert "Transfer-Encoding" not in upload.headers
+
+
+class _CountingFile(io.FileIO):
+    """A file that remembers the largest read asked of it."""
+
+    largest_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.largest_read = max(self.largest_read, len(data))
+        return data
+
+
+def test_the_upload_body_is_read_from_the_file_in_pieces(tmp_path, ipfs_server: FakeIpfs) -> None:
+    """The multipart body streams: no read takes the whole output into memory at once."""
+    content = os.urandom(4 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(content)
+    target = storage.ipfs_target({"IPFS_OUTPUT": ipfs_server.base_url})
+
+    with _CountingFile(path) as source:
+        url = target.upload(source, "outputs", "big.bin")
+
+    assert url == "ipfs://" + ipfs_server.cid_of(content)
+    assert ipfs_server.content(ipfs_server.cid_of(content)) == content
+    assert 0 < source.largest_read <= 1024 * 1024, source.largest_read

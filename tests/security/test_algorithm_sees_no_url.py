@@ -1,4 +1,4 @@
-"""Issue 8, item 1: the algorithm never sees where the data came from.
+"""docs/SECURITY.md §1: the algorithm never sees where the data came from.
 
 Every shape of Workflow, with URLs carrying credentials and tokens in every
 place operator-service may put them, is rendered under every configuration;

@@ -1,4 +1,4 @@
-"""Issue 8, item 9: checkov finds nothing over kubernetes/ and over every rendered manifest.
+"""docs/SECURITY.md §9: checkov finds nothing over kubernetes/ and over every rendered manifest.
 
 checkov runs twice (it takes seconds to start): once over kubernetes/, once
 over a folder of every manifest the operator renders for every shape of

@@ -1,4 +1,4 @@
-"""The clamp on the Kubernetes client's logging holds whatever a LOG_CFG file says (issue 8, item 8).
+"""The clamp on the Kubernetes client's logging holds whatever a LOG_CFG file says (docs/SECURITY.md §8).
 
 At DEBUG ``kubernetes.client.rest`` logs whole response bodies: Workflows with
 spec.secret, Secrets with their values, ConfigMaps with the input URLs. These

@@ -1,4 +1,4 @@
-"""Nothing secret in logs, at any setting (issue 8, item 8).
+"""Nothing secret in logs, at any setting (docs/SECURITY.md §8).
 
 The real operator (``kopf run`` as a subprocess, ``--debug``, LOG_LEVEL=DEBUG)
 runs a Workflow end to end on the embedded cluster whose kubelet runs the real

@@ -1,4 +1,4 @@
-"""Issue 8, item 6: the Deployment's probes hit an endpoint that its own command serves.
+"""docs/SECURITY.md §6: the Deployment's probes hit an endpoint that its own command serves.
 
 The operator container's command from kubernetes/operator.yml runs (listening
 on loopback instead of 0.0.0.0, with the namespace filled in) against the

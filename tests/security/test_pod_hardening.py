@@ -1,4 +1,4 @@
-"""Issue 8, items 5 and 6: no provider credential for the consumer's image; hardened pods and namespace.
+"""docs/SECURITY.md §5 and §6: no provider credential for the consumer's image; hardened pods and namespace.
 
 Every rendered Job, for every shape of Workflow and every configuration, and
 the shipped manifests (kubernetes/) are checked here.
