@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from operator_engine.devcluster.controlplane import ControlPlane, ControlPlaneError, versions
+
+from .support import wait_until
 
 DEADLINE = 60.0
 
@@ -24,18 +25,6 @@ def processes_naming(folder: Path) -> list[str]:
         if str(folder) in text:
             found.append(text)
     return found
-
-
-def until(check, what: str):  # type: ignore[no-untyped-def]
-    """Poll ``check`` until it returns something true, or fail naming ``what``."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {DEADLINE:.0f}s")
-        time.sleep(0.2)
 
 
 def test_server_and_kubectl_are_the_built_version(control_plane: ControlPlane) -> None:
@@ -75,8 +64,9 @@ def test_service_account_token_is_who_it_says_and_rbac_is_enforced(control_plane
     ):
         done = control_plane.kubectl(*args)
         assert done.returncode == 0, done.stderr
-    until(
+    wait_until(
         lambda: control_plane.kubectl("get", "pods", "-n", "smoke", kubeconfig=kubeconfig).returncode == 0,
+        DEADLINE,
         "the RoleBinding grants get pods",
     )
     still_denied = control_plane.kubectl("get", "secrets", "-n", "smoke", kubeconfig=kubeconfig)
@@ -100,7 +90,7 @@ def test_audit_log_records_who_did_what(control_plane: ControlPlane) -> None:
                 return True
         return False
 
-    until(admin_list_of_namespaces, "the audit log has admin listing namespaces")
+    wait_until(admin_list_of_namespaces, DEADLINE, "the audit log has admin listing namespaces")
 
 
 def test_apiserver_restart_keeps_address_and_data(control_plane: ControlPlane) -> None:
