@@ -6,7 +6,8 @@ Fixtures of the operator's acceptance tests.
 * ``history``: a follower of the cluster's change stream recording every
   Workflow status and every object creation/deletion, with timestamps.
 * ``receiver``: an HTTP server on 127.0.0.1 (its own thread) that records the
-  notifications; ``receiver.fail_first = K`` answers 503 to the first K.
+  notifications with their headers; ``receiver.fail_first = K`` answers 503 to
+  the first K, ``receiver.answers = [429, 400]`` answers those statuses in turn first.
 * ``operator``: ``async with operator(**env) as op:`` runs the real operator
   (``operator_engine.operator_main`` through kopf) in a background thread of
   this process, configured by environment variables, until the block ends.
@@ -234,14 +235,22 @@ class Notification:
     body: Any
     time: float
     status: int
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self) -> str | None:
+        """The Idempotency-Key header (docs/contract.md §4)."""
+        return self.headers.get("idempotency-key")
 
 
 class Receiver:
-    """Records POSTs on 127.0.0.1; answers 503 to the first ``fail_first`` of them."""
+    """Records POSTs on 127.0.0.1; answers ``answers`` in turn, then 503 to the first ``fail_first`` of them."""
 
     def __init__(self) -> None:
         self.records: list[Notification] = []
         self.fail_first = 0
+        self.answers: list[int] = []
+        self.in_progress = 0
         self._lock = threading.Lock()
         receiver = self
 
@@ -249,15 +258,30 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                with receiver._lock:
+                    receiver.in_progress += 1
+                try:
+                    self._answer()
+                finally:
+                    with receiver._lock:
+                        receiver.in_progress -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                if len(raw) < length:
+                    return  # the client went away mid-request (a killed operator): nothing was delivered
                 try:
                     body: Any = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode(errors="replace")
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._lock:
-                    code = 503 if len(receiver.records) < receiver.fail_first else 200
-                    receiver.records.append(Notification(self.path, body, time.monotonic(), code))
+                    if receiver.answers:
+                        code = receiver.answers.pop(0)
+                    else:
+                        code = 503 if len(receiver.records) < receiver.fail_first else 200
+                    receiver.records.append(Notification(self.path, body, time.monotonic(), code, headers))
                 answer = json.dumps({"ok": code == 200}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -311,6 +335,14 @@ class Receiver:
                 )
             await asyncio.sleep(0.05)
         return found
+
+    async def idle(self, timeout: float = 30.0) -> None:
+        """Wait until no request is being answered (one a killed client had sent is then recorded or dropped)."""
+        deadline = time.monotonic() + timeout
+        while self.in_progress:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the receiver is still answering {self.in_progress} request(s) after {timeout} s")
+            await asyncio.sleep(0.02)
 
     def start(self) -> None:
         self._thread.start()
