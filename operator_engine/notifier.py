@@ -59,6 +59,11 @@ class Notifier:
         self.deadline = deadline  # seconds one notification is retried before it is given up
         self._in_flight: dict[tuple[str, str], asyncio.Task[str]] = {}
 
+    @property
+    def in_flight(self) -> int:
+        """How many deliveries are on their way: all the memory a Notifier keeps."""
+        return len(self._in_flight)
+
     def url(self, kind: str) -> str | None:
         return self.config.NOTIFY_START_URL if kind == "start" else self.config.NOTIFY_STOP_URL
 
@@ -83,9 +88,9 @@ class Notifier:
         if task is not None:
             return task
         after = self._in_flight.get((uid, "start")) if kind == "stop" else None
-        task = asyncio.create_task(self._send(body, workflow, kind, url, after), name=f"notify-{kind}-{uid}")
+        task = asyncio.create_task(self._run(body, workflow, kind, url, after), name=f"notify-{kind}-{uid}")
         self._in_flight[(uid, kind)] = task
-        task.add_done_callback(lambda done: self._done(uid, kind, body["metadata"]["name"], done))
+        task.add_done_callback(lambda done: _log_failure(kind, body["metadata"]["name"], done))
         return task
 
     async def before_delete(self, body: dict[str, Any], workflow: Workflow) -> None:
@@ -112,13 +117,16 @@ class Notifier:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _done(self, uid: str, kind: str, name: str, task: asyncio.Task[str]) -> None:
-        if self._in_flight.get((uid, kind)) is task:
-            del self._in_flight[(uid, kind)]
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            # The backstop sets out again (same key), once the API server takes the intent.
-            log.warning(f"{kind} notification for {name} not sent: {type(exc).__name__}: {exc}", workflow=name)
+    async def _run(
+        self, body: dict[str, Any], workflow: Workflow, kind: str, url: str, after: asyncio.Task[str] | None
+    ) -> str:
+        """One delivery; it is forgotten as it ends (its record, if any, is in the status by then)."""
+        try:
+            return await self._send(body, workflow, kind, url, after)
+        finally:
+            key = (_uid(body), kind)
+            if self._in_flight.get(key) is asyncio.current_task():
+                del self._in_flight[key]
 
     async def _send(
         self, body: dict[str, Any], workflow: Workflow, kind: str, url: str, after: asyncio.Task[str] | None
@@ -169,6 +177,12 @@ class Notifier:
                 return
             await asyncio.sleep(pause)
             pause = min(pause * 2, longest)
+
+
+def _log_failure(kind: str, name: str, task: asyncio.Task[str]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        # The engine's next pass sets out again (with the same key), once the API server takes the intent.
+        log.warning(f"{kind} notification for {name} not sent: {type(exc).__name__}: {exc}", workflow=name)
 
 
 def _uid(body: dict[str, Any]) -> str:

@@ -243,6 +243,15 @@ class Notification:
         return self.headers.get("idempotency-key")
 
 
+class _ReceiverServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client killed mid-connection (the restart tests do that): nothing to report
+        super().handle_error(request, client_address)
+
+
 class Receiver:
     """Records POSTs on 127.0.0.1; answers ``answers`` in turn, then 503 to the first ``fail_first`` of them."""
 
@@ -250,6 +259,7 @@ class Receiver:
         self.records: list[Notification] = []
         self.fail_first = 0
         self.answers: list[int] = []
+        self.hold: threading.Event | None = None  # when set: each request is recorded, then answered once it is set
         self.in_progress = 0
         self._lock = threading.Lock()
         receiver = self
@@ -282,6 +292,9 @@ class Receiver:
                     else:
                         code = 503 if len(receiver.records) < receiver.fail_first else 200
                     receiver.records.append(Notification(self.path, body, time.monotonic(), code, headers))
+                    hold = receiver.hold
+                if hold is not None:
+                    hold.wait(60)
                 answer = json.dumps({"ok": code == 200}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -292,8 +305,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _ReceiverServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="notify-receiver", daemon=True)
 
     @property

@@ -18,7 +18,7 @@ import random
 import time
 
 import pytest
-from conftest import ProcessFactory, Receiver, TimedRuntime
+from conftest import History, ProcessFactory, Receiver, TimedRuntime
 from helpers import (
     PUBLISH_RESULT,
     check_payload,
@@ -45,6 +45,7 @@ async def test_hard_kills_at_random_moments_each_notification_has_one_key_and_du
     cluster: EmbeddedCluster,
     runtime: TimedRuntime,
     receiver: Receiver,
+    history: History,
 ) -> None:
     rng = random.Random(SEED)
     names = [f"wf-chaos-{i:02d}" for i in range(WORKFLOWS)]
@@ -107,10 +108,13 @@ async def test_hard_kills_at_random_moments_each_notification_has_one_key_and_du
     raw = collections.Counter((r.body["jobId"], r.path.strip("/")) for r in records)
     keys = collections.Counter(r.key for r in records)
     duplicated = {key: n for key, n in raw.items() if n > 1}
+    windows = sorted(await record_delays(history, receiver, set(duplicated)))
     print(
         f"\nchaos: {WORKFLOWS} workflows, {KILLS} kills (workflows in flight at each: {in_flight_at_kill}); "
         f"receiver: {len(records)} POSTs, {len(keys)} distinct keys, {len(records) - len(keys)} duplicate(s) "
-        f"{duplicated}; records cut off by a kill: {sorted(cut_off)}"
+        f"{duplicated}; records cut off by a kill: {sorted(cut_off)}; from the receiver's answer to the record in "
+        f"the status (the crash window): median {windows[len(windows) // 2] * 1000:.0f} ms, "
+        f"p95 {windows[int(len(windows) * 0.95)] * 1000:.0f} ms, max {windows[-1] * 1000:.0f} ms"
     )
     for record in records:
         assert record.status == 200, record
@@ -126,3 +130,18 @@ async def test_hard_kills_at_random_moments_each_notification_has_one_key_and_du
     assert len(records) - len(keys) <= KILLS, (len(records), len(keys), duplicated)
     # The kills fell while workflows ran (else this test would test nothing).
     assert sum(1 for n in in_flight_at_kill if n > 0) >= KILLS // 2, in_flight_at_kill
+
+
+async def record_delays(history: History, receiver: Receiver, leave_out: set[tuple[str, str]]) -> list[float]:
+    """Seconds from each notification's accepted POST to its result in the status: the window a kill can fall in."""
+    await history.sync()
+    recorded_at: dict[tuple[str, str], float] = {}
+    for change in history.workflow_states():
+        for kind in status(change.object).get("notifications") or {}:
+            recorded_at.setdefault((change.name, kind), change.time)
+    delays = []
+    for record in receiver.all():
+        key = (record.body["jobId"], record.path.strip("/"))
+        if key not in leave_out and key in recorded_at:
+            delays.append(max(0.0, recorded_at[key] - record.time))
+    return delays
