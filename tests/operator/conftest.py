@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,23 @@ class Notification:
 
 
 class _ReceiverServer(http.server.ThreadingHTTPServer):
+    """Counts its open connections: a request a killed client had sent is answered (or dropped) once none is left."""
+
     daemon_threads = True
+    connections = 0
+    _count_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            self.connections += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._count_lock:
+                self.connections -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):
@@ -260,7 +277,6 @@ class Receiver:
         self.fail_first = 0
         self.answers: list[int] = []
         self.hold: threading.Event | None = None  # when set: each request is recorded, then answered once it is set
-        self.in_progress = 0
         self._lock = threading.Lock()
         receiver = self
 
@@ -268,15 +284,6 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                with receiver._lock:
-                    receiver.in_progress += 1
-                try:
-                    self._answer()
-                finally:
-                    with receiver._lock:
-                        receiver.in_progress -= 1
-
-            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 if len(raw) < length:
@@ -301,6 +308,11 @@ class Receiver:
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming; Receiver.idle's barrier)
+                self.send_response(204)
+                self.send_header("Connection", "close")
+                self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -349,11 +361,18 @@ class Receiver:
         return found
 
     async def idle(self, timeout: float = 30.0) -> None:
-        """Wait until no request is being answered (one a killed client had sent is then recorded or dropped)."""
+        """Wait until no connection is open: what a killed client had sent is then recorded, or was dropped.
+
+        A GET of our own first: connections are accepted in the order they came,
+        so once it is answered every earlier one is accepted, and counted.
+        """
+        await asyncio.to_thread(lambda: urllib.request.urlopen(self.url + "/idle", timeout=timeout).close())
         deadline = time.monotonic() + timeout
-        while self.in_progress:
+        while self._server.connections:
             if time.monotonic() > deadline:
-                raise AssertionError(f"the receiver is still answering {self.in_progress} request(s) after {timeout} s")
+                raise AssertionError(
+                    f"the receiver still has {self._server.connections} connection(s) after {timeout} s"
+                )
             await asyncio.sleep(0.02)
 
     def start(self) -> None:

@@ -37,6 +37,7 @@ WORKFLOWS = 60
 KILLS = 8
 MAX_JOBS = 10
 KINDS = ("start", "stop")
+RARE = 2 * WORKFLOWS // 10  # copies allowed: one notification in ten
 
 
 @pytest.mark.slow
@@ -61,15 +62,26 @@ async def test_hard_kills_at_random_moments_each_notification_has_one_key_and_du
     for name in names:
         await cluster.create(bodies[name])
 
-    cut_off: set[tuple[str, str]] = set()
+    cuts: collections.Counter[tuple[str, str]] = collections.Counter()  # records a kill cut off, by notification
     in_flight_at_kill: list[int] = []
+    cut_at_kill: list[int] = []
+    posts_at_cut: dict[tuple[str, str], int] = {}
     for _ in range(KILLS):
         # The chaos schedule itself (not a wait for a condition): the next kill, 2 to 4 s into this process's life.
         await asyncio.sleep(rng.uniform(2.0, 4.0))
         proc.kill()
         workflows = [await cluster.get("wf", name) for name in names]
         in_flight_at_kill.append(sum(1 for w in workflows if not is_terminal(w)))
-        cut_off |= await deliveries_cut_off(cluster, receiver, names)
+        # A record cut off anew: of a POST the receiver accepted since the notification's last cut.
+        cut = [
+            (name, kind)
+            for name, kind in await deliveries_cut_off(cluster, receiver, names)
+            if len(receiver.accepted(f"/{kind}", name)) > posts_at_cut.get((name, kind), 0)
+        ]
+        for name, kind in cut:
+            cuts[(name, kind)] += 1
+            posts_at_cut[(name, kind)] = len(receiver.accepted(f"/{kind}", name))
+        cut_at_kill.append(len(cut))
         await proc.start()
 
     async def all_done() -> bool:
@@ -109,9 +121,10 @@ async def test_hard_kills_at_random_moments_each_notification_has_one_key_and_du
     duplicated = {key: n for key, n in raw.items() if n > 1}
     windows = sorted(record_delays(cluster, receiver, set(duplicated)))
     print(
-        f"\nchaos: {WORKFLOWS} workflows, {KILLS} kills (workflows in flight at each: {in_flight_at_kill}); "
+        f"\nchaos: {WORKFLOWS} workflows, {KILLS} kills (workflows in flight at each: {in_flight_at_kill}, "
+        f"records each cut off: {cut_at_kill}); "
         f"receiver: {len(records)} POSTs, {len(keys)} distinct keys, {len(records) - len(keys)} duplicate(s) "
-        f"{duplicated}; records cut off by a kill: {sorted(cut_off)}; from the receiver's answer to the record of "
+        f"{duplicated}; records cut off by a kill: {sorted(cuts)}; from the receiver's answer to the record of "
         f"the result (the crash window): median {windows[len(windows) // 2] * 1000:.0f} ms, "
         f"p95 {windows[int(len(windows) * 0.95)] * 1000:.0f} ms, max {windows[-1] * 1000:.0f} ms"
     )
@@ -124,9 +137,12 @@ async def test_hard_kills_at_random_moments_each_notification_has_one_key_and_du
     expected = {(name, kind) for name in names for kind in KINDS}
     assert set(raw) == expected, f"not notified: {sorted(expected - set(raw))[:10]}"
     assert len(keys) == len(expected), (len(keys), len(expected))
-    # A duplicate only where a kill fell between the receiver's answer and the record, and rare.
-    assert set(duplicated) <= cut_off, (duplicated, sorted(cut_off))
-    assert len(records) - len(keys) <= KILLS, (len(records), len(keys), duplicated)
+    # A copy only where a kill fell between the receiver's answer and the record (one more POST per such kill).
+    unexplained = {key: n for key, n in duplicated.items() if n > 1 + cuts[key]}
+    assert not unexplained, (unexplained, sorted(cuts))
+    # And rare. Measured here: 3 to 5 copies per run of 8 kills, each kill cutting off 0 to 2 records; the
+    # bound leaves room for chance (kills are at random moments) and still catches a record that comes late.
+    assert len(records) - len(keys) <= RARE, (len(records), len(keys), duplicated)
     # The kills fell while workflows ran (else this test would test nothing).
     assert sum(1 for n in in_flight_at_kill if n > 0) >= KILLS // 2, in_flight_at_kill
 
