@@ -14,11 +14,16 @@ labels what falls in it:
   is not sent again;
 - the result is recorded right after the last POST, in a status patch of its
   own (`status.notifications.<kind>` = "delivered", "refused: ..." or
-  "gave up after ..."), which also clears the intent.
+  "gave up after ..."), which also clears the intent;
+- one notification at a time is between a POST and its record (`WINDOW`):
+  each POST attempt waits for the one before to be answered and, if that
+  answer was final, recorded.
 
 A process killed between the receiver's answer and that record leaves the
 intent without a result: its successor sends the notification again, with
-the same key, and a receiver that keeps the keys it has seen drops it.
+the same key, and a receiver that keeps the keys it has seen drops it. A
+crash cuts off at most `WINDOW` records, however many workflows run; and
+while the API server takes no record, no further notification goes out.
 
 The only memory kept is the deliveries on their way (one task each), which
 end with their record; the status is the memory of everything else, so
@@ -38,6 +43,10 @@ from operator_engine.model import Workflow
 log = logs.get()
 
 RECORD_RETRY_SECONDS = (1.0, 30.0)  # first and longest pause between attempts to record a result
+# Notifications at once between a POST and the record of its result. One keeps what a crash can cut off
+# to one copy; it costs throughput only, a POST and a status patch per notification (tens per second),
+# and no workflow waits for a notification.
+WINDOW = 1
 
 
 def recorded(body: dict[str, Any] | None, kind: str) -> str | None:
@@ -58,6 +67,7 @@ class Notifier:
         self.kube = kube
         self.deadline = deadline  # seconds one notification is retried before it is given up
         self._in_flight: dict[tuple[str, str], asyncio.Task[str]] = {}
+        self._window = asyncio.Semaphore(WINDOW)
 
     @property
     def in_flight(self) -> int:
@@ -152,9 +162,12 @@ class Notifier:
                     workflow=name,
                 )
             payload = notify.payload(workflow, self.config.OPERATOR_PRIVATE_KEY, key)
-            result = await notify.deliver(url, payload, kind=kind, deadline=self.deadline)
-            # The result, in a patch of its own, at once: the gap a crash can fall in is this call.
-            await self._record(namespace, name, kind, result)
+            result = await notify.deliver(url, payload, kind=kind, deadline=self.deadline, gate=self._window)
+            try:
+                # The result, in a patch of its own, at once: the gap a crash can fall in is this call.
+                await self._record(namespace, name, kind, result)
+            finally:
+                self._window.release()
             if result == "delivered":
                 log.info(f"{kind} notification for {name} delivered", workflow=name)
             else:

@@ -72,20 +72,33 @@ async def deliver(
     timeout: float = 10.0,
     first_delay: float = 0.5,
     max_delay: float = 30.0,
+    gate: asyncio.Semaphore | None = None,
 ) -> str:
     """POST body to url until a 2xx answer or `deadline` seconds pass. Returns what happened, for the status.
 
     Every attempt carries the body's `idempotencyKey` as the `Idempotency-Key`
     header too. `kind` ("start" or "stop") labels the outcome in the
-    notifications metric.
+    notifications metric. With a `gate`, each attempt holds it and the call
+    returns holding it: the caller releases it once the result is recorded, so
+    that no more notifications than the gate admits are ever between a
+    receiver's answer and their record (what a crash can cut off).
     """
-    result = await _deliver(url, body, deadline=deadline, timeout=timeout, first_delay=first_delay, max_delay=max_delay)
+    result = await _deliver(
+        url, body, deadline=deadline, timeout=timeout, first_delay=first_delay, max_delay=max_delay, gate=gate
+    )
     metrics.notification(kind, result)
     return result
 
 
 async def _deliver(
-    url: str, body: dict[str, Any], *, deadline: float, timeout: float, first_delay: float, max_delay: float
+    url: str,
+    body: dict[str, Any],
+    *,
+    deadline: float,
+    timeout: float,
+    first_delay: float,
+    max_delay: float,
+    gate: asyncio.Semaphore | None,
 ) -> str:
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + deadline
@@ -94,16 +107,26 @@ async def _deliver(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         while True:
             attempts += 1
+            if gate is not None:
+                await gate.acquire()
+            answered = False  # a final answer: the gate stays held for the caller's record
             try:
                 async with session.post(url, json=body, headers=headers) as response:
                     if 200 <= response.status < 300:
+                        answered = True
                         return "delivered"
                     last = f"HTTP {response.status}"
                     if 400 <= response.status < 500 and response.status not in (408, 429):
+                        answered = True
                         return f"refused: {last}"
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 last = type(exc).__name__
+            finally:
+                if gate is not None and not answered:
+                    gate.release()
             if loop.time() + delay > give_up_at:
+                if gate is not None:
+                    await gate.acquire()
                 return f"gave up after {attempts} attempts: {last}"
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, max_delay)

@@ -24,7 +24,7 @@ from operator_engine import notify
 from operator_engine.devcluster import EmbeddedCluster
 from operator_engine.kube import Kube, new_api_client
 from operator_engine.model import parse_workflow
-from operator_engine.notifier import Notifier
+from operator_engine.notifier import WINDOW, Notifier
 
 NotifierFactory = Callable[..., Notifier]
 
@@ -243,6 +243,31 @@ async def test_a_workflow_that_is_gone_is_not_notified(
     cluster.api.delete(cluster.spec("wf"), cluster.namespace, "wf-gone")
     assert await notifiers().ensure(body, parse_workflow(body), "start") == "gone"
     assert receiver.all() == []
+
+
+async def test_one_notification_at_a_time_is_between_its_post_and_its_record(
+    notifiers: NotifierFactory, cluster: EmbeddedCluster, receiver: Receiver
+) -> None:
+    """What a crash can cut off: at most one record (notifier.WINDOW), however many notifications go out."""
+    assert WINDOW == 1
+    bodies = [await started(cluster, f"wf-window-{i}") for i in range(4)]
+    receiver.hold = threading.Event()
+    notifier = notifiers()
+    tasks = [notifier.ensure(b, parse_workflow(b), "start") for b in bodies]
+    await wait_until(lambda: receiver.all(), timeout=30, what="the first POST")
+    with pytest.raises(TimeoutError):  # the others wait while the first is unanswered
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), 0.5)
+    assert len(receiver.all()) == 1
+    receiver.hold.set()
+    assert set(await asyncio.gather(*tasks)) == {"delivered"}
+    records = {
+        r.path.split("/")[-2]: r.time
+        for r in cluster.request_log
+        if r.method == "PATCH" and "notifications" in (r.body or {}).get("status", {})
+    }
+    posts = sorted(receiver.all(), key=lambda p: p.time)
+    for earlier, later in zip(posts, posts[1:], strict=False):
+        assert records[earlier.body["jobId"]] <= later.time, "a POST went out before the previous result was recorded"
 
 
 # ---------------------------------------------------------------- start and stop
