@@ -44,8 +44,8 @@ log = logs.get()
 
 RECORD_RETRY_SECONDS = (1.0, 30.0)  # first and longest pause between attempts to record a result
 # Notifications at once between a POST and the record of its result. One keeps what a crash can cut off
-# to one copy; it costs throughput only, a POST and a status patch per notification (tens per second),
-# and no workflow waits for a notification.
+# to one copy; it costs throughput only (a POST and a status patch per notification, one after another),
+# and only a deleted Workflow waits for a notification (its stop one).
 WINDOW = 1
 
 

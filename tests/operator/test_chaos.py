@@ -36,7 +36,7 @@ from operator_engine.notifier import WINDOW
 SEED = 9_06_2026
 WORKFLOWS = 60
 KILLS = 8
-MAX_JOBS = 10
+MAX_JOBS = 6
 KINDS = ("start", "stop")
 
 
@@ -55,7 +55,7 @@ async def test_hard_kills_at_random_moments_each_notification_has_one_key_and_du
         for stage in ("configure", "algorithm", "publish"):
             runtime.script(
                 f"{name}-{stage}-job",
-                Outcome(duration=rng.uniform(0.2, 1.0), message=publish if stage == "publish" else None),
+                Outcome(duration=rng.uniform(0.3, 1.5), message=publish if stage == "publish" else None),
             )
     bodies = {name: make_workflow(name) for name in names}
     proc = await operator_process(maxJobs=MAX_JOBS, OPERATOR_BACKSTOP_SECONDS="2")
