@@ -2,10 +2,9 @@
 
 Everything the engine knows it reads from the cluster on each call: the
 Workflow's status says where the workflow is, its Jobs say what happened
-since. The only memory kept between calls is which notifications are in
-flight or were delivered by this process (so one is not sent twice while its
-status patch is on its way), and locks; after a restart both are rebuilt
-from the status.
+since. The only memory kept between calls is the notifications on their way
+(`notifier.Notifier`) and locks; after a restart both are rebuilt from the
+status.
 """
 
 from __future__ import annotations
@@ -19,10 +18,11 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from operator_engine import logs, metrics, notify
+from operator_engine import logs, metrics
 from operator_engine.config import Config
 from operator_engine.kube import Kube, PermanentError, TransientError
 from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
+from operator_engine.notifier import Notifier
 from operator_engine.pipeline import (
     TERMINAL_PHASES,
     JobView,
@@ -118,11 +118,9 @@ class Engine:
         self.kube = kube
         self.renderer = Renderer(config)
         self.post_event = post_event or (lambda body, type_, reason, message: None)
-        self.notify_deadline = notify_deadline
+        self.notifier = Notifier(config, kube, deadline=notify_deadline)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._admission_lock = asyncio.Lock()
-        self._notifications: dict[tuple[str, str], asyncio.Task[str]] = {}
-        self._delivered: set[tuple[str, str]] = set()
         self._current_jobs: int | None = None
         self._backstop: asyncio.Task[None] | None = None
         # Workflows (by uid) whose handling raised unexpectedly: the traceback is logged
@@ -183,7 +181,7 @@ class Engine:
                 if workflow.stop_requested:
                     await self._finish_unstarted(body, "stop requested while queued")
                 return True
-            self._ensure_notification(body, workflow, "start")
+            self.notifier.ensure(body, workflow, "start")
             await self._advance(body, workflow, backstop=backstop)
         except PermanentError as exc:
             await self._fail_permanently(body, str(exc))
@@ -512,8 +510,8 @@ class Engine:
         status = body.get("status") or {}
         workflow = _started(body)
         if workflow is not None:
-            self._ensure_notification(body, workflow, "start")
-            self._ensure_notification(body, workflow, "stop")
+            self.notifier.ensure(body, workflow, "start")
+            self.notifier.ensure(body, workflow, "stop")
         if not self.config.DEBUG_NO_CLEANUP and not status.get("cleanedUp"):
             namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
             await self.cleanup(namespace, name)
@@ -539,73 +537,12 @@ class Engine:
             await self.cleanup(namespace, name)
             workflow = _started(body)
             if workflow is not None:
-                start = self._notifications.get((body["metadata"]["uid"], "start"))
-                if start is not None:
-                    await asyncio.shield(start)
-                if self._was_delivered(body, "start"):
-                    task = self._ensure_notification(body, workflow, "stop", record=False)
-                    if task is not None:
-                        await asyncio.shield(task)
+                await self.notifier.before_delete(body, workflow)
             await self.kube.remove_finalizer(body, FINALIZER)
             metrics.CENSUS.forget(body)
             log.info(f"Workflow {name} deleted; children removed", workflow=name)
         self._locks.pop((namespace, name), None)
         await self.admit(namespace)
-
-    # --- notifications
-
-    def _was_delivered(self, body: dict[str, Any], kind: str) -> bool:
-        if (body["metadata"].get("uid"), kind) in self._delivered:
-            return True
-        return ((body.get("status") or {}).get("notifications") or {}).get(kind) == "delivered"
-
-    def _ensure_notification(
-        self, body: dict[str, Any], workflow: Workflow, kind: str, record: bool = True
-    ) -> asyncio.Task[str] | None:
-        """Start delivering a notification unless it was delivered, given up on, or is on its way."""
-        url = self.config.NOTIFY_START_URL if kind == "start" else self.config.NOTIFY_STOP_URL
-        uid = body["metadata"].get("uid", body["metadata"]["name"])
-        key = (uid, kind)
-        recorded = ((body.get("status") or {}).get("notifications") or {}).get(kind)
-        if not url or recorded or key in self._delivered:
-            return None
-        if key in self._notifications:
-            return self._notifications[key]
-        start_task = self._notifications.get((uid, "start")) if kind == "stop" else None
-        task = asyncio.create_task(self._notify(body, workflow, kind, url, start_task, record))
-        self._notifications[key] = task
-        return task
-
-    async def _notify(
-        self,
-        body: dict[str, Any],
-        workflow: Workflow,
-        kind: str,
-        url: str,
-        after: asyncio.Task[str] | None,
-        record: bool,
-    ) -> str:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        key = (body["metadata"].get("uid", name), kind)
-        try:
-            if after is not None:
-                await asyncio.shield(after)  # the stop notification never overtakes the start one
-            result = await notify.deliver(
-                url,
-                notify.payload(workflow, self.config.OPERATOR_PRIVATE_KEY),
-                deadline=self.notify_deadline,
-                kind=kind,
-            )
-            self._delivered.add(key)
-            if result == "delivered":
-                log.info(f"{kind} notification for {name} delivered", workflow=name)
-            else:
-                log.warning(f"{kind} notification for {name} not delivered: {result}", workflow=name)
-            if record:
-                await self.kube.patch_workflow_status(namespace, name, {"notifications": {kind: result}})
-            return result
-        finally:
-            self._notifications.pop(key, None)
 
     def start_backstop(self, namespace: str, interval: float) -> None:
         self._backstop = asyncio.create_task(self._backstop_loop(namespace, interval), name="backstop")
@@ -646,19 +583,13 @@ class Engine:
         status = body.get("status") or {}
         if body["metadata"].get("deletionTimestamp") or not is_terminal(status):
             return False
-        notified = status.get("notifications") or {}
-        pending = [
-            kind
-            for kind, url in (("start", self.config.NOTIFY_START_URL), ("stop", self.config.NOTIFY_STOP_URL))
-            if url and status.get("dateStarted") and kind not in notified
-        ]
-        return not pending and bool(status.get("cleanedUp") or self.config.DEBUG_NO_CLEANUP)
+        return not self.notifier.pending(status) and bool(status.get("cleanedUp") or self.config.DEBUG_NO_CLEANUP)
 
     async def close(self) -> None:
-        tasks = [*self._notifications.values(), *([self._backstop] if self._backstop else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.notifier.close()
+        if self._backstop is not None:
+            self._backstop.cancel()
+            await asyncio.gather(self._backstop, return_exceptions=True)
         await asyncio.to_thread(self.kube.close)
 
 

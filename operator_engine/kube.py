@@ -206,8 +206,8 @@ class Kube:
         result = await self.call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
         return list((result or {}).get("items", []))
 
-    async def patch_workflow_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        """Merge `status` into the Workflow's status; False if the Workflow is gone."""
+    async def patch_workflow_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge `status` into the Workflow's status: the Workflow as patched (truthy), None if it is gone."""
         result = await self.call(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
@@ -219,7 +219,7 @@ class Kube:
             _content_type=MERGE_PATCH,
             ok=(404,),
         )
-        return result is not None
+        return dict(result) if result is not None else None
 
     async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]

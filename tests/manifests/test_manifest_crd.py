@@ -54,6 +54,8 @@ def full_status():
         ],
         "kopf": {"progress": {}},
         "notifiedStart": True,
+        "notifications": {"start": "delivered", "stop": "gave up after 12 attempts: HTTP 503"},
+        "notifying": {"stop": "5c5a3710-9d41-4ec4-9dcc-c35c52844385:stop"},
     }
 
 
@@ -174,6 +176,8 @@ def test_legacy_workflow_document_shape_is_preserved():
         ("phase", "Done"),
         ("outputsUrl", "ipfs://QmNotAList"),
         ("conditions", [{"type": "Ready", "status": "Maybe"}]),
+        ("notifications", {"start": True}),
+        ("notifying", "uid:start"),
     ],
 )
 def test_invalid_status_value_is_rejected(field, value):

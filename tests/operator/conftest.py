@@ -6,7 +6,8 @@ Fixtures of the operator's acceptance tests.
 * ``history``: a follower of the cluster's change stream recording every
   Workflow status and every object creation/deletion, with timestamps.
 * ``receiver``: an HTTP server on 127.0.0.1 (its own thread) that records the
-  notifications; ``receiver.fail_first = K`` answers 503 to the first K.
+  notifications with their headers; ``receiver.fail_first = K`` answers 503 to
+  the first K, ``receiver.answers = [429, 400]`` answers those statuses in turn first.
 * ``operator``: ``async with operator(**env) as op:`` runs the real operator
   (``operator_engine.operator_main`` through kopf) in a background thread of
   this process, configured by variables as a process would be (given in
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -235,14 +237,47 @@ class Notification:
     body: Any
     time: float
     status: int
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self) -> str | None:
+        """The Idempotency-Key header (docs/contract.md §4)."""
+        return self.headers.get("idempotency-key")
+
+
+class _ReceiverServer(http.server.ThreadingHTTPServer):
+    """Counts its open connections: a request a killed client had sent is answered (or dropped) once none is left."""
+
+    daemon_threads = True
+    connections = 0
+    _count_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            self.connections += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._count_lock:
+                self.connections -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client killed mid-connection (the restart tests do that): nothing to report
+        super().handle_error(request, client_address)
 
 
 class Receiver:
-    """Records POSTs on 127.0.0.1; answers 503 to the first ``fail_first`` of them."""
+    """Records POSTs on 127.0.0.1; answers ``answers`` in turn, then 503 to the first ``fail_first`` of them."""
 
     def __init__(self) -> None:
         self.records: list[Notification] = []
         self.fail_first = 0
+        self.answers: list[int] = []
+        self.hold: threading.Event | None = None  # when set: each request is recorded, then answered once it is set
         self._lock = threading.Lock()
         receiver = self
 
@@ -252,13 +287,22 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                if len(raw) < length:
+                    return  # the client went away mid-request (a killed operator): nothing was delivered
                 try:
                     body: Any = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode(errors="replace")
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._lock:
-                    code = 503 if len(receiver.records) < receiver.fail_first else 200
-                    receiver.records.append(Notification(self.path, body, time.monotonic(), code))
+                    if receiver.answers:
+                        code = receiver.answers.pop(0)
+                    else:
+                        code = 503 if len(receiver.records) < receiver.fail_first else 200
+                    receiver.records.append(Notification(self.path, body, time.monotonic(), code, headers))
+                    hold = receiver.hold
+                if hold is not None:
+                    hold.wait(60)
                 answer = json.dumps({"ok": code == 200}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -266,11 +310,15 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(answer)
 
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming; Receiver.idle's barrier)
+                self.send_response(204)
+                self.send_header("Connection", "close")
+                self.end_headers()
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _ReceiverServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="notify-receiver", daemon=True)
 
     @property
@@ -312,6 +360,21 @@ class Receiver:
                 )
             await asyncio.sleep(0.05)
         return found
+
+    async def idle(self, timeout: float = 30.0) -> None:
+        """Wait until no connection is open: what a killed client had sent is then recorded, or was dropped.
+
+        A GET of our own first: connections are accepted in the order they came,
+        so once it is answered every earlier one is accepted, and counted.
+        """
+        await asyncio.to_thread(lambda: urllib.request.urlopen(self.url + "/idle", timeout=timeout).close())
+        deadline = time.monotonic() + timeout
+        while self._server.connections:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the receiver still has {self._server.connections} connection(s) after {timeout} s"
+                )
+            await asyncio.sleep(0.02)
 
     def start(self) -> None:
         self._thread.start()

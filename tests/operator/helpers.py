@@ -411,10 +411,12 @@ async def deliveries_cut_off(cluster: EmbeddedCluster, receiver: Any, names: Ite
     """After a hard kill: the (workflow, kind) notifications a receiver accepted whose record the kill cut off.
 
     A process killed between a receiver's 200 and the status patch that records
-    it leaves no trace of the delivery, so the next process sends it again: at
-    least once there, exactly once everywhere else (docs/contract.md §4). Read
-    with the killed process gone, the status is what the next one will see.
+    it leaves only the intent (`status.notifying`), so the next process sends it
+    again, with the same idempotency key: at least once there, exactly once
+    everywhere else (docs/contract.md §4). Read with the killed process gone,
+    the status is what the next one will see.
     """
+    await receiver.idle()  # a POST the killed process had sent is recorded first
     cut: set[tuple[str, str]] = set()
     for name in names:
         recorded = status(await cluster.get("wf", name)).get("notifications") or {}
@@ -425,9 +427,14 @@ async def deliveries_cut_off(cluster: EmbeddedCluster, receiver: Any, names: Ite
 
 
 def assert_notified_once(receiver: Any, names: Iterable[str], cut_off: set[tuple[str, str]] = frozenset()) -> None:
-    """Each workflow got one start and one stop notification; two only where a kill cut off the record of the first."""
+    """Each workflow got one start and one stop notification; two only where a kill cut off the record of the first.
+
+    Every copy of one notification carries the same idempotency key (docs/contract.md §4).
+    """
     for name in names:
         for kind in ("start", "stop"):
-            count = len(receiver.accepted(f"/{kind}", name))
+            bodies = receiver.accepted(f"/{kind}", name)
             allowed = {1, 2} if (name, kind) in cut_off else {1}
-            assert count in allowed, (name, kind, count, sorted(cut_off), receiver.all())
+            assert len(bodies) in allowed, (name, kind, len(bodies), sorted(cut_off), receiver.all())
+            keys = {body.get("idempotencyKey") for body in bodies}
+            assert len(keys) == 1 and str(keys.pop()).endswith(f":{kind}"), (name, kind, bodies)
