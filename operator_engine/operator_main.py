@@ -13,8 +13,10 @@ variable stops the operator at start with a message naming it (docs/contract.md 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -22,6 +24,7 @@ import kopf
 from operator_engine import config as _config
 from operator_engine import health, leader, logs, metrics
 from operator_engine.engine import Engine
+from operator_engine.facts import MANAGED
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, new_api_client
 from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 
@@ -33,8 +36,6 @@ except _config.ConfigError as _exc:
     print(f"operator-engine: configuration error: {'; '.join(_exc.problems)}", file=sys.stderr)
     raise SystemExit(78) from None
 
-MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
-
 # kopf's watch stream and the kubernetes client decode Workflows with Python's
 # json, which recurses once per level and gives up near sys.getrecursionlimit()
 # (1000 by default). A real API server stores Workflows up to 10000 levels deep:
@@ -45,13 +46,34 @@ MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * KUBERNETES_MAX_JSON_DEPTH))
 
 
-def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        kopf.event(body, type=type_, reason=reason, message=message)
-    except LookupError:
-        # kopf's event poster starts after the startup handlers: an admission made
-        # while starting up has its log line and status condition, not an Event.
-        pass
+def _event_poster(memo: kopf.Memo) -> Callable[[dict[str, Any], str, str, str], None]:
+    """Post Events through kopf's poster, from any task.
+
+    kopf hands its Event queue to handlers in context variables; the engine's
+    reconciles run in its own worker tasks, so the context of a handler is
+    kept (`_remember_event_context`) and used where the worker's own lacks it.
+    """
+
+    def post(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        for context in (None, *memo.event_context):
+            try:
+                if context is None:
+                    kopf.event(body, type=type_, reason=reason, message=message)
+                else:
+                    context.run(kopf.event, body, type=type_, reason=reason, message=message)
+                return
+            except LookupError:
+                # kopf's event poster starts after the startup handlers: an admission made
+                # while starting up has its log line and status condition, not an Event.
+                continue
+
+    return post
+
+
+def _remember_event_context(memo: kopf.Memo) -> None:
+    # A list made at startup: kopf gives each object a shallow copy of the memo.
+    if not memo.event_context:
+        memo.event_context.append(contextvars.copy_context())
 
 
 @kopf.on.startup()
@@ -73,6 +95,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # handlers act only once `memo.engine` exists: at once without election,
     # else when this replica acquires the Lease (a lost Lease ends the process).
     memo.engine = None
+    memo.event_context = []  # one contextvars.Context, once a handler ran
     memo.elector = None
     memo.readiness_server = None
     loop = asyncio.get_running_loop()
@@ -105,7 +128,7 @@ async def _take_over(config: _config.Config, memo: kopf.Memo, readiness: health.
     reached it as a standby were ignored, so it reconciles every workflow
     that is not settled first.
     """
-    engine = Engine(config, Kube(new_api_client()), post_event=_post_event)
+    engine = Engine(config, Kube(new_api_client()), post_event=_event_poster(memo))
     memo.engine = engine
     if first:
         await engine.admit(config.OPERATOR_NAMESPACE)
@@ -142,8 +165,14 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def workflow_changed(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if event.get("type") != "DELETED" and memo.engine is not None:
-        await memo.engine.reconcile(namespace, name)
+    """Queue the workflow with the body the watch delivered (the engine reads it again if it is stale)."""
+    _remember_event_context(memo)
+    if memo.engine is None:
+        return
+    if event.get("type") == "DELETED":
+        memo.engine.forget(namespace, name, event.get("object"))
+    else:
+        memo.engine.reconcile(namespace, name, event.get("object"))
 
 
 def _job_finished(status: kopf.Status, meta: kopf.Meta, type: str | None = None, **_: Any) -> bool:
@@ -161,6 +190,7 @@ def _job_finished(status: kopf.Status, meta: kopf.Meta, type: str | None = None,
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)
 async def job_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    _remember_event_context(memo)
     workflow = labels.get("app")
     if workflow and memo.engine is not None:
-        await memo.engine.reconcile(namespace, workflow)
+        memo.engine.reconcile(namespace, workflow)

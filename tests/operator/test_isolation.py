@@ -103,7 +103,8 @@ async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_q
     assert crashed["phase"] == "Failed" and crashed["statusCode"] == 70, crashed
     assert crashed["message"].startswith("internal error ("), crashed["message"]  # the exception's type
     assert "\n" not in crashed["message"]
-    assert any(c["type"] == "InternalError" for c in crashed.get("conditions") or []), crashed
+    failed = next(c for c in crashed.get("conditions") or [] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "InternalError", crashed
     assert await cluster.list("jobs", {"app": CRASH}) == [], "the crashed workflow must be cleaned up"
     log = capfd.readouterr().err
     assert log.count(f"Workflow {CRASH}: unexpected error") == 1, "the traceback is logged once"
