@@ -85,6 +85,7 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
 
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
+Observed = tuple[str, dict[str, JobView]]  # the stage the Jobs were observed for, and their views
 
 
 def _log_stage(status: dict[str, Any]) -> str:
@@ -129,6 +130,7 @@ class Engine:
         # them all predates one of our writes, and is read again.
         self._written: dict[tuple[str, str], dict[str, Any]] = {}
         self._backstop: asyncio.Task[None] | None = None
+        self._finalizing: dict[tuple[str, str], asyncio.Task[None]] = {}  # deletions in progress
         # Workflows (by uid) whose handling raised unexpectedly: the traceback is logged once.
         self._crashed: set[str] = set()
 
@@ -160,11 +162,11 @@ class Engine:
                     self._delivered.discard((uid, kind))
 
     async def _process(self, key: Hashable, entry: Entry) -> None:
-        kind, namespace, *rest = key  # type: ignore[misc]
-        if kind == "admission":
-            await self.admission.admit(namespace)
+        assert isinstance(key, tuple)  # ("workflow", namespace, name) or ("admission", namespace)
+        if key[0] == "admission":
+            await self.admission.admit(key[1])
             return
-        name = rest[0]
+        _, namespace, name = key
         with logs.bound(workflow=name):
             try:
                 await self._reconcile(namespace, name, entry.body, entry.backstop)
@@ -198,8 +200,10 @@ class Engine:
         deleting = bool(body["metadata"].get("deletionTimestamp"))
         logs.bind(stage="delete" if deleting else _log_stage(body.get("status") or {}))
         if deleting:
-            if FINALIZER in (body["metadata"].get("finalizers") or []):
-                await self.finalize(body)
+            if FINALIZER in (body["metadata"].get("finalizers") or []) and (namespace, name) not in self._finalizing:
+                # Its own task: the stop notification may wait minutes for a receiver that is
+                # down, which must not hold one of the workers every other workflow needs.
+                self._finalizing[(namespace, name)] = asyncio.create_task(self._finalize_apart(body))
             return
         try:
             queue_changed = await self._run(body, backstop)
@@ -224,8 +228,7 @@ class Engine:
         except InvalidWorkflow as exc:
             invalid = exc
         queue_changed = False
-        jobs: dict[str, JobView] | None = None
-        ended: JobView | None = None
+        observed: Observed | None = None
         try:
             while True:
                 status = body.get("status") or {}
@@ -233,7 +236,7 @@ class Engine:
                 logs.bind(stage=_log_stage(status))
                 if workflow is not None and code not in (None, StatusCode.QUEUED):
                     self._ensure_notification(body, workflow, "start")
-                view, jobs, ended = await self._observe(body, workflow, invalid, backstop, jobs, ended)
+                view, observed, ended = await self._observe(body, workflow, invalid, backstop, observed)
                 step = next_step(view, now_rfc3339())
                 if not step:
                     break
@@ -254,10 +257,13 @@ class Engine:
         workflow: Workflow | None,
         invalid: InvalidWorkflow | None,
         backstop: bool,
-        jobs: dict[str, JobView] | None,
-        previous: JobView | None,
-    ) -> tuple[View, dict[str, JobView] | None, JobView | None]:
-        """What the next decision needs. Jobs are listed once per call: a step that changes them waits."""
+        observed: Observed | None,
+    ) -> tuple[View, Observed | None, JobView | None]:
+        """What the next decision needs, and the Job whose end the step may follow (for the metrics).
+
+        The Jobs are listed once per call and stage (`observed`: the stage they were
+        listed for, and their views): a step that changes them waits for the cluster.
+        """
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         status = body.get("status") or {}
         code = status.get("statusCode")
@@ -269,18 +275,20 @@ class Engine:
             filtering=bool(self.config.FILTERING_CONTAINER),
         )
         if workflow is None:
-            return base, jobs, None
+            return base, observed, None
         base = dataclasses.replace(
             base, stop_requested=workflow.stop_requested, owner=workflow.owner, agreement_id=workflow.agreement_id
         )
         if code is None:
-            return dataclasses.replace(base, notes=self.renderer.limits(workflow).notes), jobs, None
+            return dataclasses.replace(base, notes=self.renderer.limits(workflow).notes), observed, None
         stage = STAGE_OF_CODE.get(code)
         if stage is None:
             # Code 30 follows the configure Job's end: its view, when this call observed it, is for the metrics.
-            return base, jobs, (jobs or {}).get("configure") if code == StatusCode.PROVISIONED else None
-        if jobs is None:
-            jobs = await self.observer.jobs(namespace, name, stage)
+            configure = observed[1].get("configure") if observed and code == StatusCode.PROVISIONED else None
+            return base, observed, configure
+        if observed is None or observed[0] != stage:  # the current stage's termination message is read
+            observed = (stage, await self.observer.jobs(namespace, name, stage))
+        jobs = observed[1]
         overdue = False
         if backstop and code == StatusCode.RUNNING_ALGORITHM:
             started = _parse_time(status.get("algorithmStarted"))
@@ -294,7 +302,7 @@ class Engine:
         if current is None or current.finished or workflow.stop_requested or overdue:
             lingering = await self.observer.lingering(namespace, name)  # the step may start the filter or publish
         view = dataclasses.replace(base, jobs=jobs, lingering=lingering, overdue=overdue)
-        return view, jobs, current
+        return view, observed, current
 
     async def _apply(
         self,
@@ -504,6 +512,16 @@ class Engine:
                 if await self.kube.delete(kind, namespace, names[key]):
                     log.info(f"{kind} {names[key]} deleted", workflow=name)
 
+    async def _finalize_apart(self, body: dict[str, Any]) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        with logs.bound(workflow=name, stage="delete"):
+            try:
+                await self.finalize(body)
+            except Exception as exc:  # the next event or the backstop tries again
+                log.warning(f"Workflow {name}: deletion failed, will retry: {type(exc).__name__}: {exc}", workflow=name)
+            finally:
+                self._finalizing.pop((namespace, name), None)
+
     async def finalize(self, body: dict[str, Any]) -> None:
         """The Workflow is being deleted: stop what runs, clean up, tell operator-service once."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -609,6 +627,8 @@ class Engine:
         for body in workflows:
             if not self._settled(body):
                 self.reconcile(namespace, body["metadata"]["name"], backstop=True)
+            else:
+                self.forget(namespace, body["metadata"]["name"], body)  # settled since its last reconcile
         self.request_admission(namespace)
         return True
 
@@ -625,7 +645,11 @@ class Engine:
         return not pending and bool(status.get("cleanedUp") or self.config.DEBUG_NO_CLEANUP)
 
     async def close(self) -> None:
-        tasks = [*self._notifications.values(), *([self._backstop] if self._backstop else [])]
+        tasks = [
+            *self._notifications.values(),
+            *self._finalizing.values(),
+            *([self._backstop] if self._backstop else []),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
