@@ -1,9 +1,9 @@
 """The kopf entry module: `kopf run --standalone operator_engine/operator_main.py`.
 
-Handlers stay thin: they turn a watch event into "reconcile workflow W" and
-leave the work to `engine.Engine`. A stage starts because a watch event said
-the previous one ended (a Job event, or the status patch of the step before);
-the engine's backstop task (one for all workflows, every
+Handlers stay thin: they put "reconcile workflow W" (with the body the watch
+delivered) on the engine's work queue and return. A stage starts because a
+watch event said the previous one ended (a Job's end); steps that need no
+cluster change follow in the same reconcile. The engine's backstop task (one for all workflows, every
 OPERATOR_BACKSTOP_SECONDS) only catches missed events and deadlines.
 
 Importing this module checks the configuration and the templates, so a bad

@@ -256,7 +256,9 @@ def conditions(
     phase = status.get("phase")
     terminal = is_terminal(status)
     code = status.get("statusCode")
-    message = str(status.get("message") or (event[1] if event else "") or STATUS_TEXT.get(code, ""))[:MAX_MESSAGE]
+    # Once it ended, why (the status's message); before, what the last step did.
+    said = [status.get("message"), event and event[1]] if is_terminal(status) else [event and event[1]]
+    message = str(next((m for m in said if m), None) or STATUS_TEXT.get(code, ""))[:MAX_MESSAGE]
     named = event[0] if event and event[0] in NAMED_ENDINGS else None
     ending = named or str(phase)
     admitted = bool(status.get("dateStarted"))
