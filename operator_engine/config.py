@@ -24,13 +24,11 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from operator_engine import __version__
+from operator_engine.facts import DNS_LABEL, DNS_SUBDOMAIN, LABEL_VALUE, MAX_DNS_SUBDOMAIN, MAX_LABEL_VALUE
 
 PACKAGED_TEMPLATES_DIR = Path(__file__).parent / "templates"
 DEFAULT_POD_IMAGE = f"oceanprotocol/operator-engine:{__version__}"
 
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _GO_DURATION = re.compile(r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -136,21 +134,21 @@ def _host_or_url(text: str) -> str:
 
 def _k8s_name(text: str) -> str:
     value = text.strip()
-    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+    if len(value) > MAX_DNS_SUBDOMAIN or not DNS_SUBDOMAIN.fullmatch(value):
         raise ValueError("must be a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253)")
     return value
 
 
 def _namespace(text: str) -> str:
     value = text.strip()
-    if len(value) > 63 or not _DNS_LABEL.match(value):
+    if len(value) > MAX_LABEL_VALUE or not DNS_LABEL.fullmatch(value):
         raise ValueError("must be a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)")
     return value
 
 
 def _label_value(text: str) -> str:
     value = text.strip()
-    if len(value) > 63 or not value or not _LABEL_VALUE.match(value):
+    if len(value) > MAX_LABEL_VALUE or not value or not LABEL_VALUE.fullmatch(value):
         raise ValueError("must be a Kubernetes label value (letters, digits, '-', '_' and '.', at most 63)")
     return value
 

@@ -40,6 +40,7 @@ from typing import IO, Any, TextIO
 import yaml
 
 import operator_engine
+from operator_engine.facts import TERMINAL_PHASES
 
 __all__ = [
     "DATA_PORT",
@@ -64,7 +65,6 @@ LOOPBACK_NETWORKS = "127.0.0.0/8,::1"
 #: The port the sample Workflow's URLs name.
 DATA_PORT = 8765
 NAMESPACE = "ocean-compute"
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped", "TimedOut"})
 SAMPLE_URL_PREFIX = f"http://127.0.0.1:{DATA_PORT}/"
 
 

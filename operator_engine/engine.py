@@ -1,42 +1,55 @@
-"""The operator's actions: observe a workflow, ask `pipeline.decide`, apply the answer.
+"""The reconciler: the only writer of a Workflow's status.
 
-Everything the engine knows it reads from the cluster on each call: the
-Workflow's status says where the workflow is, its Jobs say what happened
-since. The only memory kept between calls is the notifications on their way
-(`notifier.Notifier`) and locks; after a restart both are rebuilt from the
-status.
+A watch event or the backstop puts a workflow's key on the work queue
+(`workqueue`); a worker takes it, observes the workflow (`observation`),
+asks `pipeline.next_step` and applies the step, and decides again in the
+same call until a step needs the cluster to move (a Job to run or to go).
+Admission (`admission`) picks which Queued workflows may start; the
+reconciler admits them. Everything is read from the cluster: the Workflow's
+status says where the workflow is, its Jobs say what happened since.
+
+Memory kept between calls, each entry dropped once its workflow is deleted
+or settled: the bodies this process wrote (so that a body a watch delivered
+is used only when it is not older than our own writes, and read again
+otherwise), and which workflows crashed (their traceback is logged once).
+The notifications on their way are the notifier's (`notifier.Notifier`),
+which keeps them only while in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import datetime
-import functools
-import json
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from operator_engine import logs, metrics
+from operator_engine.admission import Admission
 from operator_engine.config import Config
+from operator_engine.facts import (
+    FAILED_PHASES,
+    FINALIZER,
+    STAGE_OF_CODE,
+    TERMINAL_PHASES,
+    StatusCode,
+    child_names,
+)
 from operator_engine.kube import Kube, PermanentError, TransientError
 from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
 from operator_engine.notifier import Notifier
-from operator_engine.pipeline import (
-    TERMINAL_PHASES,
-    JobView,
-    Step,
-    admission,
-    code_status,
-    decide,
-    is_terminal,
-)
-from operator_engine.render import Child, Renderer, child_names
+from operator_engine.observation import Observer
+from operator_engine.pipeline import JobView, Step, View, internal_error, is_terminal, next_step, refused
+from operator_engine.render import Child, Renderer
+from operator_engine.workqueue import Entry, WorkQueue
 
-ENVIRONMENT_CONFIGMAP = "operator-engine-environment"
 DEADLINE_GRACE_SECONDS = 30  # the backstop waits this long past activeDeadlineSeconds before acting
-# What cleanup deletes, by kind, as keys of render.child_names, in this order
+# At most this many reconciles at once (each mostly waits on the API server). Measured with
+# benchmarks/transitions.py, 200 workflows in flight: 16 gave a transition median of 1.3 s, 64 of 0.7 s.
+RECONCILE_WORKERS = 64
+# What cleanup deletes, by kind, as keys of facts.child_names, in this order
 # (Jobs first, so nothing runs on a volume that goes). By name, not by a label
 # list: the Role then needs no `list` on Secrets, ConfigMaps or PVCs.
 CLEANUP_CHILDREN = (
@@ -45,22 +58,16 @@ CLEANUP_CHILDREN = (
     ("ConfigMap", ("configmap",)),
     ("Secret", ("algorithm_secret", "publish_secret")),
 )
-# The stage whose Job's outcome decides the next step, by status code (looked up with
-# whatever statusCode a status holds, None included: hence `object` keys).
-STAGE_OF_CODE: dict[object, str] = {20: "configure", 40: "algorithm", 50: "filter", 60: "publish"}
-# Held on every valid Workflow so that deleting one waits until the operator has
-# stopped its Jobs, cleaned up and sent the stop notification.
-FINALIZER = "oceanprotocol.com/operator-engine"
 # The `stage` field of a workflow's log lines, by its status code (terminal: "finished").
-LOG_STAGE_OF_CODE = {
+LOG_STAGE_OF_CODE: dict[int | None, str] = {
     None: "queue",
-    1: "queue",
-    10: "configure",
-    20: "configure",
-    30: "algorithm",
-    40: "algorithm",
-    50: "filter",
-    60: "publish",
+    StatusCode.QUEUED: "queue",
+    StatusCode.STARTED: "configure",
+    StatusCode.CONFIGURING: "configure",
+    StatusCode.PROVISIONED: "algorithm",
+    StatusCode.RUNNING_ALGORITHM: "algorithm",
+    StatusCode.FILTERING: "filter",
+    StatusCode.PUBLISHING: "publish",
 }
 
 log = logs.get()
@@ -80,28 +87,7 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
 
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
-
-
-def _about_workflow(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Every line logged while `method(self, namespace, name, ...)` runs carries `workflow=name` (logs.bound)."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, namespace: str, name: str, *args: Any, **kwargs: Any) -> Any:
-        with logs.bound(workflow=name):
-            return await method(self, namespace, name, *args, **kwargs)
-
-    return wrapper
-
-
-def _about_the_queue(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Lines logged while admitting are about the queue, not the workflow whose handling called `admit`."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with logs.bound(stage="admission"):
-            return await method(self, *args, **kwargs)
-
-    return wrapper
+Observed = tuple[str, dict[str, JobView]]  # the stage the Jobs were observed for, and their views
 
 
 def _log_stage(status: dict[str, Any]) -> str:
@@ -110,123 +96,228 @@ def _log_stage(status: dict[str, Any]) -> str:
     return LOG_STAGE_OF_CODE.get(status.get("statusCode"), "unknown")
 
 
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`target` with `patch` merged in as a JSON merge patch (RFC 7386) does it: what the API server stores."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge_patch(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
 class Engine:
     def __init__(
-        self, config: Config, kube: Kube, post_event: EventPoster | None = None, notify_deadline: float = 300.0
+        self,
+        config: Config,
+        kube: Kube,
+        post_event: EventPoster | None = None,
+        notify_deadline: float = 300.0,
+        workers: int = RECONCILE_WORKERS,
     ) -> None:
         self.config = config
         self.kube = kube
         self.renderer = Renderer(config)
+        self.observer = Observer(kube)
+        self.admission = Admission(config, kube, admit_one=self._admit_one)
+        self.queue = WorkQueue(self._process, workers)
         self.post_event = post_event or (lambda body, type_, reason, message: None)
         self.notifier = Notifier(config, kube, deadline=notify_deadline)
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._admission_lock = asyncio.Lock()
-        self._current_jobs: int | None = None
+        # The status fields this process wrote to each workflow: a body whose status does not show
+        # them all predates one of our writes, and is read again.
+        self._written: dict[tuple[str, str], dict[str, Any]] = {}
         self._backstop: asyncio.Task[None] | None = None
-        # Workflows (by uid) whose handling raised unexpectedly: the traceback is logged
-        # once. Those that could not even be ended Failed are left out of admission, so
-        # that an older workflow nobody can check never holds the queue.
+        self._finalizing: dict[tuple[str, str], asyncio.Task[None]] = {}  # deletions in progress
+        # Workflows (by uid) whose handling raised unexpectedly: the traceback is logged once.
         self._crashed: set[str] = set()
-        self._unadmittable: set[str] = set()
 
-    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
+    # --- the entries: watch events, the backstop, admission
 
-    # --- the main entry: bring one workflow one step further
+    def reconcile(
+        self, namespace: str, name: str, body: dict[str, Any] | None = None, *, backstop: bool = False
+    ) -> None:
+        """Queue workflow `name` for a reconcile, with the body a watch delivered (if any)."""
+        self.queue.add(("workflow", namespace, name), body, backstop=backstop)
 
-    @_about_workflow
-    async def reconcile(self, namespace: str, name: str, *, backstop: bool = False) -> None:
-        queue_changed = finalizing = False
-        async with self._lock(namespace, name):
+    def request_admission(self, namespace: str) -> None:
+        """Queue an admission pass (many requests while one waits make one pass)."""
+        self.queue.add(("admission", namespace))
+
+    async def admit(self, namespace: str) -> None:
+        """An admission pass now (at start, before the watches)."""
+        await self.admission.admit(namespace)
+
+    def forget(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+        """Drop what this process keeps about a workflow (deleted, or settled)."""
+        self._written.pop((namespace, name), None)
+        self.admission.forget(body)
+        if body is not None:
+            uid = body["metadata"].get("uid")
+            self._crashed.discard(uid or name)
+
+    async def _process(self, key: Hashable, entry: Entry) -> None:
+        assert isinstance(key, tuple)  # ("workflow", namespace, name) or ("admission", namespace)
+        if key[0] == "admission":
+            await self.admission.admit(key[1])
+            return
+        _, namespace, name = key
+        with logs.bound(workflow=name):
+            try:
+                await self._reconcile(namespace, name, entry.body, entry.backstop)
+            except Exception as exc:  # logged with its workflow; the backstop tries again
+                log.warning(
+                    f"Workflow {name}: reconcile failed, the backstop retries: {type(exc).__name__}: {exc}",
+                    workflow=name,
+                )
+
+    # --- one workflow: observe, decide, apply, until the cluster must move
+
+    def _fresh(self, namespace: str, name: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The delivered body, if it shows every status field this process wrote; else None (read it again)."""
+        if body is None:
+            return None
+        written = self._written.get((namespace, name))
+        if written:
+            status = body.get("status") or {}
+            if any(status.get(field) != value for field, value in written.items()):
+                return None
+        return copy.deepcopy(body)
+
+    async def _reconcile(self, namespace: str, name: str, delivered: dict[str, Any] | None, backstop: bool) -> None:
+        body = self._fresh(namespace, name, delivered)
+        if body is None:
             body = await self.kube.get_workflow(namespace, name)
             if body is None:
+                self.forget(namespace, name, delivered)
                 return
-            logs.bind(
-                stage="delete" if body["metadata"].get("deletionTimestamp") else _log_stage(body.get("status") or {})
-            )
-            if body["metadata"].get("deletionTimestamp"):
-                finalizing = FINALIZER in (body["metadata"].get("finalizers") or [])
-            else:
-                try:
-                    queue_changed = await self._step(body, backstop)
-                    # Handled normally (the API server accepts its writes again): it queues as usual.
-                    self._unadmittable.discard(body["metadata"].get("uid") or name)
-                except TransientError:
-                    raise  # the API server is unwell for every workflow; the backstop tries again
-                except Exception as exc:
-                    queue_changed = await self._internal_error(body, exc)
-        if finalizing:
-            await self.finalize(body)
-        elif queue_changed:
-            await self.admit(namespace)
+            self._written.pop((namespace, name), None)  # what the API server says now is the truth
+        deleting = bool(body["metadata"].get("deletionTimestamp"))
+        logs.bind(stage="delete" if deleting else _log_stage(body.get("status") or {}))
+        if deleting:
+            if FINALIZER in (body["metadata"].get("finalizers") or []) and (namespace, name) not in self._finalizing:
+                # Its own task: the stop notification may wait minutes for a receiver that is
+                # down, which must not hold one of the workers every other workflow needs.
+                self._finalizing[(namespace, name)] = asyncio.create_task(self._finalize_apart(body))
+            return
+        try:
+            queue_changed = await self._run(body, backstop)
+            self.admission.unadmittable(body, stuck=False)  # its writes go through: it queues as usual
+        except TransientError:
+            raise  # the API server is unwell for every workflow; the backstop tries again
+        except Exception as exc:  # a PermanentError too, when even its ending could not be written
+            queue_changed = await self._internal_error(body, exc)
+        if queue_changed:
+            self.request_admission(namespace)
 
-    async def _step(self, body: dict[str, Any], backstop: bool) -> bool:
-        """One step for a workflow that is not being deleted. True if the queue may have changed."""
+    async def _run(self, body: dict[str, Any], backstop: bool) -> bool:
+        """Steps until one waits for the cluster. True if the queue may have changed."""
         status = body.get("status") or {}
         if is_terminal(status):
             await self._after_terminal(body)
             return False
+        workflow: Workflow | None = None
+        invalid: InvalidWorkflow | None = None
         try:
             workflow = parse_workflow(body)
         except InvalidWorkflow as exc:
-            await self._reject(body, exc)
-            return True  # it no longer holds its place in the queue
-        code = status.get("statusCode")
+            invalid = exc
+        queue_changed = False
+        observed: Observed | None = None
         try:
-            if code is None:
-                await self.kube.add_finalizer(body, FINALIZER)
-                await self._queue(body, workflow)
-                return True
-            if code == 1:
-                if workflow.stop_requested:
-                    await self._finish_unstarted(body, "stop requested while queued")
-                return True
-            self.notifier.ensure(body, workflow, "start")
-            await self._advance(body, workflow, backstop=backstop)
+            while True:
+                status = body.get("status") or {}
+                code = status.get("statusCode")
+                logs.bind(stage=_log_stage(status))
+                if workflow is not None and code not in (None, StatusCode.QUEUED):
+                    self.notifier.ensure(body, workflow, "start")
+                view, observed, ended = await self._observe(body, workflow, invalid, backstop, observed)
+                step = next_step(view, now_rfc3339())
+                if not step:
+                    break
+                if not await self._apply(body, workflow, step, ended, invalid):
+                    return queue_changed  # the Workflow is gone
+                if step.status.get("statusCode") == StatusCode.QUEUED or step.status.get("dateFinished"):
+                    queue_changed = True
+                if step.waits or step.status.get("dateFinished"):
+                    break
         except PermanentError as exc:
-            await self._fail_permanently(body, str(exc))
-        return False
+            await self._refused(body, str(exc))
+            return True
+        return queue_changed
 
-    async def _advance(self, body: dict[str, Any], workflow: Workflow, backstop: bool) -> None:
+    async def _observe(
+        self,
+        body: dict[str, Any],
+        workflow: Workflow | None,
+        invalid: InvalidWorkflow | None,
+        backstop: bool,
+        observed: Observed | None,
+    ) -> tuple[View, Observed | None, JobView | None]:
+        """What the next decision needs, and the Job whose end the step may follow (for the metrics).
+
+        The Jobs are listed once per call and stage (`observed`: the stage they were
+        listed for, and their views): a step that changes them waits for the cluster.
+        """
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         status = body.get("status") or {}
-        jobs = await self._observe(namespace, name, STAGE_OF_CODE.get(status.get("statusCode")))
+        code = status.get("statusCode")
+        base = View(
+            status=status,
+            created=body["metadata"].get("creationTimestamp"),
+            generation=body["metadata"].get("generation"),
+            problem=str(invalid) if invalid is not None else None,
+            filtering=bool(self.config.FILTERING_CONTAINER),
+        )
+        if workflow is None:
+            return base, observed, None
+        base = dataclasses.replace(
+            base, stop_requested=workflow.stop_requested, owner=workflow.owner, agreement_id=workflow.agreement_id
+        )
+        if code is None:
+            return dataclasses.replace(base, notes=self.renderer.limits(workflow).notes), observed, None
+        stage = STAGE_OF_CODE.get(code)
+        if stage is None:
+            # Code 30 follows the configure Job's end: its view, when this call observed it, is for the metrics.
+            configure = observed[1].get("configure") if observed and code == StatusCode.PROVISIONED else None
+            return base, observed, configure
+        if observed is None or observed[0] != stage:  # the current stage's termination message is read
+            observed = (stage, await self.observer.jobs(namespace, name, stage))
+        jobs = observed[1]
         overdue = False
-        if backstop and status.get("statusCode") == 40:
+        if backstop and code == StatusCode.RUNNING_ALGORITHM:
             started = _parse_time(status.get("algorithmStarted"))
             deadline = self.renderer.limits(workflow).algorithm_deadline
             overdue = (
                 started is not None
                 and (datetime.datetime.now(datetime.UTC) - started).total_seconds() > deadline + DEADLINE_GRACE_SECONDS
             )
-        code = status.get("statusCode")
-        current = jobs.get(STAGE_OF_CODE.get(code, ""))
+        current = jobs.get(stage)
         lingering: frozenset[str] = frozenset()
-        if code in STAGE_OF_CODE and (current is None or current.finished or workflow.stop_requested or overdue):
-            lingering = await self._lingering(namespace, name)  # the step may start the filter or publish
-        step = decide(
-            status,
-            jobs,
-            stop_requested=workflow.stop_requested,
-            filtering=bool(self.config.FILTERING_CONTAINER),
-            now=now_rfc3339(),
-            overdue=overdue,
-            lingering=lingering,
-        )
-        if step:
-            # The stage whose end this step follows: the current one, or at code 30 (provisioned) configure.
-            await self._apply(
-                body,
-                workflow,
-                step,
-                current if code in STAGE_OF_CODE else jobs.get("configure") if code == 30 else None,
-            )
+        if current is None or current.finished or workflow.stop_requested or overdue:
+            lingering = await self.observer.lingering(namespace, name)  # the step may start the filter or publish
+        view = dataclasses.replace(base, jobs=jobs, lingering=lingering, overdue=overdue)
+        return view, observed, current
 
-    async def _apply(self, body: dict[str, Any], workflow: Workflow, step: Step, ended: JobView | None = None) -> None:
-        """Apply one step. `ended`: the current stage's Job, whose end this step may follow (for the metrics)."""
+    async def _apply(
+        self,
+        body: dict[str, Any],
+        workflow: Workflow | None,
+        step: Step,
+        ended: JobView | None = None,
+        invalid: InvalidWorkflow | None = None,
+    ) -> bool:
+        """Apply one step; the body then holds the status written. False if the Workflow is gone.
+
+        `ended`: the current stage's Job, whose end this step may follow (for the metrics).
+        """
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        outcome = step.status.get("outcome", (body.get("status") or {}).get("outcome")) or {}
-        children = self.renderer.render(workflow, withhold_outputs=bool(outcome.get("withholdOutputs")))
+        before = body.get("status") or {}
+        if step.finalizer:
+            await self.kube.add_finalizer(body, FINALIZER)
+            body["metadata"]["finalizers"] = [*(body["metadata"].get("finalizers") or []), FINALIZER]
         names = child_names(name)
         for component in step.delete:
             # In the foreground: the Job goes only once its pods are gone (see pipeline.decide).
@@ -236,32 +327,65 @@ class Engine:
                     ended
                     and ended.created
                     and not (ended.finished or ended.deleting)
-                    and component == STAGE_OF_CODE.get((body.get("status") or {}).get("statusCode"))
+                    and component == STAGE_OF_CODE.get(before.get("statusCode"))
                 ):
                     _observe_stage(component, ended.created, None)  # a stopped stage ends now
-        for item in step.create:
-            for child in (c for c in children if c.step == item):
-                if await self._create(child, name) and child.kind == "Job" and ended and ended.ended:
-                    metrics.TRANSITION_LATENCY.observe(_seconds_since(ended.ended))
-        if step.status:
-            status = dict(step.status)
-            if step.event:
-                status["conditions"] = _with_condition(body, step.event, status)
-            if "statusCode" in status:
-                log.info(f"Workflow {name}: {status['statusCode']} {status['statusText']}", workflow=name)
-            if not await self.kube.patch_workflow_status(namespace, name, status):
-                return
-            _observe_step(body, status, ended)
-            if step.event:
-                reason, message = step.event
-                self.post_event(
-                    body, "Normal" if status.get("phase") not in ("Failed", "TimedOut") else "Warning", reason, message
-                )
-            if status.get("dateFinished"):
-                ending = f": {status['message']}" if status.get("message") else ""
-                log.info(f"Workflow {name} finished {status['phase']}{ending}", workflow=name)
-                await self._after_terminal({**body, "status": {**(body.get("status") or {}), **status}})
-                await self.admit(namespace)
+        if step.create and workflow is not None:
+            # Rendered only for a step that creates: most steps only change the status.
+            outcome = step.status.get("outcome", before.get("outcome")) or {}
+            children = self.renderer.render(workflow, withhold_outputs=bool(outcome.get("withholdOutputs")))
+            for item in step.create:
+                for child in (c for c in children if c.step == item):
+                    if await self._create(child, name) and child.kind == "Job" and ended and ended.ended:
+                        metrics.TRANSITION_LATENCY.observe(_seconds_since(ended.ended))
+        if not step.status:
+            return True
+        status = step.status
+        if "statusCode" in status and not status.get("dateFinished") and status["statusCode"] != StatusCode.QUEUED:
+            log.info(f"Workflow {name}: {status['statusCode']} {status['statusText']}", workflow=name)
+        if not await self._write_status(body, status):
+            return False
+        _observe_step({**body, "status": before}, status, ended)
+        if step.event:
+            reason, message = step.event
+            self.post_event(body, "Warning" if status.get("phase") in FAILED_PHASES else "Normal", reason, message)
+            self._log_step(name, reason, before, status, workflow, invalid)
+        if status.get("dateFinished"):
+            await self._after_terminal(body)
+        return True
+
+    def _log_step(
+        self,
+        name: str,
+        reason: str,
+        before: dict[str, Any],
+        status: dict[str, Any],
+        workflow: Workflow | None,
+        invalid: InvalidWorkflow | None,
+    ) -> None:
+        """The operator log's line for a step that changed the status (the Event has the same story)."""
+        if reason == "Queued":
+            log.info(f"Workflow {name} queued", workflow=name, shape=workflow.shape if workflow else None)
+        elif reason == "Started":
+            log.info(f"Workflow {name} admitted", workflow=name)
+        elif reason == "Rejected" and invalid is not None:
+            log.warning(f"Workflow {name} rejected: {invalid.first}", workflow=name)
+        elif status.get("dateFinished") and before.get("statusCode") == StatusCode.QUEUED:
+            log.info(f"Workflow {name} stopped before it started", workflow=name)
+        elif status.get("dateFinished"):
+            ending = f": {status['message']}" if status.get("message") else ""
+            log.info(f"Workflow {name} finished {status['phase']}{ending}", workflow=name)
+
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Merge `status` into the Workflow's, on the API server and in `body`. False if the Workflow is gone."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if not await self.kube.patch_workflow_status(namespace, name, status):
+            return False
+        body["status"] = merge_patch(body.get("status") or {}, status)
+        written = self._written.setdefault((namespace, name), {})
+        for field in status:
+            written[field] = body["status"].get(field)
+        return True
 
     async def _create(self, child: Child, workflow_name: str) -> bool:
         """Create one child; False if it existed already."""
@@ -271,180 +395,52 @@ class Engine:
         log.info(f"{child.kind} {child.name} already exists", workflow=workflow_name)
         return False
 
-    async def _observe(self, namespace: str, name: str, current: str | None) -> dict[str, JobView]:
-        """The workflow's Jobs; the termination message only of the current stage's (one pod list)."""
-        views: dict[str, JobView] = {}
-        for job in await self.kube.list_children("Job", namespace, name):
-            component = (job.metadata.labels or {}).get("component")
-            if component is None:
-                continue
-            job_status = job.status
-            succeeded = bool(job_status and job_status.succeeded)
-            # A Job has failed once its Failed condition is there, and only then: since Kubernetes 1.31
-            # the Job controller first adds FailureTarget, counts the failed pod (status.failed) and
-            # only once every pod is gone adds Failed, with the reason (DeadlineExceeded, ...).
-            failed_condition = (
-                next((c for c in (job_status.conditions or []) if c.type == "Failed" and c.status == "True"), None)
-                if job_status
-                else None
-            )
-            failed = bool(failed_condition)
-            view = JobView(
-                exists=True,
-                succeeded=succeeded,
-                failed=failed and not succeeded,
-                reason=failed_condition.reason if failed_condition else None,
-                deleting=job.metadata.deletion_timestamp is not None,
-                created=job.metadata.creation_timestamp,
-                ended=_job_end(job_status),
-            )
-            if view.finished and component == current:
-                view = await self._with_termination(namespace, job.metadata.name, view)
-            views[component] = view
-        return views
-
-    async def _lingering(self, namespace: str, name: str) -> frozenset[str]:
-        """The stages with a pod that may still run: not yet Succeeded or Failed, being deleted or not.
-
-        A pod in a terminal phase has no running container (the kubelet reports
-        the phase only once they all stopped); any other pod, even one whose
-        Job failed or is being deleted, may still write to the volumes.
-        """
-        return frozenset(
-            (pod.metadata.labels or {}).get("component", "")
-            for pod in await self.kube.list_workflow_pods(namespace, name)
-            if not (pod.status and pod.status.phase in ("Succeeded", "Failed"))
-        )
-
-    async def _with_termination(self, namespace: str, job_name: str, view: JobView) -> JobView:
-        """The exit code and termination message of the Job's last pod (docs/contract.md §2.3)."""
-        pods = await self.kube.list_pods(namespace, job_name)
-        pods.sort(key=lambda p: p.metadata.creation_timestamp or datetime.datetime.min)
-        for pod in reversed(pods):
-            for container in (pod.status.container_statuses or []) if pod.status else []:
-                terminated = container.state.terminated if container.state else None
-                if terminated is None:
-                    continue
-                message: Any = terminated.message
-                if message:
-                    try:
-                        message = json.loads(message)
-                    except ValueError:
-                        pass
-                return dataclasses.replace(
-                    view, exit_code=terminated.exit_code, message=message, ended=terminated.finished_at
-                )
-        return view
-
-    # --- admission
-
-    async def _queue(self, body: dict[str, Any], workflow: Workflow) -> None:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        status = code_status(
-            1,
-            phase="Queued",
-            stopreq=0,
-            dateCreated=body["metadata"].get("creationTimestamp") or now_rfc3339(),
-            owner=workflow.owner,
-            agreementId=workflow.agreement_id,
-        )
-        notes = self.renderer.limits(workflow).notes
-        if notes:
-            status["message"] = "; ".join(notes)
-        status["conditions"] = _with_condition(body, ("Queued", "waiting for a free slot"), status)
-        if await self.kube.patch_workflow_status(namespace, name, status):
-            metrics.CENSUS.update(body, status)
-            log.info(f"Workflow {name} queued", workflow=name, shape=workflow.shape)
-            self.post_event(body, "Normal", "Queued", "waiting for a free slot (maxJobs)")
-
-    @_about_the_queue
-    async def admit(self, namespace: str) -> None:
-        """Admit the oldest Queued workflows while fewer than maxJobs run. The count is read from the cluster."""
-        async with self._admission_lock:
-            workflows = await self.kube.list_workflows(namespace)
-            running = sum(
-                1
-                for w in workflows
-                if (w.get("status") or {}).get("phase") == "Running" and not w["metadata"].get("deletionTimestamp")
-            )
-            queue = [
-                w for w in workflows if (w["metadata"].get("uid") or w["metadata"]["name"]) not in self._unadmittable
-            ]
-            admitted: list[str] = []
-            for name in admission(queue, self.config.maxJobs):
-                try:
-                    if await self._admit_one(namespace, name):
-                        running += 1
-                        admitted.append(name)
-                except TransientError:
-                    raise
-                except Exception as exc:  # one workflow's failure never stops the others' admission
-                    log.error(f"Workflow {name}: admission failed: {type(exc).__name__}: {exc}", workflow=name)
-            metrics.CENSUS.replace(workflows, admitted)
-            await self.refresh_environment(namespace, running)
-
-    @_about_workflow
     async def _admit_one(self, namespace: str, name: str) -> bool:
-        # Under the workflow's own lock, and only if it is still Queued: a stop
-        # request or a deletion may have ended it since the list was read.
-        logs.bind(stage="admission")
-        async with self._lock(namespace, name):
-            body = await self.kube.get_workflow(namespace, name)
-            if (
-                body is None
-                or body["metadata"].get("deletionTimestamp")
-                or (body.get("status") or {}).get("phase") != "Queued"
-            ):
-                return False
-            status = code_status(10, phase="Running", dateStarted=now_rfc3339())
-            status["conditions"] = _with_condition(body, ("Started", "admitted; the pipeline starts"), status)
-            if not await self.kube.patch_workflow_status(namespace, name, status):
-                return False
-            log.info(f"Workflow {name} admitted", workflow=name)
-            self.post_event(body, "Normal", "Started", "admitted; the pipeline starts")
-            return True
+        """Admission picked this workflow: admit it now if it is still Queued, then let it go on in the queue.
 
-    async def refresh_environment(self, namespace: str, current_jobs: int | None = None) -> None:
-        """Keep the environment ConfigMap (check-config's JSON with a live currentJobs) up to date."""
-        if current_jobs is None:
-            workflows = await self.kube.list_workflows(namespace)
-            current_jobs = sum(
-                1
-                for w in workflows
-                if (w.get("status") or {}).get("phase") == "Running" and not w["metadata"].get("deletionTimestamp")
-            )
-        if current_jobs == self._current_jobs:
-            return
-        environment = json.dumps(self.config.environment(current_jobs), indent=2)
-        await self.kube.apply_config_map(
-            self.config.OPERATOR_NAMESPACE, ENVIRONMENT_CONFIGMAP, {"environment.json": environment}
+        Called by admission, oldest first, one after the other: held like a
+        worker holds the key, so that no reconcile of the same workflow runs
+        meanwhile (a stop request or a deletion may have ended it since the list).
+        """
+        key = ("workflow", namespace, name)
+        async with self.queue.exclusive(key):
+            with logs.bound(workflow=name, stage="admission"):
+                body = await self.kube.get_workflow(namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return False
+                try:
+                    workflow = parse_workflow(body)
+                except InvalidWorkflow:
+                    self.reconcile(namespace, name, body)  # its reconcile rejects it
+                    return False
+                view = dataclasses.replace(self._view(body), stop_requested=workflow.stop_requested, admitted=True)
+                step = next_step(view, now_rfc3339())
+                if step.status.get("statusCode") != StatusCode.STARTED:
+                    self.reconcile(namespace, name, body)  # no longer Queued, or stopped: its reconcile says
+                    return False
+                admitted = await self._apply(body, workflow, step)
+                self.reconcile(namespace, name, body)  # on at once: volumes and the configure Job
+                return admitted
+
+    # --- endings the API server or a bug force
+
+    def _view(self, body: dict[str, Any]) -> View:
+        return View(
+            status=body.get("status") or {},
+            created=body["metadata"].get("creationTimestamp"),
+            generation=body["metadata"].get("generation"),
         )
-        self._current_jobs = current_jobs
 
-    # --- endings
-
-    async def _end_early(self, body: dict[str, Any], reason: str, message: str, **status_fields: Any) -> bool:
-        """End a workflow outside the pipeline (code 70): its status, condition and Event. False if gone."""
-        status = code_status(70, message=message, dateFinished=now_rfc3339(), **status_fields)
-        status["conditions"] = _with_condition(body, (reason, message), status)
-        if not await self.kube.patch_workflow_status(body["metadata"]["namespace"], body["metadata"]["name"], status):
-            return False
-        _observe_step(body, status, None)
-        self.post_event(body, "Normal" if status["phase"] == "Stopped" else "Warning", reason, message[:1000])
-        body["status"] = {**(body.get("status") or {}), **status}
-        return True
-
-    async def _reject(self, body: dict[str, Any], exc: InvalidWorkflow) -> None:
+    async def _refused(self, body: dict[str, Any], reason: str) -> None:
+        """The API server refused a request for good: the workflow ends Failed, and its slot is free."""
         name = body["metadata"]["name"]
-        if await self._end_early(
-            body,
-            "Rejected",
-            f"invalid Workflow: {exc}",
-            phase="Failed",
-            stopreq=0,
-            dateCreated=body["metadata"].get("creationTimestamp") or now_rfc3339(),
-        ):
-            log.warning(f"Workflow {name} rejected: {exc.first}", workflow=name)
+        log.error(f"Workflow {name} failed: the API server refused a request: {reason}", workflow=name)
+        try:
+            await self._apply(body, None, refused(self._view(body), reason, now_rfc3339()))
+        except PermanentError as exc:
+            if not is_terminal(body.get("status") or {}):
+                raise  # not even its ending could be written: see _internal_error
+            log.warning(f"Workflow {name}: clean-up refused too ({exc}); the backstop retries it", workflow=name)
 
     async def _internal_error(self, body: dict[str, Any], exc: Exception) -> bool:
         """A step raised something no code path expects (a bug, or input the model let through).
@@ -467,42 +463,24 @@ class Engine:
             # Formatted here, without local variables, whatever exception renderer is installed.
             trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             log.error(f"Workflow {name}: unexpected error, the workflow ends Failed\n{trace}", workflow=name)
-        if is_terminal(body.get("status") or {}):
-            return False  # it has its ending already; the backstop retries the clean-up
-        message = f"internal error ({type(exc).__name__}) in the operator; the operator log has the details"
+        step = internal_error(self._view(body), type(exc).__name__, now_rfc3339())
+        if not step:
+            return True  # it has its ending already (the backstop retries the clean-up): its slot is free
         try:
-            if await self._end_early(
-                body,
-                "InternalError",
-                message,
-                phase="Failed",
-                stopreq=0,
-                dateCreated=(body.get("status") or {}).get("dateCreated")
-                or body["metadata"].get("creationTimestamp")
-                or now_rfc3339(),
-            ):
-                self._unadmittable.discard(key)
+            if await self._write_status(body, step.status):
+                _observe_step(body, step.status, None)
+                assert step.event is not None
+                self.post_event(body, "Warning", *step.event)
+                self.admission.unadmittable(body, stuck=False)
                 await self._after_terminal(body)
         except Exception as again:  # noqa: BLE001 (the queue must not wait on this workflow)
-            self._unadmittable.add(key)
+            self.admission.unadmittable(body, stuck=True)
             log.error(
                 f"Workflow {name}: could not be ended Failed either ({type(again).__name__}: {again}); "
                 "it is left out of admission until it can be",
                 workflow=name,
             )
         return True
-
-    async def _finish_unstarted(self, body: dict[str, Any], message: str) -> None:
-        name = body["metadata"]["name"]
-        if await self._end_early(body, "Stopped", message, phase="Stopped", stopreq=1):
-            log.info(f"Workflow {name} stopped before it started", workflow=name)
-
-    async def _fail_permanently(self, body: dict[str, Any], reason: str) -> None:
-        name = body["metadata"]["name"]
-        message = f"the API server refused a request: {reason}"
-        log.error(f"Workflow {name} failed: {message}", workflow=name)
-        if await self._end_early(body, "Failed", message, phase="Failed", stopreq=0):
-            await self._after_terminal(body)
 
     async def _after_terminal(self, body: dict[str, Any]) -> None:
         """A terminal workflow: the stop notification (if it was started) and clean-up, each once."""
@@ -513,15 +491,16 @@ class Engine:
             self.notifier.ensure(body, workflow, "start")
             self.notifier.ensure(body, workflow, "stop")
         if not self.config.DEBUG_NO_CLEANUP and not status.get("cleanedUp"):
-            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-            await self.cleanup(namespace, name)
-            await self.kube.patch_workflow_status(namespace, name, {"cleanedUp": True})
+            await self.cleanup(body["metadata"]["namespace"], body["metadata"]["name"])
+            await self._write_status(body, {"cleanedUp": True})
+        if self._settled(body):
+            self.forget(body["metadata"]["namespace"], body["metadata"]["name"], body)
 
     async def cleanup(self, namespace: str, name: str) -> None:
         """Delete every child of the workflow; the Workflow itself stays, it holds the status.
 
         Each child the operator may have made is deleted by its fixed name
-        (render.child_names); one that was never made, or is gone, answers 404,
+        (facts.child_names); one that was never made, or is gone, answers 404,
         which counts as done. No list: see docs/SECURITY.md (least privilege).
         """
         names = child_names(name)
@@ -530,19 +509,28 @@ class Engine:
                 if await self.kube.delete(kind, namespace, names[key]):
                     log.info(f"{kind} {names[key]} deleted", workflow=name)
 
+    async def _finalize_apart(self, body: dict[str, Any]) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        with logs.bound(workflow=name, stage="delete"):
+            try:
+                await self.finalize(body)
+            except Exception as exc:  # the next event or the backstop tries again
+                log.warning(f"Workflow {name}: deletion failed, will retry: {type(exc).__name__}: {exc}", workflow=name)
+            finally:
+                self._finalizing.pop((namespace, name), None)
+
     async def finalize(self, body: dict[str, Any]) -> None:
         """The Workflow is being deleted: stop what runs, clean up, tell operator-service once."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        async with self._lock(namespace, name):
-            await self.cleanup(namespace, name)
-            workflow = _started(body)
-            if workflow is not None:
-                await self.notifier.before_delete(body, workflow)
-            await self.kube.remove_finalizer(body, FINALIZER)
-            metrics.CENSUS.forget(body)
-            log.info(f"Workflow {name} deleted; children removed", workflow=name)
-        self._locks.pop((namespace, name), None)
-        await self.admit(namespace)
+        await self.cleanup(namespace, name)
+        workflow = _started(body)
+        if workflow is not None:
+            await self.notifier.before_delete(body, workflow)
+        await self.kube.remove_finalizer(body, FINALIZER)
+        metrics.CENSUS.forget(body)
+        log.info(f"Workflow {name} deleted; children removed", workflow=name)
+        self.forget(namespace, name, body)
+        self.request_admission(namespace)
 
     def start_backstop(self, namespace: str, interval: float) -> None:
         self._backstop = asyncio.create_task(self._backstop_loop(namespace, interval), name="backstop")
@@ -559,10 +547,12 @@ class Engine:
             await self.sweep(namespace)
 
     async def sweep(self, namespace: str) -> bool:
-        """Reconcile each workflow that is not settled; False if they could not be listed.
+        """Queue each workflow that is not settled, and an admission pass; False if they could not be listed.
 
         The backstop's pass, and a new leader's first act: it carries on every
         workflow from the cluster's state, whatever the previous leader left.
+        Each is read again (not taken from the list): the backstop is the path
+        that must work when the watches' bodies are not to be trusted.
         """
         try:
             workflows = await self.kube.list_workflows(namespace)
@@ -571,12 +561,11 @@ class Engine:
             return False
         metrics.CENSUS.replace(workflows)
         for body in workflows:
-            name = body["metadata"]["name"]
-            try:
-                if not self._settled(body):
-                    await self.reconcile(namespace, name, backstop=True)
-            except Exception as exc:  # one workflow's failure never ends the pass for the others
-                log.warning(f"backstop: workflow {name} failed, will retry: {type(exc).__name__}: {exc}", workflow=name)
+            if not self._settled(body):
+                self.reconcile(namespace, body["metadata"]["name"], backstop=True)
+            else:
+                self.forget(namespace, body["metadata"]["name"], body)  # settled since its last reconcile
+        self.request_admission(namespace)
         return True
 
     def _settled(self, body: dict[str, Any]) -> bool:
@@ -587,10 +576,15 @@ class Engine:
 
     async def close(self) -> None:
         await self.notifier.close()
-        if self._backstop is not None:
-            self._backstop.cancel()
-            await asyncio.gather(self._backstop, return_exceptions=True)
-        await asyncio.to_thread(self.kube.close)
+        tasks = [
+            *self._finalizing.values(),
+            *([self._backstop] if self._backstop else []),
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.queue.close()
+        await self.kube.close()
 
 
 def _seconds_since(moment: datetime.datetime) -> float:
@@ -598,24 +592,6 @@ def _seconds_since(moment: datetime.datetime) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return max(0.0, (datetime.datetime.now(datetime.UTC) - moment).total_seconds())
-
-
-def _job_end(job_status: Any) -> datetime.datetime | None:
-    """When the Job's pod ended, as the Job says: its completionTime, else (Kubernetes 1.31+
-    writes that only with the final Complete condition) the time of its SuccessCriteriaMet or
-    FailureTarget condition, which the Job controller adds as it sees the pod end."""
-    if job_status is None:
-        return None
-    if job_status.completion_time:
-        return job_status.completion_time
-    return next(
-        (
-            c.last_transition_time
-            for c in job_status.conditions or []
-            if c.type in ("SuccessCriteriaMet", "FailureTarget") and c.status == "True"
-        ),
-        None,
-    )
 
 
 def _observe_stage(stage: str, created: datetime.datetime, ended: datetime.datetime | None) -> None:
@@ -629,10 +605,10 @@ def _observe_stage(stage: str, created: datetime.datetime, ended: datetime.datet
 def _observe_step(body: dict[str, Any], status: dict[str, Any], ended: JobView | None) -> None:
     """Metrics of a status the engine has just written: the census, a stage that ended, a finished workflow.
 
-    A stage whose Job finished ends when the status code leaves the stage's
-    code; that write happens once per stage run (the next call reads the new
-    code), so each stage run is observed once. (A stopped stage is observed
-    when its running Job is deleted, in `_apply`.)
+    `body` is the Workflow as it was before the write. A stage whose Job
+    finished ends when the status code leaves the stage's code; that write
+    happens once per stage run, so each stage run is observed once. (A stopped
+    stage is observed when its running Job is deleted, in `_apply`.)
     """
     metrics.CENSUS.update(body, status)
     previous = (body.get("status") or {}).get("statusCode")
@@ -659,22 +635,3 @@ def _started(body: dict[str, Any]) -> Workflow | None:
         return parse_workflow(body)
     except InvalidWorkflow:
         return None
-
-
-def _with_condition(body: dict[str, Any], event: tuple[str, str], status: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Workflow's conditions with this step's one set (by type), for `kubectl describe`."""
-    reason, message = event
-    conditions = [c for c in ((body.get("status") or {}).get("conditions") or []) if c.get("type") != reason]
-    failed = status.get("phase") in ("Failed", "TimedOut")
-    conditions.append(
-        {
-            "type": reason,
-            "status": "True",
-            "reason": reason,
-            "message": message[:1000],
-            "lastTransitionTime": now_rfc3339(),
-        }
-    )
-    if failed:
-        conditions[-1]["reason"] = status["phase"]
-    return conditions[-10:]

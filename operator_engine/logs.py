@@ -37,6 +37,8 @@ import structlog
 import yaml
 from structlog.typing import EventDict
 
+from operator_engine.facts import STAGES, child_names
+
 SECRET_KEYS = frozenset(
     {
         "secret",
@@ -61,10 +63,8 @@ def _redact(_: Any, __: str, event: EventDict) -> EventDict:
 @functools.cache
 def _job_suffixes() -> dict[str, str]:
     """Job name suffix -> stage ("-configure-job" -> "configure"), from the one definition of the names."""
-    from operator_engine.render import child_names  # render does not log; imported late all the same
-
     names = child_names("")
-    return {names[stage]: stage for stage in ("configure", "algorithm", "filter", "publish")}
+    return {names[stage]: stage for stage in STAGES}
 
 
 def _kopf_object(_: Any, __: str, event: EventDict) -> EventDict:

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from operator_engine.config import Config
-from operator_engine.pipeline import STATUS_TEXT, TERMINAL_PHASES
+from operator_engine.facts import TERMINAL_PHASES, StatusCode
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -75,7 +75,7 @@ API_ERRORS = Counter(
 )
 
 # The status codes a workflow in flight can have (the terminal 70 is not one).
-IN_FLIGHT_CODES = tuple(code for code in STATUS_TEXT if code != 70)
+IN_FLIGHT_CODES = tuple(int(code) for code in StatusCode if code != StatusCode.COMPLETED)
 # Kubernetes' StatusReason for the HTTP statuses the API server answers (metav1.StatusReason),
 # so that the api_errors label has a small, fixed set of values.
 API_REASONS = {

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from operator_engine.facts import CHILD_SUFFIXES, DNS_LABEL, LABEL_VALUE, MAX_CHILD_NAME, MAX_LABEL_VALUE, MAX_NAME
+
 # W3C DID syntax (did-core §3.1): did:<method-name>:<method-specific-id>, where the
 # id is *( *idchar ":" ) 1*idchar and idchar is ALPHA / DIGIT / "." / "-" / "_" / pct-encoded.
 _IDCHAR = r"(?:[A-Za-z0-9._-]|%[0-9A-Fa-f]{2})"
@@ -42,14 +44,7 @@ _REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>
 _TAG_ONLY = re.compile(_TAG, re.ASCII)
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
 
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?", re.ASCII)
-_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?", re.ASCII)
 
-# The longest child name is "<W>-configure-job" / "<W>-algorithm-job"; Job names
-# become the `job-name` label of their pods, so they must fit a label: 63.
-CHILD_SUFFIXES = ("-configure-job", "-algorithm-job", "-filter-job", "-publish-job", "-adminlogs", "-data")
-MAX_CHILD_NAME = 63
-MAX_NAME = MAX_CHILD_NAME - max(len(s) for s in CHILD_SUFFIXES)
 MAX_SECRET_LENGTH = 64 * 1024
 # How deeply a Workflow may nest, counted from the object itself (the 2019 shape's
 # image sits at level 12). Rendering serializes the stage document with code that
@@ -375,7 +370,7 @@ def parse_workflow(body: Mapping[str, Any]) -> Workflow:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         problems.append("metadata.name: required")
-    elif not _DNS_LABEL.fullmatch(name) or len(name) > MAX_NAME:
+    elif not DNS_LABEL.fullmatch(name) or len(name) > MAX_NAME:
         longest = name + max(CHILD_SUFFIXES, key=len)
         problems.append(
             f"metadata.name: {_show(name)} must be lowercase letters, digits and '-' and at most "
@@ -384,7 +379,7 @@ def parse_workflow(body: Mapping[str, Any]) -> Workflow:
         )
     namespace = meta.get("namespace")
     if namespace is not None and (
-        not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63
+        not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace) or len(namespace) > MAX_LABEL_VALUE
     ):
         problems.append("metadata.namespace: must be a namespace name (lowercase letters, digits and '-')")
     for field in ("uid", "creationTimestamp"):
@@ -392,7 +387,9 @@ def parse_workflow(body: Mapping[str, Any]) -> Workflow:
             problems.append(f"metadata.{field}: must be a string")
     labels = meta.get("labels") or {}
     job_id = labels.get("workflow") if isinstance(labels, Mapping) else None
-    if job_id is not None and (not isinstance(job_id, str) or len(job_id) > 63 or not _LABEL_VALUE.fullmatch(job_id)):
+    if job_id is not None and (
+        not isinstance(job_id, str) or len(job_id) > MAX_LABEL_VALUE or not LABEL_VALUE.fullmatch(job_id)
+    ):
         problems.append("metadata.labels.workflow: must be a label value (letters, digits, '-', '_', '.', at most 63)")
 
     spec_raw = body.get("spec")

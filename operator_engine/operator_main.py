@@ -1,9 +1,9 @@
 """The kopf entry module: `kopf run --standalone operator_engine/operator_main.py`.
 
-Handlers stay thin: they turn a watch event into "reconcile workflow W" and
-leave the work to `engine.Engine`. A stage starts because a watch event said
-the previous one ended (a Job event, or the status patch of the step before);
-the engine's backstop task (one for all workflows, every
+Handlers stay thin: they put "reconcile workflow W" (with the body the watch
+delivered) on the engine's work queue and return. A stage starts because a
+watch event said the previous one ended (a Job's end); steps that need no
+cluster change follow in the same reconcile. The engine's backstop task (one for all workflows, every
 OPERATOR_BACKSTOP_SECONDS) only catches missed events and deadlines.
 
 Importing this module only registers the handlers: it reads no variable,
@@ -20,10 +20,13 @@ for the log lines.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import sys
 import threading
+import types
+from collections.abc import Callable
 from typing import Any, TextIO, cast
 
 import kopf
@@ -31,11 +34,11 @@ import kopf
 from operator_engine import config as _config
 from operator_engine import health, leader, logs, metrics
 from operator_engine.engine import Engine
+from operator_engine.facts import MANAGED
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, kopf_connection, new_api_client
 from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
 
 EXIT_BAD_CONFIG = 78  # sysexits.h EX_CONFIG, as the command line (operator_engine/cli.py)
-MANAGED = {"app.kubernetes.io/managed-by": "operator-engine"}
 
 
 def launch_memo(config: _config.Config, kubeconfig: str | None = None, log_stream: TextIO | None = None) -> kopf.Memo:
@@ -78,14 +81,36 @@ def _prepare(memo: kopf.Memo) -> _config.Config:
     return config
 
 
-def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        # A body the engine read from the API: a Kubernetes object, as kopf.RawBody declares one.
-        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
-    except LookupError:
-        # kopf's event poster starts after the startup handlers: an admission made
-        # while starting up has its log line and status condition, not an Event.
-        pass
+def _event_poster(memo: kopf.Memo) -> Callable[[dict[str, Any], str, str, str], None]:
+    """Post Events through kopf's poster, from any task.
+
+    kopf hands its Event queue to handlers in context variables; the engine's
+    reconciles run in its own worker tasks, so the context of a handler is
+    kept (`_remember_event_context`) and used where the worker's own lacks it.
+    """
+
+    def post(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        for context in (None, *memo.event_context):
+            try:
+                # A body the engine read from the API: a Kubernetes object, as kopf.RawBody declares one.
+                kopf_body = kopf.Body(cast(kopf.RawBody, body))
+                if context is None:
+                    kopf.event(kopf_body, type=type_, reason=reason, message=message)
+                else:
+                    context.run(kopf.event, kopf_body, type=type_, reason=reason, message=message)
+                return
+            except LookupError:
+                # kopf's event poster starts after the startup handlers: an admission made
+                # while starting up has its log line and status condition, not an Event.
+                continue
+
+    return post
+
+
+def _remember_event_context(memo: kopf.Memo) -> None:
+    # A list made at startup: kopf gives each object a shallow copy of the memo.
+    if not memo.event_context:
+        memo.event_context.append(contextvars.copy_context())
 
 
 @kopf.on.startup()
@@ -102,10 +127,13 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     memo.metrics = metrics.start(config)
     # kopf runs on every replica (its watches and liveness endpoint too); the
-    # handlers act only once `memo.engine` exists: at once without election,
+    # handlers act only once `memo.live.engine` exists: at once without election,
     # else when this replica acquires the Lease (a lost Lease ends the process).
     kubeconfig = memo.get("kubeconfig")
-    memo.engine = None
+    # kopf gives each object a shallow copy of this memo, made when it first sees the object: the
+    # engine is set later (on taking the Lease), so it lives in an object every copy shares.
+    memo.live = types.SimpleNamespace(engine=None)
+    memo.event_context = []  # one contextvars.Context, once a handler ran
     memo.elector = None
     memo.readiness_server = None
     loop = asyncio.get_running_loop()
@@ -138,8 +166,8 @@ async def _take_over(config: _config.Config, memo: kopf.Memo, readiness: health.
     reached it as a standby were ignored, so it reconciles every workflow
     that is not settled first.
     """
-    engine = Engine(config, Kube(await new_api_client(memo.get("kubeconfig"))), post_event=_post_event)
-    memo.engine = engine
+    engine = Engine(config, Kube(await new_api_client(memo.get("kubeconfig"))), post_event=_event_poster(memo))
+    memo.live.engine = engine
     if first:
         await engine.admit(config.OPERATOR_NAMESPACE)
     else:
@@ -162,7 +190,8 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    engine = getattr(memo, "engine", None)
+    live = getattr(memo, "live", None)
+    engine = live.engine if live is not None else None
     if engine is not None:
         await engine.close()
     elector = getattr(memo, "elector", None)
@@ -177,8 +206,16 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def workflow_changed(event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if event.get("type") != "DELETED" and namespace and memo.engine is not None:  # Workflows are namespaced
-        await memo.engine.reconcile(namespace, name)
+    """Queue the workflow with the body the watch delivered (the engine reads it again if it is stale)."""
+    _remember_event_context(memo)
+    engine = memo.live.engine
+    if engine is None or not namespace:  # a standby, or (never: Workflows are namespaced) no namespace
+        return
+    body = cast(dict[str, Any] | None, event.get("object"))
+    if event.get("type") == "DELETED":
+        engine.forget(namespace, name, body)
+    else:
+        engine.reconcile(namespace, name, body)
 
 
 def _job_finished(status: kopf.Status, meta: kopf.Meta, type: str | None = None, **_: Any) -> bool:
@@ -196,6 +233,8 @@ def _job_finished(status: kopf.Status, meta: kopf.Meta, type: str | None = None,
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED, when=_job_finished)
 async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _remember_event_context(memo)
     workflow = labels.get("app")
-    if workflow and namespace and memo.engine is not None:
-        await memo.engine.reconcile(namespace, workflow)
+    engine = memo.live.engine
+    if workflow and namespace and engine is not None:
+        engine.reconcile(namespace, workflow)

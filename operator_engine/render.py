@@ -20,10 +20,10 @@ import jinja2
 import yaml
 
 from operator_engine.config import Config, ConfigError
+from operator_engine.facts import LABEL_APP, LABEL_COMPONENT, LABEL_WORKFLOW, MANAGED, STAGES, child_names
 from operator_engine.limits import SYSTEM_POD_RESOURCES, Limits, limits_for
 from operator_engine.model import Workflow
 
-MANAGED_BY = "operator-engine"
 DATA = "/data"
 ALGORITHM_PATH = f"{DATA}/transformations/algorithm"
 
@@ -259,23 +259,9 @@ class Child:
     manifest: dict[str, Any]
 
 
-def child_names(workflow_name: str) -> dict[str, str]:
-    return {
-        "configmap": workflow_name,
-        "data": f"{workflow_name}-data",
-        "adminlogs": f"{workflow_name}-adminlogs",
-        "algorithm_secret": f"{workflow_name}-algorithm-secret",
-        "publish_secret": f"{workflow_name}-publish-credentials",
-        "configure": f"{workflow_name}-configure-job",
-        "algorithm": f"{workflow_name}-algorithm-job",
-        "filter": f"{workflow_name}-filter-job",
-        "publish": f"{workflow_name}-publish-job",
-    }
-
-
 def job_components(config: Config) -> list[str]:
     """The stage Jobs, in the order they run."""
-    return ["configure", "algorithm"] + (["filter"] if config.FILTERING_CONTAINER else []) + ["publish"]
+    return [stage for stage in STAGES if stage != "filter" or config.FILTERING_CONTAINER]
 
 
 class Renderer:
@@ -363,9 +349,9 @@ class Renderer:
         return children
 
     def _labels(self, workflow: Workflow, component: str | None) -> dict[str, str]:
-        labels = {"app": workflow.name, "workflow": workflow.job_id, "app.kubernetes.io/managed-by": MANAGED_BY}
+        labels = {LABEL_APP: workflow.name, LABEL_WORKFLOW: workflow.job_id, **MANAGED}
         if component:
-            labels["component"] = component
+            labels[LABEL_COMPONENT] = component
         return labels
 
     def _child(self, template: str, step: str, base: dict[str, Any], **values: Any) -> Child:

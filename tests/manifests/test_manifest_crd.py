@@ -224,3 +224,50 @@ def test_non_string_secret_is_rejected():
     wf = sample_workflow()
     wf["spec"]["secret"] = {"value": "s3cret"}
     assert errors(wf)
+
+
+def _statuses_the_operator_writes():
+    """Every status a run through the pipeline writes: each stage, each kind of ending, the bookkeeping."""
+    from operator_engine.pipeline import JobView, View, internal_error, next_step, refused
+
+    now = "2026-11-26T12:00:00Z"
+    done, failed = JobView(exists=True, succeeded=True), JobView(exists=True, failed=True, exit_code=3)
+    jobs = {"configure": done, "algorithm": failed, "filter": failed, "publish": failed}
+    status: dict = {}
+    written = []
+    for admitted in (False, True, False, False, False, False, False, False):
+        view = View(
+            status=status, created=now, generation=1, admitted=admitted, filtering=True, jobs=jobs, notes=("n",)
+        )
+        step = next_step(view, now)
+        if step.status:
+            written.append(step.status)
+            status = {**status, **step.status}
+    blank = View(status={}, created=now, generation=1)
+    written += [
+        next_step(View(status={}, problem="x: bad"), now).status,
+        next_step(View(status=written[0], stop_requested=True), now).status,
+        refused(blank, "422 no", now).status,
+        internal_error(blank, "KeyError", now).status,
+        {"cleanedUp": True, "notifications": {"start": "delivered", "stop": "gave up after 3 attempts: HTTP 503"}},
+    ]
+    assert status.get("dateFinished"), status  # the run above reached its end
+    return written
+
+
+def test_every_status_field_the_operator_writes_is_declared():
+    schema = crd_openapi_schema()["properties"]["status"]
+    declared = schema["properties"]
+    condition_fields = declared["conditions"]["items"]["properties"]
+    undeclared = set()
+    for status in _statuses_the_operator_writes():
+        undeclared |= {f"status.{k}" for k in status if k not in declared}
+        for condition in status.get("conditions", []):
+            undeclared |= {f"status.conditions[].{k}" for k in condition if k not in condition_fields}
+        for key in status.get("outcome") or {}:
+            if key not in declared["outcome"]["properties"]:
+                undeclared.add(f"status.outcome.{key}")
+        doc = sample_workflow()
+        doc["status"] = {k: v for k, v in status.items() if v is not None}  # a merge patch's null deletes
+        assert errors(doc) == [], status
+    assert not undeclared, sorted(undeclared)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 
 from conftest import OperatorFactory, Receiver, TimedRuntime
-from helpers import PUBLISH_RESULT, make_workflow, status, wait_terminal, wait_until_clean
+from helpers import (
+    PUBLISH_RESULT,
+    make_workflow,
+    patch_spec,
+    status,
+    wait_code,
+    wait_terminal,
+    wait_until_clean,
+    wait_workflow,
+)
 
 from operator_engine.devcluster import EmbeddedCluster, Outcome
 
@@ -74,3 +83,38 @@ async def test_a_permanent_api_error_ends_the_workflow_failed_with_its_message(
         await wait_until_clean(cluster, "wf-refused", timeout=60)
     assert (final["phase"], final["statusCode"]) == ("Failed", 70)
     assert final["message"].startswith("the API server refused a request: 422")
+
+
+async def test_a_permanent_api_error_admits_the_next_queued_workflow_at_once(
+    operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime, receiver: Receiver
+) -> None:
+    """The refused workflow's slot is free as soon as it ends: the queued one starts then, not at the backstop.
+
+    maxJobs 1 and a backstop an hour away, so only the refusal's own handling
+    can admit the second workflow within the deadline. The first is stopped
+    while it configures, and the API server refuses for good to delete its
+    configure Job (403, as a policy would).
+    """
+    first, second = "wf-a-refused", "wf-b-next"
+    runtime.script(f"{first}-configure-job", Outcome(duration=600))
+    runtime.script(f"{second}-publish-job", Outcome(message=json.dumps(PUBLISH_RESULT)))
+    async with operator(maxJobs="1", OPERATOR_BACKSTOP_SECONDS="3600"):
+        await cluster.create(make_workflow(first))
+        await wait_code(cluster, first, 20)
+        await cluster.create(make_workflow(second))
+        await wait_workflow(cluster, second, lambda o: status(o).get("phase") == "Queued", what="Queued")
+        cluster.faults.inject(
+            rate=1.0, statuses=(403,), methods=("DELETE",), path_contains=f"/jobs/{first}-configure-job"
+        )
+        try:
+            await patch_spec(cluster, first, {"stopRequested": True})
+            refused = status(await wait_terminal(cluster, first, timeout=30))
+            await wait_workflow(
+                cluster, second, lambda o: status(o).get("dateStarted"), timeout=20, what="admitted at once"
+            )
+        finally:
+            cluster.faults.clear()
+        done = status(await wait_terminal(cluster, second, timeout=60))
+    assert (refused["phase"], refused["statusCode"]) == ("Failed", 70), refused
+    assert refused["message"].startswith("the API server refused a request: 403"), refused
+    assert done["phase"] == "Succeeded", done

@@ -10,6 +10,7 @@ kept every later one Queued.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -103,7 +104,8 @@ async def test_unreadable_and_crashing_workflows_end_failed_and_never_hold_the_q
     assert crashed["phase"] == "Failed" and crashed["statusCode"] == 70, crashed
     assert crashed["message"].startswith("internal error ("), crashed["message"]  # the exception's type
     assert "\n" not in crashed["message"]
-    assert any(c["type"] == "InternalError" for c in crashed.get("conditions") or []), crashed
+    failed = next(c for c in crashed.get("conditions") or [] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "InternalError", crashed
     assert await cluster.list("jobs", {"app": CRASH}) == [], "the crashed workflow must be cleaned up"
     log = capfd.readouterr().err
     assert log.count(f"Workflow {CRASH}: unexpected error") == 1, "the traceback is logged once"
@@ -183,3 +185,71 @@ async def test_a_workflow_that_cannot_even_be_ended_failed_does_not_hold_the_que
         cluster.faults.clear()
     assert good["phase"] == "Succeeded", good
     assert status(await cluster.get("wf", stuck)).get("statusCode") is None
+
+
+async def test_the_engine_keeps_nothing_of_a_workflow_once_it_is_settled_or_deleted(
+    cluster: EmbeddedCluster,
+    runtime: TimedRuntime,
+    receiver: Receiver,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per-workflow memory goes with the workflow: nothing grows with the number of workflows ever run.
+
+    The engine alone (its backstop moves the workflows), so that its memory
+    can be looked at: what it wrote, notifications in flight or delivered,
+    crashes, the work queue's entries, admission's exclusions.
+    """
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "kubeconfig")))
+    names = [f"wf-mem-{i}" for i in range(4)]
+    for name in names:
+        runtime.script(f"{name}-publish-job", Outcome(message=json.dumps(PUBLISH_RESULT)))
+    config = config_module.load(
+        {
+            "OPERATOR_NAMESPACE": cluster.namespace,
+            "maxJobs": "2",
+            "NOTIFY_START_URL": receiver.start_url,
+            "NOTIFY_STOP_URL": receiver.stop_url,
+        }
+    )
+    engine = Engine(config, Kube(await new_api_client()))
+    for name in names:
+        await cluster.create(make_workflow(name))
+    engine.start_backstop(cluster.namespace, 0.2)
+    try:
+        for name in names[:3]:
+            await wait_workflow(
+                cluster,
+                name,
+                lambda o: status(o).get("cleanedUp") and len(status(o).get("notifications") or {}) == 2,
+                timeout=90,
+                what="settled",
+            )
+        await cluster.delete("wf", names[3])  # deleted while it runs or waits
+        await cluster.wait_for("wf", names[3], lambda o: o is None, timeout=60)
+        await wait_memory_empty(engine)
+    finally:
+        await engine.close()
+    for name in names[:3]:
+        assert status(await cluster.get("wf", name))["phase"] == "Succeeded", name
+
+
+async def wait_memory_empty(engine: Engine) -> None:
+    """Until the backstop has seen every workflow settled or gone (a few passes)."""
+
+    def kept() -> dict[str, Any]:
+        return {
+            "written": dict(engine._written),
+            "notifications in flight": engine.notifier.in_flight,
+            "crashed": set(engine._crashed),
+            "unadmittable": set(engine.admission._unadmittable),
+            "queue": len(engine.queue),
+            "finalizing": dict(engine._finalizing),
+        }
+
+    try:
+        async with asyncio.timeout(30):
+            while any(kept().values()):
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"the engine still keeps {kept()}") from None

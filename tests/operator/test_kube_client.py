@@ -57,7 +57,7 @@ async def test_status_patches_merge_and_a_missing_workflow_is_false(kube: Kube, 
     assert body is not None and body["status"]["statusCode"] == 10 and body["status"]["phase"] == "Queued"
     assert [w["metadata"]["name"] for w in await kube.list_workflows(NS)] == ["wf-client"]
     assert await kube.get_workflow(NS, "wf-gone") is None
-    assert await kube.patch_workflow_status(NS, "wf-gone", {"statusCode": 1}) is False
+    assert await kube.patch_workflow_status(NS, "wf-gone", {"statusCode": 1}) is None
 
 
 async def test_the_environment_config_map_is_created_then_merged(kube: Kube, cluster: EmbeddedCluster) -> None:

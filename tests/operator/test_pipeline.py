@@ -18,6 +18,7 @@ from helpers import (
     is_subsequence,
     make_workflow,
     posted_name,
+    resource_of,
     status,
     status_codes,
     wait_terminal,
@@ -332,3 +333,21 @@ async def test_the_secret_reaches_the_algorithm_only_through_a_secret(
             assert "s3cr3t-value-for-test" not in json.dumps(record.body), f"secret inline in {posted_name(record)}"
     cm = [r for r in creation_posts(cluster, "configmaps") if posted_name(r) == name]
     assert cm and "s3cr3t-value-for-test" not in json.dumps(cm[0].body), "secret leaked into the ConfigMap"
+
+
+async def test_a_run_reads_its_workflow_far_less_often_than_it_moves(
+    operator: OperatorFactory, cluster: EmbeddedCluster, runtime: TimedRuntime
+) -> None:
+    """The body a watch delivers is used when it shows the operator's own writes: no GET per event.
+
+    What is left are reads where no body came with the event: admission's (it
+    must see the Workflow as it is now), and one for each Job that ended
+    (a Job's event carries the Job, not the Workflow).
+    """
+    final = await run_happy(operator, cluster, runtime, name="wf-reads")
+    assert status(final)["phase"] == "Succeeded"
+    gets = [r for r in cluster.request_log if r.method == "GET" and resource_of(r)[:2] == ("workflows", "wf-reads")]
+    writes = [r for r in cluster.request_log if r.method == "PATCH" and resource_of(r)[:2] == ("workflows", "wf-reads")]
+    assert len(writes) >= 8, len(writes)  # the finalizer, each status step, notifications, clean-up
+    # Six here, sixteen with a read per reconcile; a body that arrives older than a write is read again.
+    assert len(gets) <= 8, [r.path for r in gets]
