@@ -199,6 +199,40 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(STOP_TIMEOUT)
 
 
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` until it ends, writing collapsed stacks (one "frame;frame;... count" a line)."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "50"]
+        + ["--format", "raw", "--output", str(output), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def top_functions(collapsed: Path, count: int = 12) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
+    """
+    From py-spy's collapsed stacks: the functions most often running (self) and
+    most often on the stack (inclusive, the event loop's and the interpreter's own frames left out),
+    each as (percent of samples, function).
+    """
+    total, running, present = 0, collections.Counter[str](), collections.Counter[str]()
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue  # a frame's text may hold a line break
+        frames = stack.split(";")
+        total += int(samples)
+        running[frames[-1]] += int(samples)
+        for frame in set(frames):
+            if not any(plumbing in frame for plumbing in ("asyncio/", "<frozen", "threading.py", "runpy")):
+                present[frame] += int(samples)
+
+    def shares(counter: collections.Counter[str]) -> list[tuple[float, str]]:
+        return [(round(100 * n / max(total, 1), 1), frame) for frame, n in counter.most_common(count)]
+
+    return shares(running), shares(present)
+
+
 # ---------------------------------------------------------------- the embedded API server's record
 
 
@@ -297,8 +331,10 @@ def operator_environment(kubeconfig: Path, max_jobs: int) -> dict[str, str]:
     return env
 
 
-async def embedded(count: int, max_jobs: int, pod_seconds: float, timeout: float, workdir: Path) -> Result:
-    """The embedded API server and the operator, each a process of its own."""
+async def embedded(
+    count: int, max_jobs: int, pod_seconds: float, timeout: float, workdir: Path, profile: bool = False
+) -> Result:
+    """The embedded API server and the operator, each a process of its own; ``profile``: py-spy on both."""
     import aiohttp
 
     result = Result("embedded", count, max_jobs, pod_seconds, workdir=str(workdir))
@@ -342,6 +378,19 @@ async def embedded(count: int, max_jobs: int, pod_seconds: float, timeout: float
             await asyncio.sleep(0.1)
             record.read()
 
+        # From here: `operator-engine run` has exec'd kopf by now (py-spy does not follow an exec).
+        if profile:
+            profiled = [
+                (p, start_profiler(p.pid, workdir / f"{n}.pyspy.txt"))
+                for n, p in (("operator", operator), ("server", server))
+            ]
+
+            def stop_profiled() -> None:  # each process, then its profiler (which writes once its process ends)
+                for process, profiler in profiled:
+                    stop_process(process)
+                    profiler.wait(STOP_TIMEOUT)
+
+            stack.callback(stop_profiled)
         names = [f"bench-{i:04d}" for i in range(count)]
         started = time.monotonic()
         async with aiohttp.ClientSession(headers={"User-Agent": BENCH_AGENT}) as session:
@@ -523,7 +572,19 @@ async def main(arguments: argparse.Namespace) -> list[Result]:
     results = []
     if arguments.control_plane in ("embedded", "both"):
         workdir = Path(tempfile.mkdtemp(prefix="oe-bench-"))
-        results.append(await embedded(arguments.workflows, max_jobs, arguments.pod_seconds, arguments.timeout, workdir))
+        results.append(
+            await embedded(
+                arguments.workflows, max_jobs, arguments.pod_seconds, arguments.timeout, workdir, arguments.profile
+            )
+        )
+        if arguments.profile:
+            for process in ("operator", "server"):
+                for title, rows in zip(
+                    ("running", "on the stack"), top_functions(workdir / f"{process}.pyspy.txt"), strict=True
+                ):
+                    print(f"py-spy, {process}, share of samples {title}:", file=sys.stderr)
+                    for share, frame in rows:
+                        print(f"  {share:5.1f}%  {frame}", file=sys.stderr)
     if arguments.control_plane in ("real", "both"):
         workdir = Path(tempfile.mkdtemp(prefix="oe-bench-real-"))
         results.append(await real(arguments.workflows, max_jobs, arguments.timeout, workdir))
@@ -541,6 +602,12 @@ def parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=900.0, help="seconds to wait for the workflows; then report what completed"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per control plane")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="embedded: sample the operator and the API server with py-spy (collapsed stacks in the run's "
+        "directory) and print the functions most on the stack to stderr",
+    )
     parser.add_argument(
         "--control-plane",
         choices=("embedded", "real", "both"),
