@@ -70,7 +70,10 @@ def machine() -> dict[str, Any]:
         platform.processor() or "unknown",
     )
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    # docs/ is what this script writes: changes there do not change what is measured.
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"], cwd=ROOT, capture_output=True
+    )
     return {
         "cpu": cpu,
         "nproc": len(os.sched_getaffinity(0)),
