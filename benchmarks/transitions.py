@@ -507,7 +507,10 @@ def audit_requests(audit_log: Path, offset: int, username: str) -> collections.C
         lines.seek(offset)
         for line in lines:
             entry = json.loads(line)
-            if entry["stage"] != "ResponseComplete" or entry["user"]["username"] != username:
+            if entry["user"]["username"] != username:
+                continue
+            # A watch is logged when its response starts (and again when it ends): counted once, at its start.
+            if entry["stage"] != ("ResponseStarted" if entry["verb"] == "watch" else "ResponseComplete"):
                 continue
             ref = entry.get("objectRef") or {}
             resource = "/".join(filter(None, [ref.get("resource"), ref.get("subresource")])) or "discovery"
@@ -552,8 +555,11 @@ async def real(count: int, max_jobs: int, timeout: float, workdir: Path) -> Resu
                 await asyncio.sleep(0.5)
             result.peak_rss_mb = peak_rss_mb(stack.operator.proc.pid)
             result.operator_cpu_s = cpu_seconds(stack.operator.proc.pid)
-        result.requests = audit_requests(
-            audit_log, offset, f"system:serviceaccount:{REAL_NAMESPACE}:{OPERATOR_ACCOUNT}"
+        account = f"system:serviceaccount:{REAL_NAMESPACE}:{OPERATOR_ACCOUNT}"
+        result.requests = audit_requests(audit_log, offset, account)
+        # Watch streams are counted from the operator's start: it opens most of them before the first workflow.
+        result.watch_streams = sum(
+            n for key, n in audit_requests(audit_log, 0, account).items() if key.startswith("watch ")
         )
     finished = [observer.done[n] for n in names if n in observer.done]
     result.completed = len(finished)
