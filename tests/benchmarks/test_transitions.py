@@ -83,7 +83,7 @@ def test_requests_are_counted_by_verb_and_resource_with_events_and_watches_apart
 
 
 def test_the_report_renders_a_row_from_the_measurement(measured: dict) -> None:
-    results = {report.row_key("embedded", WORKFLOWS, 0.0): {**measured, "command": "cmd", "machine": {}}}
+    results = {report.row_key("embedded", WORKFLOWS, 0.0): {**measured, "command": "cmd", "machine": report.machine()}}
     row = next(line for line in report.table(results).splitlines() if line.startswith("| instant |"))
     assert f"| {WORKFLOWS} | {WORKFLOWS}/{WORKFLOWS} |" in row
     assert report.number(measured["transition_p50_ms"]) in row
