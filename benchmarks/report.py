@@ -241,7 +241,7 @@ def measured_on(results: dict[str, dict[str, Any]]) -> str:
     cpus = "; ".join(f"{m['cpu']}, nproc {m['nproc']}" for m in machines.values())
     return (
         f"Measured {dates[0]} to {dates[-1]} on commit {', '.join(commits)}: {cpus}; Python {', '.join(pythons)}. "
-        "Load average at each row's start is in docs/benchmarks.json (the machine is shared).\n"
+        "The machine is shared: the table gives the load average at each row's start.\n"
         if dates
         else "Not measured yet.\n"
     )
@@ -277,7 +277,9 @@ def plot(results: dict[str, dict[str, Any]]) -> None:
         latency.plot(x, [r["admission_p50_ms"] for r in rows], "s:", color=colour, label=f"{label}: admission p50")
         throughput.plot(x, [r["workflows_per_second"] for r in rows], "o-", color=colour, label=label)
     latency.axhline(5000, color="grey", linewidth=1)
-    latency.text(1, 5000, " original engine: a poll every 5 s (its longest wait)", va="bottom", fontsize=8, color="grey")
+    latency.text(
+        1, 5000, " original engine: a poll every 5 s (its longest wait)", va="bottom", fontsize=8, color="grey"
+    )
     latency.set(xscale="log", yscale="log", xlabel="workflows in flight", ylabel="ms", title="latency")
     throughput.axhline(GOAL_WORKFLOWS_PER_SECOND, color="grey", linewidth=1)
     throughput.text(1, GOAL_WORKFLOWS_PER_SECOND, " goal (instant pods)", va="bottom", fontsize=8, color="grey")
