@@ -260,6 +260,12 @@ class ApiServer(kmock.KubernetesScaffold):
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
 
     _store: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    # Indexes of the store, kept by _commit and _remove, so that a list or a garbage-collector
+    # lookup costs what it returns, not the size of the store (1,000 workflows leave tens of
+    # thousands of objects: Jobs, Pods, Events...).
+    _by_resource: dict[tuple[str, str, str], dict[ObjKey, dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    _by_label: dict[tuple[tuple[str, str, str], str, str], set[ObjKey]] = attrs.field(factory=dict, init=False)
+    _by_owner: dict[str, set[ObjKey]] = attrs.field(factory=dict, init=False)
     _uids: dict[str, ObjKey] = attrs.field(factory=dict, init=False)
     _creation_indexes: dict[str, int] = attrs.field(factory=dict, init=False)
     _creation_counter: int = attrs.field(default=0, init=False)
@@ -329,10 +335,14 @@ class ApiServer(kmock.KubernetesScaffold):
     # store through get()/delete() of its own signature instead.
     def get(self, spec: ResourceSpec, namespace: str | None, name: str) -> dict[str, Any]:  # type: ignore[override]
         """A copy of one object; ApiError 404 if absent."""
+        return copy.deepcopy(self._stored(spec, namespace, name))
+
+    def _stored(self, spec: ResourceSpec, namespace: str | None, name: str) -> dict[str, Any]:
+        """The stored object itself (never to be mutated: for serving and reading); ApiError 404 if absent."""
         obj = self._store.get(self._key(spec, namespace, name))
         if obj is None:
             raise ApiError.not_found(spec, name)
-        return copy.deepcopy(obj)
+        return obj
 
     def find_uid(self, uid: str) -> dict[str, Any] | None:
         key = self._uids.get(uid)
@@ -346,26 +356,58 @@ class ApiServer(kmock.KubernetesScaffold):
         fields: FieldSelector | str | None = None,
     ) -> list[dict[str, Any]]:
         """Copies of the matching objects, sorted by namespace and name (etcd key order, as real lists)."""
+        return [copy.deepcopy(obj) for obj in self._select(spec, namespace, labels, fields)]
+
+    def _select(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None = None,
+        labels: LabelSelector | str | None = None,
+        fields: FieldSelector | str | None = None,
+    ) -> builtins.list[dict[str, Any]]:
+        """
+        The stored matching objects themselves (never to be mutated), sorted as :meth:`list`.
+
+        Candidates come from the narrowest index that applies: the name of a
+        ``metadata.name=`` field selector, else the objects having the label of
+        an equality (``=``, ``in``) requirement, else the resource's objects.
+        """
         labels = labels if isinstance(labels, LabelSelector) else LabelSelector.parse(labels)
         fields = fields if isinstance(fields, FieldSelector) else FieldSelector.parse(fields)
-        result = [
-            copy.deepcopy(obj)
-            for (skey, ns, _), obj in sorted(self._store.items(), key=_sort_key)
-            if skey == spec.key
-            and (namespace is None or ns == namespace)
-            and labels.matches(obj)
-            and fields.matches(obj)
-        ]
-        return result
+        names = {value for path, equal, value in fields.terms if path == "metadata.name" and equal}
+        candidates: Iterable[ObjKey]
+        if names and (namespace is not None or not spec.namespaced):
+            candidates = [self._key(spec, namespace, name) for name in names]
+        else:
+            indexed: builtins.list[set[ObjKey]] = [
+                set().union(*(self._by_label.get((spec.key, r.key, v), ()) for v in r.values))
+                for r in labels.requirements
+                if r.op in ("=", "in")
+            ]
+            if indexed:
+                narrowest: set[ObjKey] = min(indexed, key=len)
+                candidates = narrowest
+            else:
+                candidates = self._by_resource.get(spec.key, {}).keys()
+        found: builtins.list[tuple[str, str, dict[str, Any]]] = []
+        for key in candidates:
+            obj = self._store.get(key)
+            if (
+                obj is not None
+                and key[0] == spec.key
+                and (namespace is None or key[1] == namespace)
+                and labels.matches(obj)
+                and fields.matches(obj)
+            ):
+                found.append((key[1] or "", key[2], obj))
+        found.sort(key=lambda item: (item[0], item[1]))
+        return [obj for _, _, obj in found]
 
     # `builtins.list`: inside the class body, `list` is the method above.
     def dependents(self, owner_uid: str) -> builtins.list[tuple[ResourceSpec, dict[str, Any]]]:
-        """Objects with an ownerReference to this uid (for the garbage collector)."""
-        return [
-            (self.specs[skey], obj)
-            for (skey, _, _), obj in sorted(self._store.items(), key=_sort_key)
-            if any(ref.get("uid") == owner_uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
-        ]
+        """Objects with an ownerReference to this uid (for the garbage collector), in key order."""
+        keys = sorted(self._by_owner.get(owner_uid, ()), key=lambda key: (key[1] or "", key[2]))
+        return [(self.specs[key[0]], self._store[key]) for key in keys]
 
     async def follow(self, since_rv: int) -> AsyncIterator[WatchEvent]:
         """
@@ -397,7 +439,10 @@ class ApiServer(kmock.KubernetesScaffold):
 
     def create(self, spec: ResourceSpec, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         """Create an object as POST does; returns a copy of the stored object."""
-        obj = copy.deepcopy(obj)
+        return copy.deepcopy(self._create(spec, copy.deepcopy(obj), namespace))
+
+    def _create(self, spec: ResourceSpec, obj: dict[str, Any], namespace: str | None) -> dict[str, Any]:
+        """:meth:`create` of an object the caller gives away; returns the stored object (never to be mutated)."""
         meta = obj.setdefault("metadata", {})
         if spec.namespaced:
             body_ns = meta.get("namespace")
@@ -445,7 +490,7 @@ class ApiServer(kmock.KubernetesScaffold):
         self._creation_counter += 1
         self._creation_indexes[meta["uid"]] = self._creation_counter
         self._uids[meta["uid"]] = key
-        return copy.deepcopy(self._commit(spec, key, obj, None, "ADDED"))
+        return self._commit(spec, key, obj, None, "ADDED")
 
     def update(
         self,
@@ -463,6 +508,18 @@ class ApiServer(kmock.KubernetesScaffold):
         from the result. On the main endpoint of a resource with the status
         subresource, changes to ``.status`` are ignored (as real Kubernetes).
         """
+        return copy.deepcopy(self._update(spec, namespace, name, change, status=status))
+
+    def _update(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        status: bool = False,
+    ) -> dict[str, Any]:
+        """:meth:`update`, returning the stored object (never to be mutated)."""
         key = self._key(spec, namespace if spec.namespaced else None, name)
         old = self._store.get(key)
         if old is None:
@@ -483,8 +540,9 @@ class ApiServer(kmock.KubernetesScaffold):
                 f"and try again",
                 {"name": name, "kind": spec.plural},
             )
+        # Stored objects are never mutated, so the new object shares what did not change with the old one.
         if status:
-            result = copy.deepcopy(old)
+            result = {**old, "metadata": dict(old["metadata"])}
             if "status" in new:
                 result["status"] = new["status"]
             else:
@@ -493,7 +551,7 @@ class ApiServer(kmock.KubernetesScaffold):
             result = new
             if spec.has_status:
                 if "status" in old:
-                    result["status"] = copy.deepcopy(old["status"])
+                    result["status"] = old["status"]
                 else:
                     result.pop("status", None)
             meta = result["metadata"]
@@ -520,11 +578,11 @@ class ApiServer(kmock.KubernetesScaffold):
         if result.get("spec") != old.get("spec"):
             result["metadata"]["generation"] = old_meta.get("generation", 1) + 1
         if result == old:
-            return copy.deepcopy(old)  # a no-op write: no new resourceVersion, no watch event
+            return old  # a no-op write: no new resourceVersion, no watch event
         committed = self._commit(spec, key, result, old, "MODIFIED")
         if _deletion_complete(committed["metadata"]):
             self._remove(spec, key)  # the last finalizer is gone: the deletion completes
-        return copy.deepcopy(committed)
+        return committed
 
     def delete(  # type: ignore[override]  # see get()
         self,
@@ -556,6 +614,18 @@ class ApiServer(kmock.KubernetesScaffold):
           kubelet stops its containers; the kubelet then deletes it with a
           grace period of 0. An unbound or finished pod goes at once.
         """
+        return copy.deepcopy(self._delete(spec, namespace, name, propagation=propagation, grace_period=grace_period))
+
+    def _delete(
+        self,
+        spec: ResourceSpec,
+        namespace: str | None,
+        name: str,
+        *,
+        propagation: str | None = None,
+        grace_period: int | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`delete`, returning the stored (or final) object (never to be mutated)."""
         key = self._key(spec, namespace if spec.namespaced else None, name)
         old = self._store.get(key)
         if old is None:
@@ -565,25 +635,24 @@ class ApiServer(kmock.KubernetesScaffold):
         if meta.get("deletionTimestamp"):
             # Deleting already: a later request may only shorten the grace period.
             if grace >= (meta.get("deletionGracePeriodSeconds") or 0):
-                return copy.deepcopy(old)
-            marked = copy.deepcopy(old)
-            marked["metadata"]["deletionGracePeriodSeconds"] = grace
+                return old
+            marked = {**old, "metadata": {**meta, "deletionGracePeriodSeconds": grace}}
             if _deletion_complete(marked["metadata"]):
-                return copy.deepcopy(self._remove(spec, key))
-            return copy.deepcopy(self._commit(spec, key, marked, old, "MODIFIED"))
+                return self._remove(spec, key)
+            return self._commit(spec, key, marked, old, "MODIFIED")
         finalizers = list(meta.get("finalizers") or [])
         if propagation == "Foreground" and FOREGROUND_FINALIZER not in finalizers:
             finalizers.append(FOREGROUND_FINALIZER)
         if finalizers or grace > 0:
-            marked = copy.deepcopy(old)
+            marked = {**old, "metadata": dict(meta)}
             marked["metadata"]["deletionTimestamp"] = now_rfc3339(
                 lambda: self.clock() + datetime.timedelta(seconds=grace)
             )
             marked["metadata"]["deletionGracePeriodSeconds"] = grace
             if finalizers:
                 marked["metadata"]["finalizers"] = finalizers
-            return copy.deepcopy(self._commit(spec, key, marked, old, "MODIFIED"))
-        return copy.deepcopy(self._remove(spec, key))
+            return self._commit(spec, key, marked, old, "MODIFIED")
+        return self._remove(spec, key)
 
     @staticmethod
     def _grace_period(pod: dict[str, Any], requested: int | None) -> int:
@@ -605,9 +674,9 @@ class ApiServer(kmock.KubernetesScaffold):
     def _remove(self, spec: ResourceSpec, key: ObjKey) -> dict[str, Any]:
         old = self._store[key]
         # The DELETED event carries the final state with a new resourceVersion.
-        final = copy.deepcopy(old)
         self._rv += 1
-        final["metadata"]["resourceVersion"] = str(self._rv)
+        final = {**old, "metadata": {**old["metadata"], "resourceVersion": str(self._rv)}}
+        self._unindex(key, old)
         del self._store[key]
         self._uids.pop(old["metadata"]["uid"], None)
         self._record(WatchEvent(self._rv, spec, "DELETED", final, old))
@@ -619,9 +688,29 @@ class ApiServer(kmock.KubernetesScaffold):
         # A single global counter, as etcd's revision: every write bumps it.
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
+        previous = self._store.get(key)
+        if previous is not None:
+            self._unindex(key, previous)
         self._store[key] = obj
+        self._index(key, obj)
         self._record(WatchEvent(self._rv, spec, type_, obj, old))
         return obj
+
+    def _index(self, key: ObjKey, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self._by_resource.setdefault(key[0], {})[key] = obj
+        for label, value in (meta.get("labels") or {}).items():
+            self._by_label.setdefault((key[0], label, str(value)), set()).add(key)
+        for ref in meta.get("ownerReferences") or []:
+            self._by_owner.setdefault(str(ref.get("uid", "")), set()).add(key)
+
+    def _unindex(self, key: ObjKey, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self._by_resource.get(key[0], {}).pop(key, None)
+        for label, value in (meta.get("labels") or {}).items():
+            _discard(self._by_label, (key[0], label, str(value)), key)
+        for ref in meta.get("ownerReferences") or []:
+            _discard(self._by_owner, str(ref.get("uid", "")), key)
 
     def _record(self, event: WatchEvent) -> None:
         self._history.append(event)
@@ -712,7 +801,7 @@ class ApiServer(kmock.KubernetesScaffold):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if name is None:
             if method == "GET":
-                items = self.list(spec, ns, query.get("labelSelector"), query.get("fieldSelector"))
+                items = self._select(spec, ns, query.get("labelSelector"), query.get("fieldSelector"))
                 # Real list responses name their kind and carry the collection's resourceVersion.
                 return aiohttp.web.json_response(
                     {
@@ -725,13 +814,13 @@ class ApiServer(kmock.KubernetesScaffold):
             if method == "POST":
                 if not isinstance(data, dict):
                     raise ApiError(400, "BadRequest", "the body of the request must be a JSON object")
-                return aiohttp.web.json_response(self.create(spec, data, ns), status=201)
+                return aiohttp.web.json_response(self._create(spec, copy.deepcopy(data), ns), status=201)
             raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on {spec.plural}")
         if method == "GET" and sub == "log":
-            self.get(spec, ns, name)
+            self._stored(spec, ns, name)
             return aiohttp.web.Response(text=self.pod_logs.get((ns or "", name), ""))
         if method == "GET":
-            return aiohttp.web.json_response(self.get(spec, ns, name))
+            return aiohttp.web.json_response(self._stored(spec, ns, name))
         if method == "DELETE":
             # DeleteOptions come in the body (the kubernetes client, kubectl) or the query.
             options = {**query, **(data if isinstance(data, dict) else {})}
@@ -741,18 +830,18 @@ class ApiServer(kmock.KubernetesScaffold):
             except (TypeError, ValueError):
                 raise ApiError(400, "BadRequest", f"gracePeriodSeconds: invalid value {grace!r}") from None
             return aiohttp.web.json_response(
-                self.delete(spec, ns, name, propagation=options.get("propagationPolicy"), grace_period=grace_period)
+                self._delete(spec, ns, name, propagation=options.get("propagationPolicy"), grace_period=grace_period)
             )
         if method == "PUT":
             if not isinstance(data, dict):
                 raise ApiError(400, "BadRequest", "the body of the request must be a JSON object")
             replacement: dict[str, Any] = data
             return aiohttp.web.json_response(
-                self.update(spec, ns, name, lambda _old: copy.deepcopy(replacement), status=sub == "status")
+                self._update(spec, ns, name, lambda _old: copy.deepcopy(replacement), status=sub == "status")
             )
         if method == "PATCH":
             apply = self._patcher(spec, content_type.split(";")[0].strip().lower(), data)
-            return aiohttp.web.json_response(self.update(spec, ns, name, apply, status=sub == "status"))
+            return aiohttp.web.json_response(self._update(spec, ns, name, apply, status=sub == "status"))
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on {spec.plural}")
 
     def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
@@ -849,7 +938,7 @@ class ApiServer(kmock.KubernetesScaffold):
         if rv_param in (None, "", "0"):
             # "Get state and start at most recent": synthetic ADDED for what exists now.
             since = self._rv
-            initial = [{"type": "ADDED", "object": obj} for obj in self.list(spec, namespace, labels, fields)]
+            initial = [{"type": "ADDED", "object": obj} for obj in self._select(spec, namespace, labels, fields)]
         else:
             since = int(rv_param)
 
@@ -958,6 +1047,10 @@ def _deletion_complete(meta: dict[str, Any]) -> bool:
     )
 
 
-def _sort_key(item: tuple[ObjKey, dict[str, Any]]) -> tuple[str, str]:
-    (_, namespace, name), _ = item
-    return (namespace or "", name)
+def _discard(index: dict[Any, set[ObjKey]], entry: Any, key: ObjKey) -> None:
+    """Take ``key`` out of an index entry, and the entry out of the index once empty (no unbounded growth)."""
+    keys = index.get(entry)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[entry]

@@ -28,14 +28,21 @@ class PatchError(ValueError):
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch; returns a new value, never mutates its arguments."""
+    # One copy of each argument, then a merge in place: copying again at every level would copy
+    # the patched parts of an object once per level of nesting.
+    return _merge_into(copy.deepcopy(target), copy.deepcopy(patch))
+
+
+def _merge_into(target: Any, patch: Any) -> Any:
+    """Merge ``patch`` into ``target`` (both owned by the caller: mutated and shared)."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return patch
+    result = target if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
         else:
-            result[key] = merge_patch(result.get(key), value)
+            result[key] = _merge_into(result.get(key), value)
     return result
 
 
