@@ -7,7 +7,6 @@ on it. These tests delete pods directly, without the operator.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,8 @@ def namespace(real: RealCluster) -> str:
     return NAMESPACE
 
 
+# `python` by name, found in the node's PATH (the running Python's folder first), as a pod's command is:
+# an absolute path under /tmp would be read as the pod's own /tmp (an emptyDir), as CI's clone in /tmp showed.
 def stubborn_pod(real: RealCluster, namespace: str, grace: int) -> tuple[str, str]:
     name = f"stubborn-{uuid.uuid4().hex[:6]}"
     marker = f"marker-{uuid.uuid4().hex}"
@@ -65,7 +66,7 @@ def stubborn_pod(real: RealCluster, namespace: str, grace: int) -> tuple[str, st
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": grace,
-            "containers": [{"name": "main", "image": "stubborn", "command": [sys.executable, "-c", STUBBORN, marker]}],
+            "containers": [{"name": "main", "image": "stubborn", "command": ["python", "-c", STUBBORN, marker]}],
         },
     }
     real.kube.core.create_namespaced_pod(namespace, pod)
