@@ -236,6 +236,10 @@ class Kube:
             if current
             else [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
         )
+        await self._patch_finalizers(namespace, name, ops)
+
+    async def _patch_finalizers(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        """A JSON patch of the finalizers; 404 (gone) and 422 (its `test` failed: someone changed them) are no-ops."""
         await self.call(
             self.custom.patch_namespaced_custom_object,
             GROUP,
@@ -258,17 +262,7 @@ class Kube:
             {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
             {"op": "remove", "path": f"/metadata/finalizers/{index}"},
         ]
-        await self.call(
-            self.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            ops,
-            _content_type=JSON_PATCH,
-            ok=(404, 422),
-        )
+        await self._patch_finalizers(namespace, name, ops)
 
     # --- children
 
