@@ -333,7 +333,9 @@ class Engine:
         if step.create and workflow is not None:
             # Rendered only for a step that creates: most steps only change the status.
             outcome = step.status.get("outcome", before.get("outcome")) or {}
-            children = self.renderer.render(workflow, withhold_outputs=bool(outcome.get("withholdOutputs")))
+            children = self.renderer.render(
+                workflow, withhold_outputs=bool(outcome.get("withholdOutputs")), steps=step.create
+            )
             for item in step.create:
                 for child in (c for c in children if c.step == item):
                     if await self._create(child, name) and child.kind == "Job" and ended and ended.ended:

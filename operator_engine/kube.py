@@ -18,6 +18,8 @@ import asyncio
 import json
 import os
 import random
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -39,6 +41,9 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: request or two in flight; the API server's own default allows 400 read and 200 write requests
 #: in flight (--max-requests-inflight, --max-mutating-requests-inflight).
 POOL_SIZE = 400
+#: aiohttp's read buffer, as kubernetes_asyncio sets it: a watch event of a large object (etcd takes up to
+#: 1.5 MiB) must fit.
+READ_BUFFER = 2**21
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
@@ -87,9 +92,29 @@ async def new_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
     """
     configuration = await load_configuration(kubeconfig)
     configuration.connection_pool_maxsize = POOL_SIZE  # read when the client creates its pool, just below
+    if configuration.proxy is None:
+        configuration.proxy = environment_proxy(str(configuration.host))
     client = k8s.ApiClient(configuration)
+    # kubernetes_asyncio opens its aiohttp session with trust_env=True: aiohttp then looks up the
+    # proxy variables and reads ~/.netrc in a worker thread for every request (a seventh of the
+    # operator's CPU at 100 workflows in flight, docs/BENCHMARKS.md). The proxy is resolved once,
+    # above, and the session replaced by one on the same connection pool that does not look again.
+    session = client.rest_client.pool_manager
+    client.rest_client.pool_manager = aiohttp.ClientSession(
+        connector=session.connector, trust_env=False, read_bufsize=READ_BUFFER
+    )
+    session.detach()  # the new session owns the pool now
     client.user_agent = f"operator-engine/{__version__} ({holder_identity()})"
     return client
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy that HTTPS_PROXY / HTTP_PROXY name for `url`, unless NO_PROXY exempts its host; None if none."""
+    host = urllib.parse.urlsplit(url).hostname
+    proxies = urllib.request.getproxies_environment()
+    if not host or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    return proxies.get(urllib.parse.urlsplit(url).scheme)
 
 
 async def kopf_connection(kubeconfig: str) -> kopf.ConnectionInfo:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,8 @@ class Renderer:
             check_templates(directory)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(directory),
+            # The templates are checked once at start and read once: not a stat of each file at every render.
+            auto_reload=False,
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             trim_blocks=True,
@@ -283,16 +286,50 @@ class Renderer:
     def limits(self, workflow: Workflow) -> Limits:
         return limits_for(workflow, self.config)
 
-    def render(self, workflow: Workflow, *, withhold_outputs: bool = False) -> list[Child]:
-        """Every child of `workflow`, in creation order.
+    def render(
+        self, workflow: Workflow, *, withhold_outputs: bool = False, steps: Collection[str] | None = None
+    ) -> list[Child]:
+        """Every child of `workflow`, in creation order; with `steps`, only the children of those steps.
 
         `withhold_outputs` tells the publish pod to upload the logs but not the
-        outputs (the filter stage failed, so nobody vouched for them).
+        outputs (the filter stage failed, so nobody vouched for them). `steps`
+        ("setup" and Job components) is what the reconciler is about to create:
+        a step creates one or two of them, and rendering the rest (each a Jinja
+        render and a YAML parse) would be spent for nothing.
         """
         names = child_names(workflow.name)
         limits = limits_for(workflow, self.config)
         namespace = workflow.namespace or self.config.OPERATOR_NAMESPACE
         base = {"names": names, "namespace": namespace, "labels": self._labels(workflow, None)}
+        # The credentials decide the publish pod's environment, so they are read for any step.
+        credentials = {
+            key: secret.get_secret_value()
+            for key in PUBLISH_CREDENTIALS
+            if (secret := getattr(self.config, key)) is not None
+        }
+        children = self._setup(workflow, base, limits, credentials) if steps is None or "setup" in steps else []
+        for component in job_components(self.config):
+            if steps is None or component in steps:
+                children.append(
+                    self._job(
+                        workflow,
+                        component,
+                        base,
+                        limits,
+                        has_credentials=bool(credentials),
+                        withhold_outputs=withhold_outputs,
+                    )
+                )
+        if workflow.uid:
+            for child in children:
+                child.manifest["metadata"]["ownerReferences"] = [owner_reference(workflow)]
+        return children
+
+    def _setup(
+        self, workflow: Workflow, base: dict[str, Any], limits: Limits, credentials: dict[str, str]
+    ) -> list[Child]:
+        """The children every stage needs, made before the configure Job: ConfigMap, volumes, Secrets."""
+        names = base["names"]
         document, redacted = workflow.document(), redacted_document(workflow)
         data = {}
         for keys, doc in ((FULL_DOCUMENT_KEYS, document), (REDACTED_DOCUMENT_KEYS, redacted)):
@@ -320,32 +357,12 @@ class Renderer:
                     secret_data={"secret": workflow.secret},
                 )
             )
-        # The one place the credentials leave their SecretStr: the publish pod's Secret.
-        credentials = {
-            key: secret.get_secret_value()
-            for key in PUBLISH_CREDENTIALS
-            if (secret := getattr(self.config, key)) is not None
-        }
-        if credentials:
+        if credentials:  # the one place the credentials leave their SecretStr: the publish pod's Secret
             children.append(
                 self._child(
                     "secret.yaml.j2", "setup", base, secret_name=names["publish_secret"], secret_data=credentials
                 )
             )
-        for component in job_components(self.config):
-            children.append(
-                self._job(
-                    workflow,
-                    component,
-                    base,
-                    limits,
-                    has_credentials=bool(credentials),
-                    withhold_outputs=withhold_outputs,
-                )
-            )
-        if workflow.uid:
-            for child in children:
-                child.manifest["metadata"]["ownerReferences"] = [owner_reference(workflow)]
         return children
 
     def _labels(self, workflow: Workflow, component: str | None) -> dict[str, str]:

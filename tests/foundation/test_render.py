@@ -73,6 +73,19 @@ def test_filter_job_comes_before_publish_when_filtering_container_is_set(sample_
     assert container(children, "filter")["image"] == "oceanprotocol/filter:1"
 
 
+@pytest.mark.parametrize("steps", [["setup", "configure"], ["algorithm"], ["filter"], ["publish"]])
+def test_a_step_renders_only_its_children_and_the_same_manifests_as_a_whole_render(steps, sample_body, make_config):
+    config = make_config(**FULL_ENV)
+    workflow = parse_workflow(sample_body)
+    every = Renderer(config).render(workflow, withhold_outputs=True)
+    some = Renderer(config).render(workflow, withhold_outputs=True, steps=steps)
+    assert some, steps
+    assert {c.step for c in some} == set(steps)
+    assert [(c.kind, c.name, c.manifest) for c in some] == [
+        (c.kind, c.name, c.manifest) for c in every if c.step in steps
+    ]
+
+
 @pytest.mark.parametrize("env", [{}, FULL_ENV], ids=["defaults", "everything-set"])
 @pytest.mark.parametrize("sample", ["service", "ddo-2019"])
 def test_every_manifest_validates_against_kubernetes_1_30_strict(sample, env, sample_body, ddo_body, make_config):

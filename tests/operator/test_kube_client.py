@@ -21,7 +21,7 @@ from helpers import NS, make_workflow
 
 from operator_engine import metrics
 from operator_engine.devcluster import EmbeddedCluster
-from operator_engine.kube import POOL_SIZE, Kube, PermanentError, TransientError, new_api_client
+from operator_engine.kube import POOL_SIZE, Kube, PermanentError, TransientError, environment_proxy, new_api_client
 
 
 @pytest.fixture
@@ -153,3 +153,35 @@ async def test_hundreds_of_requests_are_in_flight_at_once_and_close_ends_the_con
     finally:
         await kube.close()
         await runner.cleanup()
+
+
+def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts_a_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    assert environment_proxy("https://10.0.0.1:6443") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "kubernetes.default.svc,127.0.0.1")
+    assert environment_proxy("https://10.0.0.1:6443") == "http://proxy.example:3128"
+    assert environment_proxy("https://kubernetes.default.svc:443") is None
+    assert environment_proxy("https://127.0.0.1:6443") is None
+    assert environment_proxy("http://10.0.0.1:8080") is None  # HTTP_PROXY is not set
+
+
+async def test_the_client_session_does_not_look_up_proxies_or_netrc_per_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trust_env would run a proxy and ~/.netrc lookup in a thread for every request; the proxy is resolved once."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig_for("https://127.0.0.2:6443"))
+    client = await new_api_client(str(path))
+    try:
+        assert client.rest_client.pool_manager.trust_env is False
+        assert client.rest_client.proxy == "http://127.0.0.1:9"
+        assert client.rest_client.pool_manager.connector is not None
+        assert client.rest_client.pool_manager.connector.limit == POOL_SIZE
+    finally:
+        await client.close()
