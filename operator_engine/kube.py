@@ -112,7 +112,7 @@ def environment_proxy(url: str) -> str | None:
     """The proxy that HTTPS_PROXY / HTTP_PROXY name for `url`, unless NO_PROXY exempts its host; None if none."""
     host = urllib.parse.urlsplit(url).hostname
     proxies = urllib.request.getproxies_environment()
-    if not host or urllib.request.proxy_bypass_environment(host, proxies):
+    if not host or urllib.request.proxy_bypass(host):
         return None
     return proxies.get(urllib.parse.urlsplit(url).scheme)
 
