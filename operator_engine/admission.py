@@ -3,9 +3,9 @@
 It decides with `pipeline.admission` from a list of the Workflows (the count
 comes from the cluster, so it survives restarts) and writes no status: it
 hands each pick, oldest first and one after the other (so that they start in
-creation order), to the reconciler (`admit_one`), which admits the workflow
-if it is still Queued, so that the reconciler stays the only writer of a
-Workflow's status.
+creation order), with the body listed, to the reconciler (`admit_one`),
+which admits the workflow if it is still Queued, so that the reconciler
+stays the only writer of a Workflow's status.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def _key(body: Mapping[str, Any]) -> str:
 
 
 class Admission:
-    def __init__(self, config: Config, kube: Kube, admit_one: Callable[[str, str], Awaitable[bool]]) -> None:
+    def __init__(
+        self, config: Config, kube: Kube, admit_one: Callable[[str, str, dict[str, Any]], Awaitable[bool]]
+    ) -> None:
         self.config = config
         self.kube = kube
         self.admit_one = admit_one
@@ -55,9 +57,10 @@ class Admission:
                 running = _running(workflows)
                 queue = [w for w in workflows if _key(w) not in self._unadmittable]
                 admitted: list[str] = []
+                listed = {w["metadata"]["name"]: w for w in queue}
                 for name in admission(queue, self.config.maxJobs):
                     try:
-                        if await self.admit_one(namespace, name):
+                        if await self.admit_one(namespace, name, listed[name]):
                             admitted.append(name)
                     except TransientError:
                         raise

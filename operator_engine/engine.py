@@ -9,9 +9,11 @@ reconciler admits them. Everything is read from the cluster: the Workflow's
 status says where the workflow is, its Jobs say what happened since.
 
 Memory kept between calls, each entry dropped once its workflow is deleted
-or settled: the bodies this process wrote (so that a body a watch delivered
-is used only when it is not older than our own writes, and read again
-otherwise), and which workflows crashed (their traceback is logged once).
+or settled: what this process knows of each workflow's newest body (`Known`:
+the status fields it wrote, so that a body a watch delivered is used only
+when it is not older than our own writes; and the resourceVersion of the
+newest body it decided on, so that the watch's echo of its own write costs
+nothing), and which workflows crashed (their traceback is logged once).
 The notifications on their way are the notifier's (`notifier.Notifier`),
 which keeps them only while in flight.
 """
@@ -26,7 +28,7 @@ import traceback
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from operator_engine import logs, metrics
+from operator_engine import logs, metrics, observation
 from operator_engine.admission import Admission
 from operator_engine.config import Config
 from operator_engine.facts import (
@@ -37,14 +39,17 @@ from operator_engine.facts import (
     StatusCode,
     child_names,
 )
-from operator_engine.kube import Kube, PermanentError, TransientError
+from operator_engine.kube import Conflict, Kube, PermanentError, TransientError
 from operator_engine.model import InvalidWorkflow, Workflow, parse_workflow
 from operator_engine.notifier import Notifier
-from operator_engine.observation import Observer
+from operator_engine.observation import Observer, with_termination
 from operator_engine.pipeline import JobView, Step, View, internal_error, is_terminal, next_step, refused
 from operator_engine.render import Child, Renderer
 from operator_engine.workqueue import Entry, WorkQueue
 
+# Admission's writes conditioned on the version it listed: a Workflow that changes under it this many
+# times in a row is left to its reconcile (the next admission pass picks it again).
+ADMIT_ATTEMPTS = 3
 DEADLINE_GRACE_SECONDS = 30  # the backstop waits this long past activeDeadlineSeconds before acting
 # At most this many reconciles at once (each mostly waits on the API server). Measured with
 # benchmarks/transitions.py, 200 workflows in flight: 16 gave a transition median of 1.3 s, 64 of 0.7 s.
@@ -87,13 +92,36 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
 
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
-Observed = tuple[str, dict[str, JobView]]  # the stage the Jobs were observed for, and their views
+
+
+@dataclasses.dataclass
+class Observed:
+    """What one reconcile listed for a stage: its Jobs' views and, once a step needed them, the workflow's pods."""
+
+    stage: str
+    jobs: dict[str, JobView]
+    pods: list[Any] | None = None
 
 
 def _log_stage(status: dict[str, Any]) -> str:
     if status.get("dateFinished") and status.get("phase") in TERMINAL_PHASES:
         return "finished"
     return LOG_STAGE_OF_CODE.get(status.get("statusCode"), "unknown")
+
+
+@dataclasses.dataclass
+class Known:
+    """What this process knows of a workflow's newest body, from its own writes and reads.
+
+    `written`: the status fields it wrote and their values; a delivered body
+    whose status does not show them all predates one of its writes. `version`:
+    the resourceVersion of the newest body it decided on, None when it is not
+    sure it decided on everything that body holds (someone else changed the
+    Workflow's spec or deletion meanwhile, or a reconcile stopped half-way).
+    """
+
+    written: dict[str, Any] = dataclasses.field(default_factory=dict)
+    version: str | None = None
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -126,9 +154,9 @@ class Engine:
         self.queue = WorkQueue(self._process, workers)
         self.post_event = post_event or (lambda body, type_, reason, message: None)
         self.notifier = Notifier(config, kube, deadline=notify_deadline)
-        # The status fields this process wrote to each workflow: a body whose status does not show
-        # them all predates one of our writes, and is read again.
-        self._written: dict[tuple[str, str], dict[str, Any]] = {}
+        # What this process knows of each workflow's newest body (see Known); dropped once the
+        # workflow is settled and the watch has caught up with it, or deleted.
+        self._known: dict[tuple[str, str], Known] = {}
         self._backstop: asyncio.Task[None] | None = None
         self._finalizing: dict[tuple[str, str], asyncio.Task[None]] = {}  # deletions in progress
         # Workflows (by uid) whose handling raised unexpectedly: the traceback is logged once.
@@ -137,10 +165,19 @@ class Engine:
     # --- the entries: watch events, the backstop, admission
 
     def reconcile(
-        self, namespace: str, name: str, body: dict[str, Any] | None = None, *, backstop: bool = False
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any] | None = None,
+        *,
+        backstop: bool = False,
+        nudged: bool = False,
     ) -> None:
-        """Queue workflow `name` for a reconcile, with the body a watch delivered (if any)."""
-        self.queue.add(("workflow", namespace, name), body, backstop=backstop)
+        """Queue workflow `name` for a reconcile, with the body a watch delivered (if any).
+
+        `nudged`: reconcile even if `body` is one this process decided on already.
+        """
+        self.queue.add(("workflow", namespace, name), body, backstop=backstop, nudged=nudged)
 
     def request_admission(self, namespace: str) -> None:
         """Queue an admission pass (many requests while one waits make one pass)."""
@@ -152,7 +189,7 @@ class Engine:
 
     def forget(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
         """Drop what this process keeps about a workflow (deleted, or settled)."""
-        self._written.pop((namespace, name), None)
+        self._known.pop((namespace, name), None)
         self.admission.forget(body)
         if body is not None:
             uid = body["metadata"].get("uid")
@@ -166,8 +203,10 @@ class Engine:
         _, namespace, name = key
         with logs.bound(workflow=name):
             try:
-                await self._reconcile(namespace, name, entry.body, entry.backstop)
+                await self._reconcile(namespace, name, entry)
             except Exception as exc:  # logged with its workflow; the backstop tries again
+                if known := self._known.get((namespace, name)):
+                    known.version = None  # it stopped half-way: the echo of its last write is looked at
                 log.warning(
                     f"Workflow {name}: reconcile failed, the backstop retries: {type(exc).__name__}: {exc}",
                     workflow=name,
@@ -175,25 +214,48 @@ class Engine:
 
     # --- one workflow: observe, decide, apply, until the cluster must move
 
-    def _fresh(self, namespace: str, name: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The delivered body, if it shows every status field this process wrote; else None (read it again)."""
-        if body is None:
-            return None
-        written = self._written.get((namespace, name))
-        if written:
-            status = body.get("status") or {}
-            if any(status.get(field) != value for field, value in written.items()):
-                return None
-        return copy.deepcopy(body)
+    def _stale(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
+        """Whether `body` predates a status write of this process (it does not show every field written)."""
+        known = self._known.get((namespace, name))
+        status = body.get("status") or {}
+        return known is not None and any(status.get(field) != value for field, value in known.written.items())
 
-    async def _reconcile(self, namespace: str, name: str, delivered: dict[str, Any] | None, backstop: bool) -> None:
-        body = self._fresh(namespace, name, delivered)
+    def _seen(self, namespace: str, name: str, entry: Entry) -> bool:
+        """Whether this reconcile would only look again at what this process decided on already.
+
+        True for a body the watch delivered, when nothing else asked (no Job's
+        end, no backstop, no admission), and the body is either the newest
+        one this process decided on (the echo of its own write: `Known.version`)
+        or older than that (a stale body, whose successors up to that echo
+        come next, in order: a watch delivers one object's events in order).
+        """
+        known = self._known.get((namespace, name))
+        if entry.body is None or entry.nudged or entry.backstop or known is None or known.version is None:
+            return False
+        return entry.body["metadata"].get("resourceVersion") == known.version or self._stale(
+            namespace, name, entry.body
+        )
+
+    async def _reconcile(self, namespace: str, name: str, entry: Entry) -> None:
+        delivered, backstop = entry.body, entry.backstop
+        version = (delivered or {}).get("metadata", {}).get("resourceVersion")
+        if self._seen(namespace, name, entry):
+            assert delivered is not None
+            if version == self._known[(namespace, name)].version and self._settled(delivered):
+                self.forget(namespace, name, delivered)  # the watch caught up with its last write
+            return
+        stale = delivered is None or self._stale(namespace, name, delivered)
+        body = None if stale else copy.deepcopy(delivered)
         if body is None:
             body = await self.kube.get_workflow(namespace, name)
             if body is None:
                 self.forget(namespace, name, delivered)
                 return
-            self._written.pop((namespace, name), None)  # what the API server says now is the truth
+            if known := self._known.get((namespace, name)):
+                # What the API server says now is the truth: later bodies are compared with it.
+                status = body.get("status") or {}
+                known.written = {field: status.get(field) for field in known.written}
+                known.version = body["metadata"].get("resourceVersion")
         deleting = bool(body["metadata"].get("deletionTimestamp"))
         logs.bind(stage="delete" if deleting else _log_stage(body.get("status") or {}))
         if deleting:
@@ -211,6 +273,9 @@ class Engine:
             queue_changed = await self._internal_error(body, exc)
         if queue_changed:
             self.request_admission(namespace)
+        known = self._known.get((namespace, name))
+        if self._settled(body) and (known is None or (version is not None and known.version == version)):
+            self.forget(namespace, name, body)  # settled, and no echo of a write of its own is on its way
 
     async def _run(self, body: dict[str, Any], backstop: bool) -> bool:
         """Steps until one waits for the cluster. True if the queue may have changed."""
@@ -258,8 +323,11 @@ class Engine:
     ) -> tuple[View, Observed | None, JobView | None]:
         """What the next decision needs, and the Job whose end the step may follow (for the metrics).
 
-        The Jobs are listed once per call and stage (`observed`: the stage they were
-        listed for, and their views): a step that changes them waits for the cluster.
+        The Jobs are listed once per call and stage, and the pods at most once
+        (`observed`): a step that changes them waits for the cluster. The pods
+        are listed when the step may start the filter or publish (which wait
+        for every pod that writes the outputs to be gone), and that is when
+        the current stage's Job has ended, whose last pod says how.
         """
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         status = body.get("status") or {}
@@ -281,11 +349,11 @@ class Engine:
         stage = STAGE_OF_CODE.get(code)
         if stage is None:
             # Code 30 follows the configure Job's end: its view, when this call observed it, is for the metrics.
-            configure = observed[1].get("configure") if observed and code == StatusCode.PROVISIONED else None
+            configure = observed.jobs.get("configure") if observed and code == StatusCode.PROVISIONED else None
             return base, observed, configure
-        if observed is None or observed[0] != stage:  # the current stage's termination message is read
-            observed = (stage, await self.observer.jobs(namespace, name, stage))
-        jobs = observed[1]
+        if observed is None or observed.stage != stage:
+            observed = Observed(stage, await self.observer.jobs(namespace, name))
+        jobs = observed.jobs
         overdue = False
         if backstop and code == StatusCode.RUNNING_ALGORITHM:
             started = _parse_time(status.get("algorithmStarted"))
@@ -297,7 +365,11 @@ class Engine:
         current = jobs.get(stage)
         lingering: frozenset[str] = frozenset()
         if current is None or current.finished or workflow.stop_requested or overdue:
-            lingering = await self.observer.lingering(namespace, name)  # the step may start the filter or publish
+            if observed.pods is None:  # the step may start the filter or publish
+                observed.pods = await self.observer.pods(namespace, name)
+                if current is not None and current.finished:
+                    current = jobs[stage] = with_termination(current, observed.pods, child_names(name)[stage])
+            lingering = observation.lingering(observed.pods)
         view = dataclasses.replace(base, jobs=jobs, lingering=lingering, overdue=overdue)
         return view, observed, current
 
@@ -308,10 +380,12 @@ class Engine:
         step: Step,
         ended: JobView | None = None,
         invalid: InvalidWorkflow | None = None,
+        version: str | None = None,
     ) -> bool:
         """Apply one step; the body then holds the status written. False if the Workflow is gone.
 
         `ended`: the current stage's Job, whose end this step may follow (for the metrics).
+        `version`: write the status only if the Workflow is still this resourceVersion (else `Conflict`).
         """
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         before = body.get("status") or {}
@@ -345,7 +419,7 @@ class Engine:
         status = step.status
         if "statusCode" in status and not status.get("dateFinished") and status["statusCode"] != StatusCode.QUEUED:
             log.info(f"Workflow {name}: {status['statusCode']} {status['statusText']}", workflow=name)
-        if not await self._write_status(body, status):
+        if not await self._write_status(body, status, version):
             return False
         _observe_step({**body, "status": before}, status, ended)
         if step.event:
@@ -378,15 +452,27 @@ class Engine:
             ending = f": {status['message']}" if status.get("message") else ""
             log.info(f"Workflow {name} finished {status['phase']}{ending}", workflow=name)
 
-    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> bool:
-        """Merge `status` into the Workflow's, on the API server and in `body`. False if the Workflow is gone."""
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any], version: str | None = None) -> bool:
+        """Merge `status` into the Workflow's, on the API server and in `body`. False if the Workflow is gone.
+
+        The answer is the Workflow as stored: when its spec and deletion are
+        those `body` has, this process decides on everything it holds, and its
+        resourceVersion is remembered (`Known.version`) so that the watch's echo
+        of this write is not reconciled again.
+        """
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        if not await self.kube.patch_workflow_status(namespace, name, status):
+        stored = await self.kube.patch_workflow_status(namespace, name, status, resource_version=version)
+        if not stored:
             return False
         body["status"] = merge_patch(body.get("status") or {}, status)
-        written = self._written.setdefault((namespace, name), {})
+        known = self._known.setdefault((namespace, name), Known())
         for field in status:
-            written[field] = body["status"].get(field)
+            known.written[field] = body["status"].get(field)
+        meta = stored.get("metadata") or {}
+        unchanged = stored.get("spec") == body.get("spec") and meta.get("deletionTimestamp") == body["metadata"].get(
+            "deletionTimestamp"
+        )
+        known.version = meta.get("resourceVersion") if unchanged else None
         return True
 
     async def _create(self, child: Child, workflow_name: str) -> bool:
@@ -397,32 +483,44 @@ class Engine:
         log.info(f"{child.kind} {child.name} already exists", workflow=workflow_name)
         return False
 
-    async def _admit_one(self, namespace: str, name: str) -> bool:
+    async def _admit_one(self, namespace: str, name: str, listed: dict[str, Any]) -> bool:
         """Admission picked this workflow: admit it now if it is still Queued, then let it go on in the queue.
 
         Called by admission, oldest first, one after the other: held like a
         worker holds the key, so that no reconcile of the same workflow runs
-        meanwhile (a stop request or a deletion may have ended it since the list).
+        meanwhile. `listed` is the Workflow as admission listed it; a stop
+        request or a deletion may have come since, so the admission is written
+        only if the Workflow is still that version (else it is read again).
         """
         key = ("workflow", namespace, name)
         async with self.queue.exclusive(key):
             with logs.bound(workflow=name, stage="admission"):
-                body = await self.kube.get_workflow(namespace, name)
-                if body is None or body["metadata"].get("deletionTimestamp"):
-                    return False
-                try:
-                    workflow = parse_workflow(body)
-                except InvalidWorkflow:
-                    self.reconcile(namespace, name, body)  # its reconcile rejects it
-                    return False
-                view = dataclasses.replace(self._view(body), stop_requested=workflow.stop_requested, admitted=True)
-                step = next_step(view, now_rfc3339())
-                if step.status.get("statusCode") != StatusCode.STARTED:
-                    self.reconcile(namespace, name, body)  # no longer Queued, or stopped: its reconcile says
-                    return False
-                admitted = await self._apply(body, workflow, step)
-                self.reconcile(namespace, name, body)  # on at once: volumes and the configure Job
-                return admitted
+                body: dict[str, Any] | None = copy.deepcopy(listed)
+                for _ in range(ADMIT_ATTEMPTS):
+                    if body is None or body["metadata"].get("deletionTimestamp"):
+                        return False
+                    try:
+                        return await self._admit_version(namespace, name, body)
+                    except Conflict:
+                        body = await self.kube.get_workflow(namespace, name)
+                self.reconcile(namespace, name, nudged=True)  # it keeps changing: its reconcile says
+                return False
+
+    async def _admit_version(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
+        """Admit the Workflow if `body` is still its version and it is Queued (`Conflict` if it is not that version)."""
+        try:
+            workflow = parse_workflow(body)
+        except InvalidWorkflow:
+            self.reconcile(namespace, name, body, nudged=True)  # its reconcile rejects it
+            return False
+        view = dataclasses.replace(self._view(body), stop_requested=workflow.stop_requested, admitted=True)
+        step = next_step(view, now_rfc3339())
+        if step.status.get("statusCode") != StatusCode.STARTED:
+            self.reconcile(namespace, name, body, nudged=True)  # no longer Queued, or stopped: it says
+            return False
+        admitted = await self._apply(body, workflow, step, version=body["metadata"].get("resourceVersion"))
+        self.reconcile(namespace, name, body, nudged=True)  # on at once: volumes and the configure Job
+        return admitted
 
     # --- endings the API server or a bug force
 
@@ -495,8 +593,6 @@ class Engine:
         if not self.config.DEBUG_NO_CLEANUP and not status.get("cleanedUp"):
             await self.cleanup(body["metadata"]["namespace"], body["metadata"]["name"])
             await self._write_status(body, {"cleanedUp": True})
-        if self._settled(body):
-            self.forget(body["metadata"]["namespace"], body["metadata"]["name"], body)
 
     async def cleanup(self, namespace: str, name: str) -> None:
         """Delete every child of the workflow; the Workflow itself stays, it holds the status.

@@ -52,6 +52,10 @@ class PermanentError(Exception):
     """The API server refused a request for a reason retrying cannot fix."""
 
 
+class Conflict(PermanentError):
+    """409: the object changed since the resourceVersion a write was conditioned on (read it again)."""
+
+
 class TransientError(Exception):
     """Retries ran out on errors that may pass; the backstop timer will try again."""
 
@@ -182,6 +186,8 @@ class Kube:
                 if exc.status in ok:
                     return None
                 metrics.api_error(exc.status)
+                if exc.status == 409:
+                    raise Conflict(f"{exc.status} {_message(exc)}") from None
                 if exc.status not in TRANSIENT_STATUSES and exc.status != 0:
                     raise PermanentError(f"{exc.status} {_message(exc)}") from None
                 last = f"{exc.status} {_message(exc)}"
@@ -231,8 +237,17 @@ class Kube:
         result = await self.call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
         return list((result or {}).get("items", []))
 
-    async def patch_workflow_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge `status` into the Workflow's status: the Workflow as patched (truthy), None if it is gone."""
+    async def patch_workflow_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """Merge `status` into the Workflow's status: the Workflow as patched (truthy), None if it is gone.
+
+        With `resource_version`, only if the Workflow is still that version
+        (the API server's optimistic concurrency): else `Conflict`.
+        """
+        patch: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
         result = await self.call(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
@@ -240,7 +255,7 @@ class Kube:
             namespace,
             PLURAL,
             name,
-            {"status": status},
+            patch,
             _content_type=MERGE_PATCH,
             ok=(404,),
         )
@@ -314,10 +329,6 @@ class Kube:
         result = await self.call(
             lister, namespace, label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine"
         )
-        return list(result.items) if result else []
-
-    async def list_pods(self, namespace: str, job_name: str) -> list[Any]:
-        result = await self.call(self.core.list_namespaced_pod, namespace, label_selector=f"job-name={job_name}")
         return list(result.items) if result else []
 
     async def list_workflow_pods(self, namespace: str, workflow: str) -> list[Any]:

@@ -2,6 +2,9 @@
 
 Reads only (lists of Jobs and pods); the reconciler decides and writes. The
 Job and pod objects are the Kubernetes client's models (attribute access).
+One list of the workflow's pods serves both questions a stage's end raises:
+the exit code and termination message of the stage's last pod, and which
+stages still have a pod that may run.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from operator_engine.facts import LABEL_COMPONENT
 from operator_engine.kube import Kube
 from operator_engine.pipeline import JobView
 
+# The label the Job controller puts on each pod of a Job, with the Job's name.
+JOB_NAME_LABEL = "job-name"
+
 
 class Observer:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
 
-    async def jobs(self, namespace: str, name: str, current: str | None) -> dict[str, JobView]:
-        """The workflow's Jobs; the termination message only of the current stage's (one pod list)."""
+    async def jobs(self, namespace: str, name: str) -> dict[str, JobView]:
+        """The workflow's Jobs, by component; the exit code and message come from the pods (`with_termination`)."""
         views: dict[str, JobView] = {}
         for job in await self.kube.list_children("Job", namespace, name):
             component = (job.metadata.labels or {}).get(LABEL_COMPONENT)
@@ -47,43 +53,50 @@ class Observer:
                 created=job.metadata.creation_timestamp,
                 ended=job_end(job_status),
             )
-            if view.finished and component == current:
-                view = await self._with_termination(namespace, job.metadata.name, view)
             views[component] = view
         return views
 
-    async def lingering(self, namespace: str, name: str) -> frozenset[str]:
-        """The stages with a pod that may still run: not yet Succeeded or Failed, being deleted or not.
+    async def pods(self, namespace: str, name: str) -> list[Any]:
+        """The pods of all the workflow's Jobs (their templates carry the children's labels)."""
+        return await self.kube.list_workflow_pods(namespace, name)
 
-        A pod in a terminal phase has no running container (the kubelet reports
-        the phase only once they all stopped); any other pod, even one whose
-        Job failed or is being deleted, may still write to the volumes.
-        """
-        return frozenset(
-            (pod.metadata.labels or {}).get(LABEL_COMPONENT, "")
-            for pod in await self.kube.list_workflow_pods(namespace, name)
-            if not (pod.status and pod.status.phase in ("Succeeded", "Failed"))
-        )
 
-    async def _with_termination(self, namespace: str, job_name: str, view: JobView) -> JobView:
-        """The exit code and termination message of the Job's last pod (docs/contract.md §2.3)."""
-        pods = await self.kube.list_pods(namespace, job_name)
-        pods.sort(key=lambda p: p.metadata.creation_timestamp or datetime.datetime.min)
-        for pod in reversed(pods):
-            for container in (pod.status.container_statuses or []) if pod.status else []:
-                terminated = container.state.terminated if container.state else None
-                if terminated is None:
-                    continue
-                message: Any = terminated.message
-                if message:
-                    try:
-                        message = json.loads(message)
-                    except ValueError:
-                        pass
-                return dataclasses.replace(
-                    view, exit_code=terminated.exit_code, message=message, ended=terminated.finished_at
-                )
-        return view
+def lingering(pods: list[Any]) -> frozenset[str]:
+    """The stages with a pod that may still run: not yet Succeeded or Failed, being deleted or not.
+
+    A pod in a terminal phase has no running container (the kubelet reports
+    the phase only once they all stopped); any other pod, even one whose
+    Job failed or is being deleted, may still write to the volumes.
+    """
+    return frozenset(
+        (pod.metadata.labels or {}).get(LABEL_COMPONENT, "")
+        for pod in pods
+        if not (pod.status and pod.status.phase in ("Succeeded", "Failed"))
+    )
+
+
+def with_termination(view: JobView, pods: list[Any], job_name: str) -> JobView:
+    """The view with the exit code and termination message of the Job's last pod (docs/contract.md §2.3).
+
+    `pods` are the workflow's; the Job's are those the Job controller labelled with its name.
+    """
+    own = [p for p in pods if (p.metadata.labels or {}).get(JOB_NAME_LABEL) == job_name]
+    own.sort(key=lambda p: p.metadata.creation_timestamp or datetime.datetime.min)
+    for pod in reversed(own):
+        for container in (pod.status.container_statuses or []) if pod.status else []:
+            terminated = container.state.terminated if container.state else None
+            if terminated is None:
+                continue
+            message: Any = terminated.message
+            if message:
+                try:
+                    message = json.loads(message)
+                except ValueError:
+                    pass
+            return dataclasses.replace(
+                view, exit_code=terminated.exit_code, message=message, ended=terminated.finished_at
+            )
+    return view
 
 
 def job_end(job_status: Any) -> datetime.datetime | None:

@@ -25,15 +25,22 @@ log = logs.get()
 
 @dataclasses.dataclass
 class Entry:
-    """What is pending for one key: the freshest body a watch delivered (or None), and whether the backstop asked."""
+    """What is pending for one key: the freshest body a watch delivered (or None), and who asked.
+
+    `backstop`: the backstop asked. `nudged`: something other than the key's
+    own watch asked (a Job's end, admission), so the key must be looked at
+    even if its body is one the processor has seen.
+    """
 
     body: dict[str, Any] | None = None
     backstop: bool = False
+    nudged: bool = False
 
-    def merge(self, body: dict[str, Any] | None, backstop: bool) -> None:
+    def merge(self, body: dict[str, Any] | None, backstop: bool, nudged: bool = False) -> None:
         if body is not None:
             self.body = body
         self.backstop = self.backstop or backstop
+        self.nudged = self.nudged or nudged or body is None
 
 
 Processor = Callable[[Hashable, Entry], Awaitable[None]]
@@ -54,19 +61,24 @@ class WorkQueue:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
-    def add(self, key: Hashable, body: dict[str, Any] | None = None, *, backstop: bool = False) -> None:
-        """Ask for `key` to be processed; merges with what is already pending for it."""
+    def add(
+        self, key: Hashable, body: dict[str, Any] | None = None, *, backstop: bool = False, nudged: bool = False
+    ) -> None:
+        """Ask for `key` to be processed; merges with what is already pending for it.
+
+        A request without a body, or `nudged`, marks the entry nudged (see `Entry`).
+        """
         if self._closed:
             return
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self._workers)]
         if key in self._active:
-            self._again.setdefault(key, Entry()).merge(body, backstop)
+            self._again.setdefault(key, Entry()).merge(body, backstop, nudged)
         elif key in self._pending:
-            self._pending[key].merge(body, backstop)
+            self._pending[key].merge(body, backstop, nudged)
         else:
             entry = Entry()
-            entry.merge(body, backstop)
+            entry.merge(body, backstop, nudged)
             self._pending[key] = entry
             self._order.append(key)
             self._ready.set()
@@ -83,7 +95,7 @@ class WorkQueue:
             key = self._order.popleft()
             entry = self._pending.pop(key)
             if key in self._active:  # held by `exclusive`: it runs once that is done
-                self._again.setdefault(key, Entry()).merge(entry.body, entry.backstop)
+                self._again.setdefault(key, Entry()).merge(entry.body, entry.backstop, entry.nudged)
                 continue
             self._active.add(key)
             try:
@@ -99,7 +111,7 @@ class WorkQueue:
         self._active.discard(key)
         again = self._again.pop(key, None)
         if again is not None and not self._closed:
-            self.add(key, again.body, backstop=again.backstop)
+            self.add(key, again.body, backstop=again.backstop, nudged=again.nudged)
         async with self._released:
             self._released.notify_all()
 

@@ -239,7 +239,7 @@ async def wait_memory_empty(engine: Engine) -> None:
 
     def kept() -> dict[str, Any]:
         return {
-            "written": dict(engine._written),
+            "known": dict(engine._known),
             "notifications in flight": engine.notifier.in_flight,
             "crashed": set(engine._crashed),
             "unadmittable": set(engine.admission._unadmittable),
