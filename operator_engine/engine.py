@@ -118,10 +118,15 @@ class Known:
     the resourceVersion of the newest body it decided on, None when it is not
     sure it decided on everything that body holds (someone else changed the
     Workflow's spec or deletion meanwhile, or a reconcile stopped half-way).
+    `body`: the newest body it has, as the API server answered a write or a
+    read, or as the watch delivered it: what a reconcile asked for by a Job's
+    end (whose event carries the Job, not the Workflow) starts from, as a
+    controller's informer cache serves it; the backstop reads the Workflow.
     """
 
     written: dict[str, Any] = dataclasses.field(default_factory=dict)
     version: str | None = None
+    body: dict[str, Any] | None = None
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +249,9 @@ class Engine:
             if version == self._known[(namespace, name)].version and self._settled(delivered):
                 self.forget(namespace, name, delivered)  # the watch caught up with its last write
             return
+        known = self._known.get((namespace, name))
+        if delivered is None and not backstop and known is not None and known.body is not None:
+            delivered = known.body  # a Job's end: the newest body this process has
         stale = delivered is None or self._stale(namespace, name, delivered)
         body = None if stale else copy.deepcopy(delivered)
         if body is None:
@@ -251,11 +259,14 @@ class Engine:
             if body is None:
                 self.forget(namespace, name, delivered)
                 return
-            if known := self._known.get((namespace, name)):
+            if known is not None:
                 # What the API server says now is the truth: later bodies are compared with it.
                 status = body.get("status") or {}
                 known.written = {field: status.get(field) for field in known.written}
                 known.version = body["metadata"].get("resourceVersion")
+                known.body = copy.deepcopy(body)
+        elif known is not None:
+            known.body = delivered
         deleting = bool(body["metadata"].get("deletionTimestamp"))
         logs.bind(stage="delete" if deleting else _log_stage(body.get("status") or {}))
         if deleting:
@@ -473,6 +484,7 @@ class Engine:
             "deletionTimestamp"
         )
         known.version = meta.get("resourceVersion") if unchanged else None
+        known.body = stored
         return True
 
     async def _create(self, child: Child, workflow_name: str) -> bool:

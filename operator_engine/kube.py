@@ -352,8 +352,16 @@ class Kube:
             },
             "data": data,
         }
-        created = await self.call(self.core.create_namespaced_config_map, namespace, body, ok=(409,))
-        if created is None:
-            await self.call(
-                self.core.patch_namespaced_config_map, name, namespace, {"data": data}, _content_type=MERGE_PATCH
-            )
+        # It exists but for the operator's first start: a patch, and a create only when it is missing.
+        for _ in range(2):
+            if await self.call(
+                self.core.patch_namespaced_config_map,
+                name,
+                namespace,
+                {"data": data},
+                _content_type=MERGE_PATCH,
+                ok=(404,),
+            ):
+                return
+            if await self.call(self.core.create_namespaced_config_map, namespace, body, ok=(409,)):
+                return  # else made meanwhile by another replica: patched on the second round
