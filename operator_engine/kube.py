@@ -204,6 +204,28 @@ class Kube:
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
 
+    async def call_json(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, ok: tuple[int, ...] = (), **kwargs: Any
+    ) -> Any:
+        """`call`, answered with the parsed JSON (dicts and lists) instead of the client's model objects.
+
+        Building model objects (a class per nested field, every timestamp parsed
+        by dateutil) took a fifth of the operator's CPU at 100 workflows in
+        flight (docs/BENCHMARKS.md); what the operator reads of Jobs and pods,
+        and the answers to creates and deletes it does not read, need none of it.
+        """
+
+        async def raw(*a: Any, **kw: Any) -> Any:
+            response = await fn(*a, _preload_content=False, **kw)
+            data = await response.read()
+            if not 200 <= response.status <= 299:  # what the client raises when it reads the answer itself
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body, error.headers = data.decode("utf-8", "replace"), response.headers
+                raise error
+            return json.loads(data) if data else {}
+
+        return await self.call(raw, *args, ok=ok, **kwargs)
+
     async def aclose(self) -> None:
         """Close the pooled connections (a keep-alive connection would hold a local API server's shutdown)."""
         await self.client.close()
@@ -309,7 +331,7 @@ class Kube:
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create a child; False when it already exists (a re-run after a crash)."""
         kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
-        result = await self.call(self.child_apis[kind][0], namespace, manifest, ok=(409,))
+        result = await self.call_json(self.child_apis[kind][0], namespace, manifest, ok=(409,))
         return result is not None
 
     async def delete(self, kind: str, namespace: str, name: str, *, foreground: bool = False) -> bool:
@@ -318,27 +340,27 @@ class Kube:
         # deletion event then says so; a stopped stage is deleted this way.
         policy = "Foreground" if foreground else "Background"
         body = k8s.V1DeleteOptions(propagation_policy=policy)
-        result = await self.call(self.child_apis[kind][1], name, namespace, body=body, ok=(404,))
+        result = await self.call_json(self.child_apis[kind][1], name, namespace, body=body, ok=(404,))
         return result is not None
 
-    async def list_children(self, kind: str, namespace: str, workflow: str) -> list[Any]:
-        """The workflow's children of one kind, found by the labels every child carries."""
+    async def list_children(self, kind: str, namespace: str, workflow: str) -> list[dict[str, Any]]:
+        """The workflow's children of one kind (as JSON objects), found by the labels every child carries."""
         lister = self.child_apis[kind][2]
         if lister is None:
             raise ValueError(f"{kind} children are never listed; delete them by name")
-        result = await self.call(
+        result = await self.call_json(
             lister, namespace, label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine"
         )
-        return list(result.items) if result else []
+        return list((result or {}).get("items") or [])
 
-    async def list_workflow_pods(self, namespace: str, workflow: str) -> list[Any]:
-        """The pods of all the workflow's Jobs (their templates carry the children's labels)."""
-        result = await self.call(
+    async def list_workflow_pods(self, namespace: str, workflow: str) -> list[dict[str, Any]]:
+        """The pods (as JSON objects) of all the workflow's Jobs (their templates carry the children's labels)."""
+        result = await self.call_json(
             self.core.list_namespaced_pod,
             namespace,
             label_selector=f"app={workflow},app.kubernetes.io/managed-by=operator-engine",
         )
-        return list(result.items) if result else []
+        return list((result or {}).get("items") or [])
 
     async def apply_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
         """Create or replace a ConfigMap the operator owns (the environment ConfigMap)."""

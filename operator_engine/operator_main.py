@@ -113,6 +113,45 @@ def _remember_event_context(memo: kopf.Memo) -> None:
         memo.event_context.append(contextvars.copy_context())
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No last-handled state: the operator's handlers are event handlers, which never diff.
+
+    kopf builds an object's "essence" (a deep copy of the object without its
+    status) and compares it with the stored one at every event, for
+    create/update/delete handlers; with none registered, that was a tenth of
+    the operator's CPU at 100 workflows in flight (docs/BENCHMARKS.md). Were a
+    changing handler ever added, it would need kopf's default storages back.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+class NoProgress(kopf.ProgressStorage):
+    """No handler progress: event handlers are not retried by kopf, so there is none to keep (see NoDiffBase)."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> kopf.ProgressRecord | None:
+        return None
+
+    def store(self, *, key: Any, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        return None
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = _prepare(memo)
@@ -125,6 +164,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
+    settings.persistence.diffbase_storage = NoDiffBase()
+    settings.persistence.progress_storage = NoProgress()
     memo.metrics = metrics.start(config)
     # kopf runs on every replica (its watches and liveness endpoint too); the
     # handlers act only once `memo.live.engine` exists: at once without election,
