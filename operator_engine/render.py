@@ -334,7 +334,7 @@ class Renderer:
         data = {}
         for keys, doc in ((FULL_DOCUMENT_KEYS, document), (REDACTED_DOCUMENT_KEYS, redacted)):
             data[keys["workflow.json"]] = json.dumps(doc, indent=2, ensure_ascii=False)
-            data[keys["workflow.yaml"]] = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+            data[keys["workflow.yaml"]] = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
         children = [self._child("configmap.yaml.j2", "setup", base, data=data)]
         for volume in ("data", "adminlogs"):
             children.append(
@@ -512,6 +512,8 @@ def owner_reference(workflow: Workflow) -> dict[str, Any]:
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's emitter where PyYAML has it: the same YAML as the pure-Python one, several times faster.
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class _ReadableDumper(yaml.SafeDumper):
