@@ -185,3 +185,12 @@ async def test_the_client_session_does_not_look_up_proxies_or_netrc_per_request(
         assert client.rest_client.pool_manager.connector.limit == POOL_SIZE
     finally:
         await client.close()
+
+
+async def test_a_refusal_read_as_json_names_the_api_servers_message(kube: Kube) -> None:
+    """Creates, deletes and lists read the answer themselves (no model objects): a refusal still says why."""
+    manifest = config_map("unnamed")
+    del manifest["metadata"]["name"]  # type: ignore[attr-defined]
+    with pytest.raises(PermanentError, match=r"^422 metadata.name: Required value"):
+        await kube.create(manifest)
+    assert await kube.list_children("Job", NS, "wf-none") == []
