@@ -105,6 +105,11 @@ class Result:
     operator_cpu_s: float | None = None
     server_cpu_s: float | None = None
     watch_streams: int | None = None  # opened since the operator's start; None: counted with the requests
+    # --notify: the POSTs a loopback receiver got, their distinct idempotency keys, and when the last came
+    # (seconds from the first creation); None without --notify.
+    notification_posts: int | None = None
+    notification_keys: int | None = None
+    notifications_done_s: float | None = None
     workdir: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -136,6 +141,9 @@ class Result:
             "peak_rss_mb": self.peak_rss_mb,
             "operator_cpu_s": self.operator_cpu_s,
             "server_cpu_s": self.server_cpu_s,
+            "notification_posts": self.notification_posts,
+            "notification_keys": self.notification_keys,
+            "notifications_done_s": self.notifications_done_s,
             "workdir": self.workdir,
         }
 
@@ -166,6 +174,12 @@ class Result:
             f"[{self.control_plane}] operator: peak RSS {s['peak_rss_mb']} MB, CPU {s['operator_cpu_s']} s"
             + (f"; API server CPU {s['server_cpu_s']} s" if s["server_cpu_s"] is not None else "")
         )
+        if s["notification_posts"] is not None:
+            print(
+                f"[{self.control_plane}] notifications: {s['notification_posts']} POSTs, "
+                f"{s['notification_keys']} distinct keys, "
+                f"the last {s['notifications_done_s']} s after the first creation"
+            )
 
 
 # ---------------------------------------------------------------- measuring a process
@@ -313,6 +327,43 @@ def latencies(names: list[str], created: dict[str, float], jobs: dict[str, float
     return admission, transitions
 
 
+class Receiver:
+    """A loopback notification receiver (--notify): what operator-service's start and stop endpoints get."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[float, str]] = []  # (monotonic time, idempotency key)
+        self.url = ""
+        self._runner: Any = None
+
+    async def start(self) -> None:
+        import aiohttp.web
+
+        async def receive(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            body = await request.json()
+            self.posts.append((time.monotonic(), str(body.get("idempotencyKey"))))
+            return aiohttp.web.json_response({})
+
+        app = aiohttp.web.Application()
+        app.router.add_post("/{kind}", receive)
+        self._runner = aiohttp.web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "NOTIFY_START_URL": f"{self.url}/start",
+            "NOTIFY_STOP_URL": f"{self.url}/stop",
+            "OPERATOR_PRIVATE_KEY": "0x" + "11" * 32,  # a throwaway key: the receiver does not check signatures
+        }
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
 def operator_environment(kubeconfig: Path, max_jobs: int) -> dict[str, str]:
     """This process's environment without any operator variable, then what the benchmark sets."""
     from operator_engine import config
@@ -332,12 +383,25 @@ def operator_environment(kubeconfig: Path, max_jobs: int) -> dict[str, str]:
 
 
 async def embedded(
-    count: int, max_jobs: int, pod_seconds: float, timeout: float, workdir: Path, profile: bool = False
+    count: int,
+    max_jobs: int,
+    pod_seconds: float,
+    timeout: float,
+    workdir: Path,
+    profile: bool = False,
+    notify: bool = False,
 ) -> Result:
-    """The embedded API server and the operator, each a process of its own; ``profile``: py-spy on both."""
+    """The embedded API server and the operator, each a process of its own; ``profile``: py-spy on both.
+
+    ``notify``: the operator sends its start and stop notifications to a
+    loopback receiver, and the run waits for them too.
+    """
     import aiohttp
 
     result = Result("embedded", count, max_jobs, pod_seconds, workdir=str(workdir))
+    receiver = Receiver() if notify else None
+    if receiver is not None:
+        await receiver.start()
     kubeconfig, record_path = workdir / "kubeconfig", workdir / "record.jsonl"
     with contextlib.ExitStack() as stack:
         server_log = stack.enter_context((workdir / "server.log").open("wb"))
@@ -365,7 +429,7 @@ async def embedded(
         operator_log = stack.enter_context((workdir / "operator.log").open("wb"))
         operator = subprocess.Popen(
             [sys.executable, "-m", "operator_engine", "run"],
-            env=operator_environment(kubeconfig, max_jobs),
+            env={**operator_environment(kubeconfig, max_jobs), **(receiver.environment() if receiver else {})},
             stdout=operator_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -399,7 +463,12 @@ async def embedded(
                     if response.status != 201:
                         raise SystemExit(f"creating {name}: HTTP {response.status}: {await response.text()}")
         deadline = started + timeout
-        while len(record.done) < count and time.monotonic() < deadline and operator.poll() is None:
+
+        def waiting() -> bool:
+            notified = receiver is None or len({key for _, key in receiver.posts}) >= 2 * count
+            return (len(record.done) < count or not notified) and time.monotonic() < deadline
+
+        while waiting() and operator.poll() is None:
             await asyncio.sleep(0.2)
             record.read()
         result.timed_out = len(record.done) < count
@@ -408,6 +477,12 @@ async def embedded(
         result.server_cpu_s = cpu_seconds(server.pid)
         # The context's exit stops the operator, then the server (which flushes its record last).
     record.read()
+    if receiver is not None:
+        await receiver.stop()
+        result.notification_posts = len(receiver.posts)
+        result.notification_keys = len({key for _, key in receiver.posts})
+        if receiver.posts:
+            result.notifications_done_s = round(max(t for t, _ in receiver.posts) - started, 2)
 
     finished = [record.done[n] for n in names if n in record.done]
     result.completed = len(finished)
@@ -580,7 +655,13 @@ async def main(arguments: argparse.Namespace) -> list[Result]:
         workdir = Path(tempfile.mkdtemp(prefix="oe-bench-"))
         results.append(
             await embedded(
-                arguments.workflows, max_jobs, arguments.pod_seconds, arguments.timeout, workdir, arguments.profile
+                arguments.workflows,
+                max_jobs,
+                arguments.pod_seconds,
+                arguments.timeout,
+                workdir,
+                arguments.profile,
+                arguments.notify,
             )
         )
         if arguments.profile:
@@ -613,6 +694,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="embedded: sample the operator and the API server with py-spy (collapsed stacks in the run's "
         "directory) and print the functions most on the stack to stderr",
+    )
+    parser.add_argument(
+        "--notify",
+        action="store_true",
+        help="embedded: the operator sends its start and stop notifications to a loopback receiver; the run "
+        "also waits for them and reports when the last one came",
     )
     parser.add_argument(
         "--control-plane",
