@@ -205,7 +205,12 @@ class Kube:
         raise AssertionError("unreachable")
 
     async def call_json(
-        self, fn: Callable[..., Awaitable[Any]], *args: Any, ok: tuple[int, ...] = (), **kwargs: Any
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        ok: tuple[int, ...] = (),
+        parse: bool = True,
+        **kwargs: Any,
     ) -> Any:
         """`call`, answered with the parsed JSON (dicts and lists) instead of the client's model objects.
 
@@ -213,6 +218,7 @@ class Kube:
         by dateutil) took a fifth of the operator's CPU at 100 workflows in
         flight (docs/BENCHMARKS.md); what the operator reads of Jobs and pods,
         and the answers to creates and deletes it does not read, need none of it.
+        Without `parse`, a success answers {} (the body is read, not decoded).
         """
 
         async def raw(*a: Any, **kw: Any) -> Any:
@@ -222,7 +228,7 @@ class Kube:
                 error = ApiException(status=response.status, reason=response.reason)
                 error.body, error.headers = data.decode("utf-8", "replace"), response.headers
                 raise error
-            return json.loads(data) if data else {}
+            return json.loads(data) if data and parse else {}
 
         return await self.call(raw, *args, ok=ok, **kwargs)
 
@@ -331,7 +337,7 @@ class Kube:
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create a child; False when it already exists (a re-run after a crash)."""
         kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
-        result = await self.call_json(self.child_apis[kind][0], namespace, manifest, ok=(409,))
+        result = await self.call_json(self.child_apis[kind][0], namespace, manifest, ok=(409,), parse=False)
         return result is not None
 
     async def delete(self, kind: str, namespace: str, name: str, *, foreground: bool = False) -> bool:
@@ -340,7 +346,7 @@ class Kube:
         # deletion event then says so; a stopped stage is deleted this way.
         policy = "Foreground" if foreground else "Background"
         body = k8s.V1DeleteOptions(propagation_policy=policy)
-        result = await self.call_json(self.child_apis[kind][1], name, namespace, body=body, ok=(404,))
+        result = await self.call_json(self.child_apis[kind][1], name, namespace, body=body, ok=(404,), parse=False)
         return result is not None
 
     async def list_children(self, kind: str, namespace: str, workflow: str) -> list[dict[str, Any]]:
