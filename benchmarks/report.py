@@ -276,6 +276,20 @@ def plot(results: dict[str, dict[str, Any]]) -> None:
         latency.plot(x, [r["transition_p99_ms"] for r in rows], "o--", color=colour, label=f"{label}: transition p99")
         latency.plot(x, [r["admission_p50_ms"] for r in rows], "s:", color=colour, label=f"{label}: admission p50")
         throughput.plot(x, [r["workflows_per_second"] for r in rows], "o-", color=colour, label=label)
+    real = sorted(
+        (r for k, r in results.items() if k.startswith("real:") and "error" not in r), key=lambda r: r["workflows"]
+    )
+    if real:  # the real control plane, with the real pod programs
+        x = [r["workflows"] for r in real]
+        label = "real control plane"
+        latency.plot(
+            x, [r["transition_p50_ms"] for r in real], "o-", color="tab:green", label=f"{label}: transition p50"
+        )
+        latency.plot(
+            x, [r["transition_p99_ms"] for r in real], "o--", color="tab:green", label=f"{label}: transition p99"
+        )
+        latency.plot(x, [r["admission_p50_ms"] for r in real], "s:", color="tab:green", label=f"{label}: admission p50")
+        throughput.plot(x, [r["workflows_per_second"] for r in real], "o-", color="tab:green", label=label)
     latency.axhline(5000, color="grey", linewidth=1)
     latency.text(
         1, 5000, " original engine: a poll every 5 s (its longest wait)", va="bottom", fontsize=8, color="grey"
@@ -285,7 +299,7 @@ def plot(results: dict[str, dict[str, Any]]) -> None:
     throughput.text(1, GOAL_WORKFLOWS_PER_SECOND, " goal (instant pods)", va="bottom", fontsize=8, color="grey")
     throughput.set(xscale="log", xlabel="workflows in flight", ylabel="workflows completed per second")
     throughput.set_title("throughput")
-    latency.legend(fontsize=7)
+    latency.legend(fontsize=7, loc="lower right")
     throughput.legend(fontsize=7)
     for axes in (latency, throughput):
         axes.grid(True, which="major", alpha=0.3)
