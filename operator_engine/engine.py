@@ -113,20 +113,27 @@ def _log_stage(status: dict[str, Any]) -> str:
 class Known:
     """What this process knows of a workflow's newest body, from its own writes and reads.
 
-    `written`: the status fields it wrote and their values; a delivered body
-    whose status does not show them all predates one of its writes. `version`:
-    the resourceVersion of the newest body it decided on, None when it is not
-    sure it decided on everything that body holds (someone else changed the
-    Workflow's spec or deletion meanwhile, or a reconcile stopped half-way).
-    `body`: the newest body it has, as the API server answered a write or a
-    read, or as the watch delivered it: what a reconcile asked for by a Job's
-    end (whose event carries the Job, not the Workflow) starts from, as a
-    controller's informer cache serves it; the backstop reads the Workflow.
+    `written`: the status fields it wrote and their values as the API server
+    stored them; a delivered body whose status does not show them all
+    predates one of its writes. `version`: the resourceVersion of the newest
+    body it decided on, None when it is not sure it decided on everything
+    that body holds (someone else changed the Workflow's spec or deletion
+    meanwhile, or a reconcile stopped half-way). `own`: the resourceVersions
+    its own writes made whose echo the watch has not delivered yet (the watch
+    delivers them in order, so they go once `version`'s echo comes).
+    `body`: the newest body it has while the workflow runs (admitted, not
+    finished), as the API server answered a write or a read, or as the watch
+    delivered it: what a reconcile asked for by a Job's end (whose event
+    carries the Job, not the Workflow) starts from, as a controller's informer
+    cache serves it; the backstop reads the Workflow. `uid`: the Workflow's,
+    so that a new one of the same name is never mistaken for it.
     """
 
     written: dict[str, Any] = dataclasses.field(default_factory=dict)
     version: str | None = None
+    own: set[str] = dataclasses.field(default_factory=set)
     body: dict[str, Any] | None = None
+    uid: str | None = None
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -220,36 +227,51 @@ class Engine:
     # --- one workflow: observe, decide, apply, until the cluster must move
 
     def _stale(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
-        """Whether `body` predates a status write of this process (it does not show every field written)."""
+        """Whether `body` may predate what this process knows: it must be read again before it is acted on.
+
+        With a memory of the workflow: a body that does not show every status
+        field written. Without (this process never wrote to it, or forgot it
+        once it was settled): any body that could make it act, that is one of
+        a workflow admitted and not settled; a new or Queued one, or a settled
+        one, is taken as it is (after a restart, each of thousands of finished
+        workflows costs no read).
+        """
         known = self._known.get((namespace, name))
         status = body.get("status") or {}
-        return known is not None and any(status.get(field) != value for field, value in known.written.items())
+        if known is None:
+            return bool(status.get("dateStarted")) and not self._settled(body)
+        return any(status.get(field) != value for field, value in known.written.items())
 
     def _seen(self, namespace: str, name: str, entry: Entry) -> bool:
         """Whether this reconcile would only look again at what this process decided on already.
 
         True for a body the watch delivered, when nothing else asked (no Job's
-        end, no backstop, no admission), and the body is either the newest
-        one this process decided on (the echo of its own write: `Known.version`)
-        or older than that (a stale body, whose successors up to that echo
-        come next, in order: a watch delivers one object's events in order).
+        end, no backstop, no admission), and the body is either the newest one
+        this process decided on (`Known.version`: the echo of its last write)
+        or the echo of an earlier write of its own (`Known.own`), whose
+        successors up to that last echo come next (a watch delivers one
+        object's events in order). Any other body is looked at.
         """
         known = self._known.get((namespace, name))
         if entry.body is None or entry.nudged or entry.backstop or known is None or known.version is None:
             return False
-        return entry.body["metadata"].get("resourceVersion") == known.version or self._stale(
-            namespace, name, entry.body
-        )
+        version = entry.body["metadata"].get("resourceVersion")
+        return version == known.version or version in known.own
 
     async def _reconcile(self, namespace: str, name: str, entry: Entry) -> None:
         delivered, backstop = entry.body, entry.backstop
         version = (delivered or {}).get("metadata", {}).get("resourceVersion")
-        if self._seen(namespace, name, entry):
-            assert delivered is not None
-            if version == self._known[(namespace, name)].version and self._settled(delivered):
-                self.forget(namespace, name, delivered)  # the watch caught up with its last write
-            return
         known = self._known.get((namespace, name))
+        if known is not None and delivered is not None and known.uid != delivered["metadata"].get("uid"):
+            self._known.pop((namespace, name))  # a new Workflow of the same name: nothing known of it
+            known = None
+        if self._seen(namespace, name, entry):
+            assert delivered is not None and known is not None
+            if version == known.version:
+                known.own.clear()  # the watch caught up with the last write: every earlier echo came
+                if self._settled(delivered):
+                    self.forget(namespace, name, delivered)
+            return
         if delivered is None and not backstop and known is not None and known.body is not None:
             delivered = known.body  # a Job's end: the newest body this process has
         stale = delivered is None or self._stale(namespace, name, delivered)
@@ -264,9 +286,10 @@ class Engine:
                 status = body.get("status") or {}
                 known.written = {field: status.get(field) for field in known.written}
                 known.version = body["metadata"].get("resourceVersion")
-                known.body = copy.deepcopy(body)
-        elif known is not None:
-            known.body = delivered
+                known.body = copy.deepcopy(body) if _running(body) else None
+                known.uid = body["metadata"].get("uid")
+        elif known is not None and delivered is not None:
+            known.body = delivered if _running(delivered) else None
         deleting = bool(body["metadata"].get("deletionTimestamp"))
         logs.bind(stage="delete" if deleting else _log_stage(body.get("status") or {}))
         if deleting:
@@ -401,7 +424,8 @@ class Engine:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         before = body.get("status") or {}
         if step.finalizer:
-            await self.kube.add_finalizer(body, FINALIZER)
+            if stored := await self.kube.add_finalizer(body, FINALIZER):
+                self._own_write(body, stored)
             body["metadata"]["finalizers"] = [*(body["metadata"].get("finalizers") or []), FINALIZER]
         names = child_names(name)
         for component in step.delete:
@@ -476,16 +500,27 @@ class Engine:
         if not stored:
             return False
         body["status"] = merge_patch(body.get("status") or {}, status)
-        known = self._known.setdefault((namespace, name), Known())
-        for field in status:
-            known.written[field] = body["status"].get(field)
+        known = self._own_write(body, stored)
+        for field in status:  # as stored: the API server may normalise a value (a schema's pruning, ...)
+            known.written[field] = (stored.get("status") or {}).get(field)
         meta = stored.get("metadata") or {}
         unchanged = stored.get("spec") == body.get("spec") and meta.get("deletionTimestamp") == body["metadata"].get(
             "deletionTimestamp"
         )
         known.version = meta.get("resourceVersion") if unchanged else None
-        known.body = stored
+        known.body = stored if _running(stored) else None
         return True
+
+    def _own_write(self, body: dict[str, Any], stored: dict[str, Any]) -> Known:
+        """Remember a write of this process to the Workflow (`stored`: the API server's answer)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        known = self._known.setdefault((namespace, name), Known())
+        meta = stored.get("metadata") or {}
+        if known.uid != meta.get("uid"):
+            known.written, known.own, known.uid = {}, set(), meta.get("uid")
+        if meta.get("resourceVersion"):
+            known.own.add(meta["resourceVersion"])
+        return known
 
     async def _create(self, child: Child, workflow_name: str) -> bool:
         """Create one child; False if it existed already."""
@@ -508,18 +543,19 @@ class Engine:
         async with self.queue.exclusive(key):
             with logs.bound(workflow=name, stage="admission"):
                 body: dict[str, Any] | None = copy.deepcopy(listed)
-                for _ in range(ADMIT_ATTEMPTS):
+                for attempt in range(1, ADMIT_ATTEMPTS + 1):
                     if body is None or body["metadata"].get("deletionTimestamp"):
                         return False
                     try:
-                        return await self._admit_version(namespace, name, body)
+                        # The last attempt, on a body just read while the workflow is held, writes whatever
+                        # changed since (a label, an annotation): a stop request is then its reconcile's.
+                        return await self._admit_version(namespace, name, body, conditional=attempt < ADMIT_ATTEMPTS)
                     except Conflict:
                         body = await self.kube.get_workflow(namespace, name)
-                self.reconcile(namespace, name, nudged=True)  # it keeps changing: its reconcile says
                 return False
 
-    async def _admit_version(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
-        """Admit the Workflow if `body` is still its version and it is Queued (`Conflict` if it is not that version)."""
+    async def _admit_version(self, namespace: str, name: str, body: dict[str, Any], conditional: bool) -> bool:
+        """Admit the Workflow if it is Queued; `conditional`: only if `body` is still its version (else `Conflict`)."""
         try:
             workflow = parse_workflow(body)
         except InvalidWorkflow:
@@ -530,7 +566,8 @@ class Engine:
         if step.status.get("statusCode") != StatusCode.STARTED:
             self.reconcile(namespace, name, body, nudged=True)  # no longer Queued, or stopped: it says
             return False
-        admitted = await self._apply(body, workflow, step, version=body["metadata"].get("resourceVersion"))
+        version = body["metadata"].get("resourceVersion") if conditional else None
+        admitted = await self._apply(body, workflow, step, version=version)
         self.reconcile(namespace, name, body, nudged=True)  # on at once: volumes and the configure Job
         return admitted
 
@@ -735,6 +772,12 @@ def _observe_step(body: dict[str, Any], status: dict[str, Any], ended: JobView |
         _observe_stage(stage, ended.created, ended.ended)
     if status.get("dateFinished") and status.get("phase"):
         metrics.workflow_finished(status["phase"])
+
+
+def _running(body: dict[str, Any]) -> bool:
+    """Admitted and not finished: a Job's end concerns it (the bodies kept are of these only, at most maxJobs)."""
+    status = body.get("status") or {}
+    return bool(status.get("dateStarted")) and not is_terminal(status)
 
 
 def _started(body: dict[str, Any]) -> Workflow | None:

@@ -289,11 +289,12 @@ class Kube:
         )
         return dict(result) if result is not None else None
 
-    async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
+    async def add_finalizer(self, body: dict[str, Any], finalizer: str) -> dict[str, Any] | None:
+        """Add `finalizer`: the Workflow as patched, None if nothing was written."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         current = list(body["metadata"].get("finalizers") or [])
         if finalizer in current:
-            return
+            return None
         # JSON patch guarded by a test of the list as read: another controller's
         # finalizer added meanwhile is never overwritten (422, retried on the next event).
         ops: list[dict[str, Any]] = (
@@ -304,11 +305,12 @@ class Kube:
             if current
             else [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
         )
-        await self._patch_finalizers(namespace, name, ops)
+        return await self._patch_finalizers(namespace, name, ops)
 
-    async def _patch_finalizers(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
-        """A JSON patch of the finalizers; 404 (gone) and 422 (its `test` failed: someone changed them) are no-ops."""
-        await self.call(
+    async def _patch_finalizers(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """A JSON patch of the finalizers: the Workflow as patched; None for 404 (gone) and 422 (its `test`
+        failed: someone changed them), which are no-ops."""
+        return await self.call(
             self.custom.patch_namespaced_custom_object,
             GROUP,
             VERSION,

@@ -512,7 +512,8 @@ def owner_reference(workflow: Workflow) -> dict[str, Any]:
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# libyaml's emitter where PyYAML has it: the same YAML as the pure-Python one, several times faster.
+# libyaml's emitter where PyYAML has it: the same data as the pure-Python emitter's (it escapes a few more
+# characters, emoji among them), several times faster.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
