@@ -565,7 +565,9 @@ class Engine:
         step = next_step(view, now_rfc3339())
         if step.status.get("statusCode") != StatusCode.STARTED:
             self.reconcile(namespace, name, body, nudged=True)  # no longer Queued, or stopped: it says
-            return False
+            # Listed Queued, read admitted: an earlier attempt of this pass whose answer was lost (its
+            # retry met its own write: 409) admitted it. It counts as admitted by this pass.
+            return _running(body)
         version = body["metadata"].get("resourceVersion") if conditional else None
         admitted = await self._apply(body, workflow, step, version=version)
         self.reconcile(namespace, name, body, nudged=True)  # on at once: volumes and the configure Job

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import History, OperatorFactory, TimedRuntime
 from helpers import (
     NS,
@@ -25,7 +27,10 @@ from helpers import (
     wait_workflow,
 )
 
+from operator_engine import config as config_module
 from operator_engine.devcluster import EmbeddedCluster, Outcome
+from operator_engine.engine import Engine
+from operator_engine.kube import Kube, new_api_client
 
 
 def _settled(obj: dict[str, Any] | None) -> bool:
@@ -132,3 +137,32 @@ async def test_a_deletion_is_acted_on_when_a_status_value_differs_from_the_one_w
         )
         await cluster.delete("wf", name)
         await wait_gone(cluster, "wf", name, timeout=20)
+
+
+async def test_an_admission_whose_answer_was_lost_counts_as_admitted(
+    cluster: EmbeddedCluster, runtime: TimedRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission writes on the body it listed, conditioned on its resourceVersion.
+
+    When the answer to that write is lost, the client's retry meets the
+    write itself (409); the Workflow read again is admitted: by this pass,
+    which counts it (the environment ConfigMap's currentJobs, the census).
+    Here the listed body is one from before an admission that went through.
+    """
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(tmp_path / "kubeconfig")))
+    runtime.script("wf-lost-answer-algorithm-job", Outcome(hang=True))
+    config = config_module.load({"OPERATOR_NAMESPACE": cluster.namespace, "maxJobs": "1"})
+    engine = Engine(config, Kube(await new_api_client()))
+    try:
+        await cluster.create(make_workflow("wf-lost-answer"))
+        engine.reconcile(cluster.namespace, "wf-lost-answer")
+        listed = await wait_workflow(
+            cluster, "wf-lost-answer", lambda o: status(o).get("phase") == "Queued", what="Queued"
+        )
+        assert await engine._admit_one(cluster.namespace, "wf-lost-answer", copy.deepcopy(listed))
+        # The same pick again, on the body listed before: a Conflict, a read, and it is admitted already.
+        assert await engine._admit_one(cluster.namespace, "wf-lost-answer", copy.deepcopy(listed))
+        stored = await cluster.get("wf", "wf-lost-answer")
+        assert status(stored)["dateStarted"] and status(stored)["phase"] == "Running"
+    finally:
+        await engine.close()
