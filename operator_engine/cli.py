@@ -32,9 +32,9 @@ def _fail(message: str, code: int) -> int:
 
 
 def _load_config() -> Any:
-    from operator_engine import config
+    from operator_engine.render import load_checked_config
 
-    return config.load_checked()
+    return load_checked_config()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -497,14 +497,5 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([_problem(error) for error in exc.errors(include_url=False)]) from None
 
 
-def load_checked(environ: Mapping[str, str] | None = None) -> Config:
-    """`load()` plus the templates in TEMPLATES_DIR: everything checked before the operator starts."""
-    config = load(environ)
-    from operator_engine.render import check_templates  # render builds on this module
-
-    check_templates(Path(config.TEMPLATES_DIR))
-    return config
-
-
 def environment_json(config: Config, current_jobs: int = 0) -> str:
     return json.dumps(config.environment(current_jobs), indent=2)

@@ -161,10 +161,10 @@ def stack_environment(
 def operator_config(operator_env: Mapping[str, str | None]) -> Any:
     """The operator's configuration: the process's environment with ``operator_env`` on top (None unsets).
 
-    Checked (``config.load_checked``): a bad variable raises ConfigError before
+    Checked (``render.load_checked_config``): a bad variable raises ConfigError before
     anything starts. The process's environment itself is left as it is.
     """
-    from operator_engine import config
+    from operator_engine.render import load_checked_config
 
     environ = dict(os.environ)
     for key, value in operator_env.items():
@@ -172,7 +172,7 @@ def operator_config(operator_env: Mapping[str, str | None]) -> Any:
             environ.pop(key, None)
         else:
             environ[key] = value
-    return config.load_checked(environ)
+    return load_checked_config(environ)
 
 
 @contextlib.asynccontextmanager

@@ -37,6 +37,7 @@ from operator_engine.engine import Engine
 from operator_engine.facts import MANAGED
 from operator_engine.kube import GROUP, PLURAL, VERSION, Kube, kopf_connection, new_api_client
 from operator_engine.model import KUBERNETES_MAX_JSON_DEPTH
+from operator_engine.render import load_checked_config
 
 EXIT_BAD_CONFIG = 78  # sysexits.h EX_CONFIG, as the command line (operator_engine/cli.py)
 
@@ -44,7 +45,7 @@ EXIT_BAD_CONFIG = 78  # sysexits.h EX_CONFIG, as the command line (operator_engi
 def launch_memo(config: _config.Config, kubeconfig: str | None = None, log_stream: TextIO | None = None) -> kopf.Memo:
     """kopf's memo for an operator run inside another program (`kopf.operator(memo=...)`).
 
-    `config` is used as given (check it first: `config.load_checked`), instead
+    `config` is used as given (check it first: `render.load_checked_config`), instead
     of the process's environment; the API clients (kopf's and the engine's)
     use `kubeconfig` instead of KUBECONFIG or in-cluster credentials; the log
     lines go to `log_stream` instead of stderr.
@@ -60,7 +61,7 @@ def configuration_problem(exc: _config.ConfigError) -> str:
 def _prepare(memo: kopf.Memo) -> _config.Config:
     """The checked configuration (the memo's, else the environment's) with logging set up; exit 78 when bad."""
     try:
-        config = memo.get("config") or _config.load_checked()
+        config = memo.get("config") or load_checked_config()
         logs.setup(config.LOG_LEVEL, config.LOG_CFG, config.LOG_FORMAT, stream=memo.get("log_stream"))
     except _config.ConfigError as exc:
         print(configuration_problem(exc), file=sys.stderr, flush=True)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
-from operator_engine.config import Config, ConfigError
+from operator_engine.config import Config, ConfigError, load
 from operator_engine.facts import LABEL_APP, LABEL_COMPONENT, LABEL_WORKFLOW, MANAGED, STAGES, child_names
 from operator_engine.limits import SYSTEM_POD_RESOURCES, Limits, limits_for
 from operator_engine.model import Workflow
@@ -170,6 +170,17 @@ def check_templates(directory: Path) -> None:
         raise ConfigError(problems)
 
 
+def load_checked_config(environ: Mapping[str, str] | None = None) -> Config:
+    """`config.load()` plus the templates in TEMPLATES_DIR: everything checked before the operator starts.
+
+    Here, not in operator_engine/config.py: checking the templates renders them,
+    and rendering builds on the configuration, not the other way round.
+    """
+    config = load(environ)
+    check_templates(Path(config.TEMPLATES_DIR))
+    return config
+
+
 # A Workflow rendered once at start with the templates in TEMPLATES_DIR, to see
 # what each pod would be given (see `_document_exposure`).
 _PROBE_WORKFLOW = {
@@ -201,7 +212,6 @@ def _document_exposure(directory: Path) -> list[str]:
     the ConfigMap's every key into the algorithm pod; that is refused at start,
     like an unfiltered value (docs/SECURITY.md, item 1).
     """
-    from operator_engine.config import load
     from operator_engine.model import parse_workflow
 
     config = load({"TEMPLATES_DIR": str(directory), "FILTERING_CONTAINER": "probe/filter:1"})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -225,3 +227,21 @@ def test_a_given_mapping_is_the_whole_environment_and_without_one_the_process_en
     monkeypatch.setenv("maxJobs", "many")
     with pytest.raises(config_module.ConfigError, match=r"^invalid configuration: maxJobs='many': must be"):
         config_module.load()
+
+
+def test_the_configuration_builds_on_no_renderer():
+    """Rendering builds on the configuration, never the reverse, not even through an import inside a function.
+
+    The templates are checked by `render.load_checked_config`, which the operator, the
+    command line and the demo call: operator_engine/config.py itself imports no renderer.
+    """
+    tree = ast.parse(Path(config_module.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+    assert "operator_engine.facts" in imported  # the walk sees config's imports
+    assert "operator_engine.render" not in imported, sorted(imported)

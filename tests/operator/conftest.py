@@ -43,6 +43,7 @@ from helpers import NS, ROOT, TEST_KEY, is_terminal, status, watch_started_since
 
 from operator_engine import config as config_module
 from operator_engine.devcluster import EmbeddedCluster, ScriptedRuntime
+from operator_engine.render import load_checked_config
 
 EXTRA_VARIABLES = ("OPERATOR_BACKSTOP_SECONDS",)
 READY_TIMEOUT = 60.0
@@ -491,7 +492,7 @@ def operator(cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path) -> Op
     @contextlib.asynccontextmanager
     async def run(**overrides: Any) -> AsyncIterator[InProcessOperator]:
         env = operator_environment(cluster, receiver, kubeconfig, overrides)
-        config = config_module.load_checked({k: v for k, v in env.items() if v is not None})
+        config = load_checked_config({k: v for k, v in env.items() if v is not None})
         runner = InProcessOperator(cluster, launch_memo(config, kubeconfig=str(kubeconfig)))
         await runner.start()
         try:

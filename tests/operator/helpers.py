@@ -12,7 +12,10 @@ import asyncio
 import collections
 import copy
 import json
+import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -438,3 +441,29 @@ def assert_notified_once(receiver: Any, names: Iterable[str], cut_off: set[tuple
             assert len(bodies) in allowed, (name, kind, len(bodies), sorted(cut_off), receiver.all())
             keys = {body.get("idempotencyKey") for body in bodies}
             assert len(keys) == 1 and str(keys.pop()).endswith(f":{kind}"), (name, kind, bodies)
+
+
+# ---------------------------------------------------------------- replicas
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def readiness(url: str) -> int | None:
+    """The HTTP status of an operator's readiness endpoint, None while it does not answer."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
+    try:
+        with direct.open(url, timeout=5) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+async def wait_readiness(url: str, code: int, timeout: float = 60.0) -> None:
+    """Wait until the readiness endpoint answers `code`: 200 on the replica that acts, 503 on a standby."""
+    await wait_until(lambda: readiness(url) == code, timeout=timeout, what=f"{url} answering {code}")

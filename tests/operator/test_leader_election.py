@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from conftest import ProcessFactory, Receiver, TimedRuntime
@@ -27,10 +24,13 @@ from helpers import (
     assert_notified_once,
     creation_counts,
     deliveries_cut_off,
+    free_port,
     is_terminal,
     make_workflow,
+    readiness,
     resource_of,
     status,
+    wait_readiness,
     wait_terminal,
     wait_until,
     wait_until_clean,
@@ -43,28 +43,6 @@ from operator_engine.leader import LEASE_NAME, LeaderElector
 WORKFLOWS = [f"wf-ha-{i:02d}" for i in range(20)]
 TAKEOVER_LIMIT = 15.0
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def readiness(url: str) -> int | None:
-    """The HTTP status of the readiness endpoint, None while it does not answer."""
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
-    try:
-        with direct.open(url, timeout=5) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
-async def wait_readiness(url: str, code: int, timeout: float = 60.0) -> None:
-    await wait_until(lambda: readiness(url) == code, timeout=timeout, what=f"{url} answering {code}")
 
 
 def acting_writes(cluster: EmbeddedCluster) -> list[RequestRecord]:

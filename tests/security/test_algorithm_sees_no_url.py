@@ -16,7 +16,7 @@ import pytest
 
 from operator_engine import config as config_module
 from operator_engine.model import parse_workflow
-from operator_engine.render import Renderer
+from operator_engine.render import Renderer, load_checked_config
 
 from .readable import readable_by
 from .workflows import CONFIGURATIONS, MARKERS, URLS, encodings, workflows
@@ -116,7 +116,7 @@ def test_templates_that_give_the_algorithm_the_whole_document_are_refused_at_sta
         (folder / "_job.yaml.j2").write_text(skeleton)
     (folder / name).write_text(text.replace(old, new, 1))
     with pytest.raises(config_module.ConfigError) as raised:
-        config_module.load_checked({"TEMPLATES_DIR": str(folder)})
+        load_checked_config({"TEMPLATES_DIR": str(folder)})
     message = str(raised.value)
     assert "TEMPLATES_DIR" in message and "job-algorithm.yaml.j2" in message and "whole workflow document" in message
 
@@ -132,4 +132,4 @@ def test_templates_that_do_not_render_stop_the_operator_with_one_line(tmp_path):
         text.replace("{% endblock %}", "            - {name: x, mountPath: {{ no_such_value | j }}}\n{% endblock %}")
     )
     with pytest.raises(config_module.ConfigError, match="TEMPLATES_DIR=.*the templates do not render: 'no_such_value'"):
-        config_module.load_checked({"TEMPLATES_DIR": str(folder)})
+        load_checked_config({"TEMPLATES_DIR": str(folder)})
