@@ -14,8 +14,9 @@ Everything lives under one work folder: a CA and certificates generated here
 kubeconfig per component, the audit policy and log, and one log file per
 process. Every port is a free loopback port. Each process runs in its own
 process group; :meth:`ControlPlane.stop` ends the groups (SIGTERM, then
-SIGKILL after a grace), and is also called at interpreter exit and when
-:meth:`ControlPlane.start` fails half way, so no process is left behind.
+SIGKILL after a grace, each leader reaped last: see ``processgroup.py``), and
+is also called at interpreter exit and when :meth:`ControlPlane.start` fails
+half way, so no process is left behind.
 
 No container runtime exists here, so nothing in this module runs pods: a node
 that does (``operator_engine.devcluster.node``) registers with this API server.

@@ -54,7 +54,10 @@ What a pod becomes:
   first process, which ignores it unless it handles it (as a container's
   PID 1: see ``AS_CONTAINER_INIT``), then SIGKILL to the process group after
   the grace period (the deleted pod's ``deletionGracePeriodSeconds``, else
-  ``terminationGracePeriodSeconds``; at most ``max_grace``).
+  ``terminationGracePeriodSeconds``; at most ``max_grace``). However the first
+  process ends, whatever it left in its group gets SIGKILL before the first
+  process is reaped (``processgroup.py``: after the reap, the group id may be
+  another's).
 * Exit codes are reported as a kubelet would: the process's code, or 128 + N
   when killed by signal N.
 

@@ -8,7 +8,9 @@ has gone, the kernel may give the number to a new process; if that one leads a g
 that calls ``setsid``: a shell, a daemon, a test runner's worker), a late ``killpg`` kills that unrelated
 group. With ``pid_max`` at 32768 a busy machine wraps around quickly. A leader that has exited but has
 not been reaped is a zombie, and a zombie keeps its pid, and so the group id, reserved (POSIX: a process
-group id is not reused while its lifetime lasts). Hence the rules this class keeps:
+group id is not reused while its lifetime lasts). Any other member left in the group reserves it too,
+but nothing tells us whether one is left; the leader is the one member we hold. Hence the rules this
+class keeps:
 
 * The child starts in a new session (``start_new_session``): it leads its group, whose id is its pid.
 * Only :meth:`ProcessGroup.reap` reaps the leader, and it runs last. Its end is awaited WITHOUT

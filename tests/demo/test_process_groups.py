@@ -21,7 +21,9 @@ import dataclasses
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,9 @@ from operator_engine.devcluster.processgroup import ProcessGroup
 
 from .helpers import NS, assert_dead, process_job
 
+#: The command line of the child each test leaves behind in a group.
+SLEEPER = b"sleep\x00300\x00"
+
 
 @dataclasses.dataclass
 class GroupSignals:
@@ -38,6 +43,12 @@ class GroupSignals:
 
     events: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     unsafe: list[str] = dataclasses.field(default_factory=list)
+    #: The ``sleep`` children the tests leave in a group; killed at teardown if one outlived a failed test.
+    children: list[int] = dataclasses.field(default_factory=list)
+
+    def child(self, pid: int) -> int:
+        self.children.append(pid)
+        return pid
 
     def signalled_then_reaped(self, pid: int) -> bool:
         """Group ``pid`` was signalled at least once, and reaped once, after the last signal."""
@@ -47,10 +58,10 @@ class GroupSignals:
 
 
 @pytest.fixture
-def group_signals(monkeypatch: pytest.MonkeyPatch) -> GroupSignals:
+def group_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[GroupSignals]:
     """Watches ``os.killpg`` and ``os.waitpid`` (the real calls run; the code under test is untouched)."""
     seen = GroupSignals()
-    real_killpg, real_waitpid = os.killpg, os.waitpid
+    real_killpg, real_waitpid, real_kill = os.killpg, os.waitpid, os.kill
 
     def killpg(pgid: int, sig: int) -> None:
         try:
@@ -70,7 +81,13 @@ def group_signals(monkeypatch: pytest.MonkeyPatch) -> GroupSignals:
 
     monkeypatch.setattr(os, "killpg", killpg)
     monkeypatch.setattr(os, "waitpid", waitpid)
-    return seen
+    yield seen
+    for pid in seen.children:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == SLEEPER:  # still our sleeper: not a reused pid
+                real_kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def state(pid: int) -> str:
@@ -78,12 +95,19 @@ def state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][0]
 
 
+async def written(path: Path, timeout: float = 60.0) -> None:
+    """Until the file at ``path`` holds something (a pid the pod wrote)."""
+    async with asyncio.timeout(timeout):
+        while not (path.exists() and path.read_text().strip()):
+            await asyncio.sleep(0.05)
+
+
 async def test_the_group_of_an_exited_leader_is_killed_before_the_leader_is_reaped(
     group_signals: GroupSignals,
 ) -> None:
     group = ProcessGroup(["/bin/sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], stdout=subprocess.PIPE)
     assert group.popen.stdout is not None
-    child = int(group.popen.stdout.readline())
+    child = group_signals.child(int(group.popen.stdout.readline()))
     group.popen.stdout.close()
 
     assert await group.ended() == 0
@@ -99,48 +123,51 @@ async def test_the_group_of_an_exited_leader_is_killed_before_the_leader_is_reap
         group.signal_group(signal.SIGKILL)
 
 
-async def test_a_pod_that_exits_leaving_a_child_has_its_group_killed_before_it_is_reaped(
-    tmp_path: Path, group_signals: GroupSignals
-) -> None:
-    leader, child = tmp_path / "leader.pid", tmp_path / "child.pid"
-    # ($$$$ is Kubernetes' escape of $$: the shell's own pid, the pod's first process after the exec)
-    script = 'echo $$$$ > "$LEADER"; sleep 300 >/dev/null 2>&1 & echo $! > "$CHILD"; echo done'
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[EmbeddedCluster]:
+    async with EmbeddedCluster(namespace=NS, runtime=ProcessRuntime(tmp_path / "root", max_grace=1.0)) as running:
+        yield running
+
+
+def job_leaving_a_child(tmp_path: Path, name: str, then: str) -> tuple[dict[str, Any], Path, Path]:
+    """A Job whose shell writes its pid (the pod's first process, after the exec) and a background sleeper's
+    into files, then runs ``then``; the Job and the two files."""
+    leader, child = tmp_path / f"{name}.leader", tmp_path / f"{name}.child"
+    # ($$$$ is Kubernetes' escape of $$)
+    script = f'echo $$$$ > "$LEADER"; sleep 300 >/dev/null 2>&1 & echo $! > "$CHILD"; {then}'
     env = [{"name": "LEADER", "value": str(leader)}, {"name": "CHILD", "value": str(child)}]
-    async with EmbeddedCluster(namespace=NS, runtime=ProcessRuntime(tmp_path / "root", max_grace=1.0)) as cluster:
-        await cluster.create(process_job("leaves-a-child", ["/bin/sh", "-c", script], env=env))
-        job = await cluster.wait_for(
-            "job", "leaves-a-child", lambda j: j and (j.get("status") or {}).get("succeeded"), timeout=60
-        )
-        assert job is not None
-        pods = await cluster.list("pod", {"job-name": "leaves-a-child"})
-        assert cluster.api.pod_logs[(NS, pods[0]["metadata"]["name"])] == "done\n"
-    await assert_dead(int(child.read_text()))
+    return process_job(name, ["/bin/sh", "-c", script], env=env), leader, child
+
+
+async def test_a_pod_that_exits_leaving_a_child_has_its_group_killed_before_it_is_reaped(
+    cluster: EmbeddedCluster, tmp_path: Path, group_signals: GroupSignals
+) -> None:
+    job, leader, child = job_leaving_a_child(tmp_path, "leaves-a-child", "echo done")
+    await cluster.create(job)
+    succeeded = await cluster.wait_for(
+        "job", "leaves-a-child", lambda j: j and (j.get("status") or {}).get("succeeded"), timeout=60
+    )
+    assert succeeded is not None
+    pods = await cluster.list("pod", {"job-name": "leaves-a-child"})
+    assert cluster.api.pod_logs[(NS, pods[0]["metadata"]["name"])] == "done\n"
+    await assert_dead(group_signals.child(int(child.read_text())))
     assert group_signals.unsafe == []
     assert group_signals.signalled_then_reaped(int(leader.read_text())), group_signals.events
 
 
 async def test_a_deleted_pod_is_killed_by_group_before_it_is_reaped(
-    tmp_path: Path, group_signals: GroupSignals
+    cluster: EmbeddedCluster, tmp_path: Path, group_signals: GroupSignals
 ) -> None:
-    leader, child = tmp_path / "leader.pid", tmp_path / "child.pid"
     # The first process ignores SIGTERM (as a container's PID 1 without a handler): only the group's SIGKILL ends it.
-    script = 'echo $$$$ > "$LEADER"; sleep 300 >/dev/null 2>&1 & echo $! > "$CHILD"; wait'
-    env = [{"name": "LEADER", "value": str(leader)}, {"name": "CHILD", "value": str(child)}]
-    async with EmbeddedCluster(namespace=NS, runtime=ProcessRuntime(tmp_path / "root", max_grace=0.5)) as cluster:
-        await cluster.create(process_job("deleted", ["/bin/sh", "-c", script], env=env))
-        await written(child)
-        await cluster.delete("job", "deleted")
-        assert await cluster.runtime.wait_finished("deleted", timeout=60) is None
-    await assert_dead(int(child.read_text()))
+    job, leader, child = job_leaving_a_child(tmp_path, "deleted", "wait")
+    await cluster.create(job)
+    await written(child)
+    sleeper = group_signals.child(int(child.read_text()))
+    await cluster.delete("job", "deleted")
+    assert await cluster.runtime.wait_finished("deleted", timeout=60) is None
+    await assert_dead(sleeper)
     assert group_signals.unsafe == []
     assert group_signals.signalled_then_reaped(int(leader.read_text())), group_signals.events
-
-
-async def written(path: Path, timeout: float = 60.0) -> None:
-    """Until the file at ``path`` holds something (a pid the pod wrote)."""
-    async with asyncio.timeout(timeout):
-        while not (path.exists() and path.read_text().strip()):
-            await asyncio.sleep(0.05)
 
 
 def fake_assets(folder: Path, etcd: str) -> Path:
@@ -162,6 +189,6 @@ async def test_a_control_plane_process_that_exits_at_start_is_reaped_after_its_g
     with pytest.raises(ControlPlaneError, match="etcd exited with code 3"):
         plane.start()
     assert plane.processes == {}
-    await assert_dead(int((plane.workdir / "child.pid").read_text()))
+    await assert_dead(group_signals.child(int((plane.workdir / "child.pid").read_text())))
     assert group_signals.unsafe == []
     assert group_signals.signalled_then_reaped(int((plane.workdir / "leader.pid").read_text())), group_signals.events
