@@ -14,8 +14,9 @@ Everything lives under one work folder: a CA and certificates generated here
 kubeconfig per component, the audit policy and log, and one log file per
 process. Every port is a free loopback port. Each process runs in its own
 process group; :meth:`ControlPlane.stop` ends the groups (SIGTERM, then
-SIGKILL after a grace), and is also called at interpreter exit and when
-:meth:`ControlPlane.start` fails half way, so no process is left behind.
+SIGKILL after a grace, each leader reaped last: see ``processgroup.py``), and
+is also called at interpreter exit and when :meth:`ControlPlane.start` fails
+half way, so no process is left behind.
 
 No container runtime exists here, so nothing in this module runs pods: a node
 that does (``operator_engine.devcluster.node``) registers with this API server.
@@ -45,6 +46,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from operator_engine.devcluster.processgroup import ProcessGroup
 
 VERSIONS_FILE = Path(__file__).with_name("control-plane.env")
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -140,37 +143,22 @@ def _certificate(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
+    builder = builder.add_extension(
+        x509.KeyUsage(
+            digital_signature=True,
+            key_cert_sign=ca,
+            crl_sign=ca,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        critical=True,
+    )
+    if not ca:
         usage = x509.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.ExtendedKeyUsageOID.SERVER_AUTH
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if hosts:
         names: list[x509.GeneralName] = []
@@ -230,7 +218,7 @@ class ControlPlane:
         self.server = f"https://127.0.0.1:{self.ports['kube-apiserver']}"
         self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
         self.audit_log: Path | None = self.workdir / "audit" / "audit.log" if audit else None
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, ProcessGroup] = {}
 
     # --- the public face ----------------------------------------------------------------------------------
 
@@ -441,34 +429,28 @@ class ControlPlane:
     def _launch(self, name: str, args: list[str]) -> None:
         """Start one binary in its own process group, output appended to ``logs/<name>.log``."""
         with open(self.logs / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen(
+            self.processes[name] = ProcessGroup(
                 [str(self.assets / name), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                start_new_session=True,
             )
 
     def _end(self, name: str) -> None:
-        process = self.processes.pop(name, None)
-        if process is None:
+        """SIGTERM to the group, SIGKILL to what is left of it after the grace, then reap the leader.
+
+        The leader is reaped last: until then it keeps the group id ours (even as a zombie), so
+        neither signal can reach a group that got the same number later (processgroup.py).
+        """
+        group = self.processes.pop(name, None)
+        if group is None:
             return
-        for sig, wait in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, None)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The group leader is gone; a child that outlived it still carries the group id.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        group.signal_group(signal.SIGTERM)
+        group.ended_within(STOP_GRACE)
+        # The leader, if it outlived the grace, and any child that outlived the leader (it keeps the group id).
+        group.signal_group(signal.SIGKILL)
+        group.reap()
 
     def _log_tail(self, name: str, lines: int = 15) -> str:
         try:
@@ -481,10 +463,10 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while True:
             process = self.processes.get(name)
-            if process is not None and process.poll() is not None:
+            code = None if process is None else process.exit_status()  # not reaped: _end signals its group
+            if code is not None:
                 raise ControlPlaneError(
-                    f"{name} exited with code {process.returncode}; its log "
-                    f"({self.logs / name}.log) ends:\n{self._log_tail(name)}"
+                    f"{name} exited with code {code}; its log ({self.logs / name}.log) ends:\n{self._log_tail(name)}"
                 )
             if ready():
                 return

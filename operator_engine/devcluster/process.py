@@ -54,7 +54,10 @@ What a pod becomes:
   first process, which ignores it unless it handles it (as a container's
   PID 1: see ``AS_CONTAINER_INIT``), then SIGKILL to the process group after
   the grace period (the deleted pod's ``deletionGracePeriodSeconds``, else
-  ``terminationGracePeriodSeconds``; at most ``max_grace``).
+  ``terminationGracePeriodSeconds``; at most ``max_grace``). However the first
+  process ends, whatever it left in its group gets SIGKILL before the first
+  process is reaped (``processgroup.py``: after the reap, the group id may be
+  another's).
 * Exit codes are reported as a kubelet would: the process's code, or 128 + N
   when killed by signal N.
 
@@ -72,12 +75,14 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from operator_engine.devcluster.apiserver import ApiError
+from operator_engine.devcluster.processgroup import ProcessGroup
 from operator_engine.devcluster.runtime import Result, Runtime
 
 __all__ = ["ProcessRuntime", "PodSetupError", "PathMapper"]
@@ -539,20 +544,19 @@ class ProcessRuntime(Runtime):
         container = pod["spec"]["containers"][0]
         output = bytearray()
         log_file = (pod_dir / "output.log").open("wb")
-        process = await asyncio.create_subprocess_exec(
-            *AS_CONTAINER_INIT,
-            *argv,
+        # Not an asyncio subprocess: its child watcher reaps the first process the moment it exits, and a
+        # process group may be signalled only while its leader is unreaped (processgroup.py says why).
+        group = ProcessGroup(
+            [*AS_CONTAINER_INIT, *argv],
             env=env,
             cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
 
-        async def pump() -> None:
-            assert process.stdout is not None
-            while chunk := await process.stdout.read(65536):
+        async def pump(stdout: asyncio.StreamReader) -> None:
+            while chunk := await stdout.read(65536):
                 log_file.write(chunk)
                 log_file.flush()
                 output.extend(chunk)
@@ -560,19 +564,32 @@ class ProcessRuntime(Runtime):
                     del output[: len(output) - LOG_LIMIT]
                 self.publish_log(*log_key, output.decode("utf-8", errors="replace"))
 
-        reader = asyncio.create_task(pump())
+        reader: asyncio.Task[None] | None = None
+        pipe: asyncio.BaseTransport | None = None
         try:
-            returncode = await process.wait()
+            stdout = asyncio.StreamReader()
+            pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stdout), group.popen.stdout
+            )
+            reader = asyncio.create_task(pump(stdout))
+            returncode = await group.ended()  # exited, not reaped: a zombie, which keeps the group id ours
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader), timeout=2.0)
         except asyncio.CancelledError:
-            await self._kill(process, min(self.grace_period(pod), self.max_grace))
+            await self._kill(group, min(self.grace_period(pod), self.max_grace))
             raise
         finally:
-            self._killpg(process.pid, signal.SIGKILL)  # whatever it left behind in its group
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            # Whatever it left behind in its group, while the leader is still unreaped; it is reaped last.
+            group.signal_group(signal.SIGKILL)
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            if pipe is not None:
+                pipe.close()
+            elif group.popen.stdout is not None:
+                group.popen.stdout.close()
             log_file.close()
+            await group.reap_when_ended()
         exit_code = _exit_code(returncode)
         message_file = pod_dir / "termination-log"
         message = (
@@ -592,23 +609,18 @@ class ProcessRuntime(Runtime):
         """Seconds between SIGTERM and SIGKILL: ``terminationGracePeriodSeconds``, at most ``max_grace``."""
         return min(float((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)), self.max_grace)
 
-    async def _kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
+    async def _kill(self, group: ProcessGroup, grace: float) -> None:
         """As the kubelet: SIGTERM to the container's first process, SIGKILL to all once the grace period is over.
 
         The container runtime signals PID 1 alone; when it ends, the kernel kills
-        the rest of the container (here: the SIGKILL to the process group).
+        the rest of the container (here: the SIGKILL to the process group, which
+        :meth:`run` sends in any case before it reaps the first process).
         """
-        if process.returncode is not None:
+        if group.exit_status() is not None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(process.pid, signal.SIGTERM)
+        group.signal_leader(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), timeout=max(grace, 0.0))
+            await asyncio.wait_for(group.ended(), timeout=max(grace, 0.0))
         except TimeoutError:
-            self._killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-
-    @staticmethod
-    def _killpg(pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
+            group.signal_group(signal.SIGKILL)
+            await group.ended()

@@ -24,7 +24,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "OPERATOR_ACCOUNT",
     "OperatorProcess",
     "RealStack",
+    "START_MARK",
     "install",
     "manifests_dir",
     "operator_environment",
@@ -53,6 +54,8 @@ OPERATOR_CONFIGMAP = "ocean-compute-operator-config"
 #: The StorageClass of the process node: the operator's STORAGE_CLASS here.
 STORAGE_CLASS = "local-path"
 STOP_TIMEOUT = 30.0
+#: The line written into the operator's log before each start (a reader splits the runs at it).
+START_MARK = "===== operator start #"
 
 
 class MissingBinaries(Exception):
@@ -153,11 +156,22 @@ def operator_environment(
 
 
 class OperatorProcess:
-    """``operator-engine run`` (kopf, standalone, namespace ocean-compute) as a child process, in its own session."""
+    """
+    The operator as a child process, in its own session: ``command``, by default ``operator-engine run``
+    (kopf, standalone, namespace ocean-compute); its output is appended to ``log_path``.
+    """
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        command: Sequence[str] = (sys.executable, "-m", "operator_engine", "run"),
+        cwd: Path | None = None,
+    ) -> None:
         self.env = dict(env)
         self.log_path = log_path
+        self.command = list(command)
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -165,12 +179,13 @@ class OperatorProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         with open(self.log_path, "ab") as log:
-            log.write(f"\n===== operator start #{self.starts} =====\n".encode())
+            log.write(f"\n{START_MARK}{self.starts} =====\n".encode())
             log.flush()
             # Its own session: a Ctrl-C in the terminal reaches only `dev`, which stops it in order.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "operator_engine", "run"],
+                self.command,
                 env=self.env,
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

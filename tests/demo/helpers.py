@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 NS = "ocean-compute"
@@ -14,6 +17,21 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def assert_dead(pid: int, timeout: float = 10.0) -> None:
+    """Wait until process ``pid`` is gone (or a zombie: dead, not yet reaped); fail after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            # a zombie not yet reaped by its (killed) parent counts as dead
+            stat = Path(f"/proc/{pid}/stat")
+            if stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"):
+                return
+            await asyncio.sleep(0.05)
 
 
 def port_free(port: int) -> bool:

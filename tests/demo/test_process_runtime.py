@@ -15,7 +15,7 @@ import pytest
 
 from operator_engine.devcluster import EmbeddedCluster, PathMapper, ProcessRuntime
 
-from .helpers import NS, process_job
+from .helpers import NS, assert_dead, process_job
 
 PY = Path(sys.executable).name
 
@@ -199,20 +199,6 @@ async def test_deleting_the_job_kills_the_process(cluster: EmbeddedCluster, tmp_
     await cluster.delete("job", "hang-job")
     assert await cluster.runtime.wait_finished("hang-job", timeout=30) is None
     await assert_dead(int(marker.read_text()))
-
-
-async def assert_dead(pid: int, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            # a zombie not yet reaped by its (killed) parent counts as dead
-            stat = Path(f"/proc/{pid}/stat")
-            if stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"):
-                return
-            await asyncio.sleep(0.05)
 
 
 async def test_a_new_claim_of_a_reused_name_starts_empty(cluster: EmbeddedCluster) -> None:

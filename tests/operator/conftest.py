@@ -28,7 +28,6 @@ import dataclasses
 import http.server
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ import rbac
 from helpers import NS, ROOT, TEST_KEY, is_terminal, status, watch_started_since
 
 from operator_engine import config as config_module
-from operator_engine.devcluster import EmbeddedCluster, ScriptedRuntime
+from operator_engine.devcluster import EmbeddedCluster, ScriptedRuntime, realstack
 from operator_engine.render import load_checked_config
 
 EXTRA_VARIABLES = ("OPERATOR_BACKSTOP_SECONDS",)
@@ -509,44 +508,25 @@ def operator(cluster: EmbeddedCluster, receiver: Receiver, tmp_path: Path) -> Op
 
 
 class OperatorProcess:
-    """``kopf run --standalone -m operator_engine.operator_main`` as a subprocess."""
+    """
+    ``kopf run --standalone -m operator_engine.operator_main`` as a subprocess (realstack's
+    :class:`~operator_engine.devcluster.realstack.OperatorProcess`): :meth:`start` returns once
+    it watches the embedded cluster's workflows.
+    """
 
     def __init__(self, cluster: EmbeddedCluster, env: dict[str, str], log_path: Path) -> None:
         self.cluster = cluster
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        command = [sys.executable, "-m", "kopf", "run", "--standalone", f"--namespace={NS}"]
+        self.process = realstack.OperatorProcess(env, log_path, [*command, "-m", "operator_engine.operator_main"], ROOT)
 
     async def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
         since = len(self.cluster.request_log)
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start #{self.starts} =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kopf",
-                    "run",
-                    "--standalone",
-                    f"--namespace={NS}",
-                    "-m",
-                    "operator_engine.operator_main",
-                ],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process.start()
         deadline = time.monotonic() + READY_TIMEOUT
         while not watch_started_since(self.cluster, since):
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the operator process exited at start with {self.proc.returncode}:\n{self.log()[-4000:]}"
-                )
+            if not self.alive():
+                code = self.process.proc.returncode if self.process.proc else None
+                raise AssertionError(f"the operator process exited at start with {code}:\n{self.log()[-4000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"the operator process did not start watching workflows within "
@@ -556,9 +536,7 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """A hard kill (SIGKILL): no clean-up, no finalizer, nothing flushed."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+        self.process.kill()
 
     async def restart(self) -> None:
         self.kill()
@@ -566,22 +544,13 @@ class OperatorProcess:
 
     async def stop(self) -> None:
         """A graceful stop (SIGTERM), then SIGKILL if it hangs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        await asyncio.to_thread(self.process.stop)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process.alive()
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.process.log()
 
 
 ProcessFactory = Callable[..., Awaitable[OperatorProcess]]

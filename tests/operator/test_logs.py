@@ -32,6 +32,7 @@ from conftest import ProcessFactory, Receiver, TimedRuntime
 from helpers import PUBLISH_RESULT, TEST_KEY, make_workflow, stage_of, wait_terminal, wait_until_clean
 
 from operator_engine.devcluster import EmbeddedCluster, Outcome
+from operator_engine.devcluster.realstack import START_MARK  # the fixture's own line between runs
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,6 @@ STORAGE = {
 }
 SECRETS = {"spec.secret": WORKFLOW_SECRET, "OPERATOR_PRIVATE_KEY": TEST_KEY[2:], **STORAGE}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-START_MARK = "===== start #"  # the fixture's own line between runs, not the operator's
 
 
 def log_cfg(path: Path, log_file: Path) -> Path:

@@ -48,6 +48,21 @@ def jobs_in_order(real: RealCluster, name: str) -> list[str]:
     return seen
 
 
+def wait_volumes_released(real: RealCluster, name: str) -> None:
+    """The node's provisioner gave each of the workflow's two claims a local volume; once the claims are gone,
+    so are the volumes and their folders."""
+    claims = [c.uid for c in real.history.of("persistentvolumeclaims") if c.type == "ADDED" and c.name.startswith(name)]
+    assert len(claims) == 2, claims
+
+    def volumes_left() -> list[str]:
+        names = {v.metadata.name for v in real.kube.core.list_persistent_volume().items}
+        return [uid for uid in claims if f"pvc-{uid}" in names or (real.node.root / "volumes" / f"pvc-{uid}").exists()]
+
+    wait_until(
+        lambda: not volumes_left(), 60, "the volumes of the deleted claims to be removed", lambda: str(volumes_left())
+    )
+
+
 def test_happy_path_runs_the_real_pod_programs_in_order_and_cleans_up(
     real: RealCluster, operator: Any, receiver: Any
 ) -> None:
@@ -88,17 +103,7 @@ def test_happy_path_runs_the_real_pod_programs_in_order_and_cleans_up(
     pods = [c.object for c in real.history.of("pods") if c.type == "ADDED" and c.name.startswith(name)]
     assert len(pods) >= 3
     real.kube.wait_clean(name)
-    # The node's provisioner gave each claim a local volume; once the claim is gone, so are it and its folder.
-    claims = [c.uid for c in real.history.of("persistentvolumeclaims") if c.type == "ADDED" and c.name.startswith(name)]
-    assert len(claims) == 2, claims
-
-    def volumes_left() -> list[str]:
-        names = {v.metadata.name for v in real.kube.core.list_persistent_volume().items}
-        return [uid for uid in claims if f"pvc-{uid}" in names or (real.node.root / "volumes" / f"pvc-{uid}").exists()]
-
-    wait_until(
-        lambda: not volumes_left(), 60, "the volumes of the deleted claims to be removed", lambda: str(volumes_left())
-    )
+    wait_volumes_released(real, name)
     assert len(receiver.accepted("/start", name)) == 1
     wait_until(lambda: receiver.accepted("/stop", name), 60, "the stop notification")
     operator_helpers.check_payload(receiver.accepted("/stop", name)[0], body)
@@ -239,17 +244,7 @@ def test_deleting_a_running_workflow_goes_through_the_finalizer(
     real.kube.wait_gone(name)
     wait_until(lambda: receiver.accepted("/stop", name), 60, "the stop notification")
     real.kube.wait_clean(name)
-    # The node's provisioner gave each claim a local volume; once the claim is gone, so are it and its folder.
-    claims = [c.uid for c in real.history.of("persistentvolumeclaims") if c.type == "ADDED" and c.name.startswith(name)]
-    assert len(claims) == 2, claims
-
-    def volumes_left() -> list[str]:
-        names = {v.metadata.name for v in real.kube.core.list_persistent_volume().items}
-        return [uid for uid in claims if f"pvc-{uid}" in names or (real.node.root / "volumes" / f"pvc-{uid}").exists()]
-
-    wait_until(
-        lambda: not volumes_left(), 60, "the volumes of the deleted claims to be removed", lambda: str(volumes_left())
-    )
+    wait_volumes_released(real, name)
     assert len(receiver.accepted("/start", name)) == 1, receiver.all()
     assert len(receiver.accepted("/stop", name)) == 1, receiver.all()
     operator_helpers.check_payload(receiver.accepted("/stop", name)[0], body)
