@@ -178,12 +178,29 @@ def goals(results: dict[str, dict[str, Any]]) -> str:
             f"| at 200 in flight ({pods_label(_pods_of(key))} pods): transition p50 ≤ {GOAL_TRANSITION_P50_MS} ms "
             f"and p99 ≤ {GOAL_TRANSITION_P99_MS} ms | p50 {number(p50)} ms, p99 {number(p99)} ms | {verdict(reached)} |"
         )
-    instant = [r for k, r in ok.items() if _pods_of(k) == 0.0]
-    best = max(instant, key=lambda r: r["workflows_per_second"], default=None)
+    # Throughput, row by row: one workflow in flight measures its latency, not a rate the operator can keep.
+    instant = sorted(
+        (r for k, r in ok.items() if _pods_of(k) == 0.0 and r["workflows"] > 1), key=lambda r: r["workflows"]
+    )
+    reached_at = [r["workflows"] for r in instant if r["workflows_per_second"] >= GOAL_WORKFLOWS_PER_SECOND]
+    missed_at = [r["workflows"] for r in instant if r["workflows_per_second"] < GOAL_WORKFLOWS_PER_SECOND]
+    if not instant:
+        throughput_verdict = verdict(None)
+    elif not missed_at or not reached_at:
+        throughput_verdict = verdict(not missed_at)
+    else:
+        throughput_verdict = (
+            f"**reached** at {', '.join(f'{n:,}' for n in reached_at)} in flight; "
+            f"**missed** at {', '.join(f'{n:,}' for n in missed_at)}"
+        )
     lines.append(
         f"| ≥ {GOAL_WORKFLOWS_PER_SECOND} workflows/s with instant pods | "
-        + (f"at most {number(best['workflows_per_second'], 2)} (at {best['workflows']:,} in flight)" if best else "–")
-        + f" | {verdict(None if best is None else best['workflows_per_second'] >= GOAL_WORKFLOWS_PER_SECOND)} |"
+        + (
+            ", ".join(f"{number(r['workflows_per_second'], 2)} at {r['workflows']:,} in flight" for r in instant)
+            if instant
+            else "–"
+        )
+        + f" | {throughput_verdict} |"
     )
     worst = max(ok.values(), key=lambda r: r["api_requests_per_workflow"], default=None)
     lowest = min(ok.values(), key=lambda r: r["api_requests_per_workflow"], default=None)
