@@ -165,7 +165,7 @@ class Engine:
         self.admission = Admission(config, kube, admit_one=self._admit_one)
         self.queue = WorkQueue(self._process, workers)
         self.post_event = post_event or (lambda body, type_, reason, message: None)
-        self.notifier = Notifier(config, kube, deadline=notify_deadline)
+        self.notifier = Notifier(config, kube, deadline=notify_deadline, on_write=self._own_write)
         # What this process knows of each workflow's newest body (see Known); dropped once the
         # workflow is settled and the watch has caught up with it, or deleted.
         self._known: dict[tuple[str, str], Known] = {}
@@ -269,8 +269,10 @@ class Engine:
             assert delivered is not None and known is not None
             if version == known.version:
                 known.own.clear()  # the watch caught up with the last write: every earlier echo came
-                if self._settled(delivered):
-                    self.forget(namespace, name, delivered)
+            if self._settled(delivered):
+                # Settled as of a write of its own: an older body the watch may still deliver is of a
+                # workflow admitted and not settled, which is read again when nothing is known of it.
+                self.forget(namespace, name, delivered)
             return
         if delivered is None and not backstop and known is not None and known.body is not None:
             delivered = known.body  # a Job's end: the newest body this process has
@@ -504,21 +506,23 @@ class Engine:
         for field in status:  # as stored: the API server may normalise a value (a schema's pruning, ...)
             known.written[field] = (stored.get("status") or {}).get(field)
         meta = stored.get("metadata") or {}
-        unchanged = stored.get("spec") == body.get("spec") and meta.get("deletionTimestamp") == body["metadata"].get(
-            "deletionTimestamp"
-        )
-        known.version = meta.get("resourceVersion") if unchanged else None
+        known.version = meta.get("resourceVersion") if _unchanged(body, stored) else None
         known.body = stored if _running(stored) else None
         return True
 
     def _own_write(self, body: dict[str, Any], stored: dict[str, Any]) -> Known:
-        """Remember a write of this process to the Workflow (`stored`: the API server's answer)."""
+        """Remember a write of this process to the Workflow (`body`: as the writer had it; `stored`: the answer).
+
+        Its echo is one of this process's own (`Known.own`) only when the answer
+        shows nothing else changed: a spec or a deletion someone else wrote
+        meanwhile comes with that echo, which must then be looked at.
+        """
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         known = self._known.setdefault((namespace, name), Known())
         meta = stored.get("metadata") or {}
         if known.uid != meta.get("uid"):
             known.written, known.own, known.uid = {}, set(), meta.get("uid")
-        if meta.get("resourceVersion"):
+        if meta.get("resourceVersion") and _unchanged(body, stored):
             known.own.add(meta["resourceVersion"])
         return known
 
@@ -774,6 +778,14 @@ def _observe_step(body: dict[str, Any], status: dict[str, Any], ended: JobView |
         _observe_stage(stage, ended.created, ended.ended)
     if status.get("dateFinished") and status.get("phase"):
         metrics.workflow_finished(status["phase"])
+
+
+def _unchanged(body: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Whether the API server's answer to a write has the spec and deletion `body` had (what decisions read)."""
+    meta = stored.get("metadata") or {}
+    return stored.get("spec") == body.get("spec") and meta.get("deletionTimestamp") == body["metadata"].get(
+        "deletionTimestamp"
+    )
 
 
 def _running(body: dict[str, Any]) -> bool:

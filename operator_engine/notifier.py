@@ -33,6 +33,7 @@ nothing grows with the number of workflows seen.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from operator_engine import logs, notify
@@ -62,9 +63,18 @@ def intended(body: dict[str, Any] | None, kind: str) -> str | None:
 class Notifier:
     """Sends each workflow's start and stop notification once, recording intent and result in its status."""
 
-    def __init__(self, config: Config, kube: Kube, deadline: float = 300.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        kube: Kube,
+        deadline: float = 300.0,
+        on_write: Callable[[dict[str, Any], dict[str, Any]], object] | None = None,
+    ) -> None:
         self.config = config
         self.kube = kube
+        # Told of each status write (the Workflow as it was, the API server's answer): the reconciler
+        # then knows the watch's echo of it for one of this process's own writes (engine.Known).
+        self.on_write = on_write or (lambda body, stored: None)
         self.deadline = deadline  # seconds one notification is retried before it is given up
         self._in_flight: dict[tuple[str, str], asyncio.Task[str]] = {}
         self._window = asyncio.Semaphore(WINDOW)
@@ -141,19 +151,19 @@ class Notifier:
     async def _send(
         self, body: dict[str, Any], workflow: Workflow, kind: str, url: str, after: asyncio.Task[str] | None
     ) -> str:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        name = body["metadata"]["name"]
         key = notify.idempotency_key(_uid(body), kind)
         with logs.bound(workflow=name):
             if after is not None:
                 await asyncio.shield(after)  # the stop notification never overtakes the start one
             # The intent, in a patch of its own; the answer is the Workflow as it is now.
-            current = await self.kube.patch_workflow_status(namespace, name, {"notifying": {kind: key}})
+            current = await self._patch(body, {"notifying": {kind: key}})
             if current is None or _uid(current) != _uid(body):
                 log.info(f"{kind} notification for {name} not sent: the Workflow is gone", workflow=name)
                 return "gone"
             if done := recorded(current, kind):
                 # Recorded since `body` was read (a delivery that ended meanwhile): nothing to send.
-                await self.kube.patch_workflow_status(namespace, name, {"notifying": {kind: None}})
+                await self._patch(body, {"notifying": {kind: None}})
                 return done
             if intended(body, kind) == key:
                 log.info(
@@ -165,7 +175,7 @@ class Notifier:
             result = await notify.deliver(url, payload, kind=kind, deadline=self.deadline, gate=self._window)
             try:
                 # The result, in a patch of its own, at once: the gap a crash can fall in is this call.
-                await self._record(namespace, name, kind, result)
+                await self._record(body, kind, result)
             finally:
                 self._window.release()
             if result == "delivered":
@@ -174,14 +184,20 @@ class Notifier:
                 log.warning(f"{kind} notification for {name} not delivered: {result}", workflow=name)
             return result
 
-    async def _record(self, namespace: str, name: str, kind: str, result: str) -> None:
+    async def _patch(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
+        """A status patch of the Workflow of `body`: its answer (None if it is gone), told to `on_write`."""
+        stored = await self.kube.patch_workflow_status(body["metadata"]["namespace"], body["metadata"]["name"], status)
+        if stored is not None and _uid(stored) == _uid(body):
+            self.on_write(body, stored)
+        return stored
+
+    async def _record(self, body: dict[str, Any], kind: str, result: str) -> None:
         """Record a result, patiently (an unrecorded delivery is sent again), until recorded or the Workflow is gone."""
+        name = body["metadata"]["name"]
         pause, longest = RECORD_RETRY_SECONDS
         while True:
             try:
-                await self.kube.patch_workflow_status(
-                    namespace, name, {"notifications": {kind: result}, "notifying": {kind: None}}
-                )
+                await self._patch(body, {"notifications": {kind: result}, "notifying": {kind: None}})
                 return
             except TransientError as exc:
                 log.warning(f"{kind} notification for {name}: its result not recorded yet ({exc}); retrying")
