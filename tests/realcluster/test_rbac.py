@@ -34,14 +34,24 @@ def test_the_role_is_exactly_what_the_operator_uses(real: RealCluster, operator:
     since = real.audit.lines()
     # As the Deployment runs it (kubernetes/operator.yml): with leader election, whose Lease
     # the Role grants.
-    op = operator(LEADER_ELECTION="true", POD_NAME="ocean-compute-operator-rbac")
-    # Every path through the operator: success, a failing algorithm, a stop, a deletion while running.
+    # A short backstop: its pass reads each workflow that is not settled (`get`), the one path that
+    # reads a Workflow by name now that watch events carry the bodies the operator acts on.
+    op = operator(LEADER_ELECTION="true", POD_NAME="ocean-compute-operator-rbac", OPERATOR_BACKSTOP_SECONDS="2")
+    # Every path through the operator: success, a failing algorithm, a stop, a deletion while running,
+    # the backstop.
     real.kube.create_workflow(sample(real, "rc-rbac-ok"))
     real.kube.create_workflow(with_algorithm(real, "rc-rbac-fail", FAILING_ALGORITHM))
     real.kube.create_workflow(with_algorithm(real, "rc-rbac-stop", SLEEP_ALGORITHM.format(seconds=600)))
     real.kube.create_workflow(with_algorithm(real, "rc-rbac-delete", SLEEP_ALGORITHM.format(seconds=600)))
     for name in ("rc-rbac-stop", "rc-rbac-delete"):
         real.kube.wait_code(name, 40, context=lambda: op.log()[-3000:])
+    wait_until(
+        lambda: any(
+            e.verb == "get" and e.resource == "workflows" for e in real.audit.events(OPERATOR_USER, since=since)
+        ),
+        60,
+        "a backstop pass that reads a running workflow",
+    )
     real.kube.patch_spec("rc-rbac-stop", {"stopRequested": True})
     real.kube.delete_workflow("rc-rbac-delete")
     for name in ("rc-rbac-ok", "rc-rbac-fail", "rc-rbac-stop"):
