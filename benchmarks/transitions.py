@@ -252,25 +252,13 @@ def top_functions(collapsed: Path, count: int = 12) -> tuple[list[tuple[float, s
 
 def classify(method: str, path: str, watch: bool) -> str:
     """``"verb resource"`` of a request, as RBAC and the audit log name them (``get pods/log``)."""
-    parts = [p for p in path.split("/") if p]
-    if len(parts) >= 3 and parts[0] == "api":
-        rest = parts[2:]
-    elif len(parts) >= 4 and parts[0] == "apis":
-        rest = parts[3:]
-    else:
+    from operator_engine.devcluster import request_attributes
+
+    attributes = request_attributes(method, path, watch)
+    if attributes is None:
         return f"{method.lower()} discovery"
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        rest = rest[2:]
-    resource = "/".join([rest[0], *rest[2:]])
-    named = len(rest) > 1
-    verb = {
-        "GET": "watch" if watch else ("get" if named else "list"),
-        "POST": "create",
-        "PUT": "update",
-        "PATCH": "patch",
-        "DELETE": "delete" if named else "deletecollection",
-    }.get(method, method.lower())
-    return f"{verb} {resource}"
+    _, resource, verb, _ = attributes
+    return f"{verb or method.lower()} {resource}"
 
 
 class Record:

@@ -21,6 +21,7 @@ from operator_engine.devcluster.apiserver import (
     FaultInjector,
     RequestRecord,
     WatchEvent,
+    request_attributes,
 )
 from operator_engine.devcluster.cluster import EmbeddedCluster, ThreadedCluster, kubeconfig
 from operator_engine.devcluster.controllers import GarbageCollector, JobController
@@ -45,6 +46,7 @@ __all__ = [
     "PodSetupError",
     "ProcessRuntime",
     "RequestRecord",
+    "request_attributes",
     "ResourceSpec",
     "Result",
     "Runtime",

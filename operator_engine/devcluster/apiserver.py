@@ -133,6 +133,37 @@ class RequestRecord:
     user_agent: str = ""  # the client's User-Agent header (tells apart clients of one server)
 
 
+#: The RBAC verb of a request, by HTTP method (a GET without a name is a list, with watch=true a watch).
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+def request_attributes(method: str, path: str, watch: bool) -> tuple[str, str, str | None, str | None] | None:
+    """What RBAC and the audit log say a request is: (group, resource[/subresource], verb, name).
+
+    None for a path that names no resource (discovery, /version, ...); the verb
+    is None for a method Kubernetes has none for. As the API server's
+    RequestInfo resolves it: /api/v1/... is the core group, /apis/GROUP/VERSION/...
+    another; /namespaces/NS/ before a resource is the namespace, not the resource.
+    """
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, rest = "", parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]  # a namespaced resource; /namespaces/NAME[/sub] alone is the Namespace object
+    resource, name = "/".join([rest[0], *rest[2:]]), (rest[1] if len(rest) > 1 else None)
+    if method == "GET":
+        verb: str | None = "watch" if watch else ("get" if name else "list")
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = _VERBS.get(method)
+    return group, resource, verb, name
+
+
 @dataclasses.dataclass(frozen=True)
 class WatchEvent:
     """A change of one object: what watches stream and what controllers react to."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from operator_engine.devcluster import RequestRecord
+from operator_engine.devcluster import RequestRecord, request_attributes
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE_FILE = ROOT / "kubernetes" / "binding.yml"
@@ -54,27 +54,10 @@ def use_of(record: RequestRecord) -> Use | None:
     parts = [p for p in record.path.split("/") if p]
     if _is_discovery(parts):
         return None
-    if len(parts) >= 3 and parts[0] == "api":
-        group, rest = "", parts[2:]
-    elif len(parts) >= 4 and parts[0] == "apis":
-        group, rest = parts[1], parts[3:]
-    else:
+    attributes = request_attributes(record.method, record.path, record.query.get("watch") in ("true", "1"))
+    if attributes is None or attributes[2] is None:
         raise NotAResource(f"{record.method} {record.path}")
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        rest = rest[2:]  # a namespaced resource; /namespaces/NAME[/sub] alone is the Namespace object
-    resource, name = rest[0], (rest[1] if len(rest) > 1 else None)
-    if len(rest) > 2:
-        resource = f"{resource}/{'/'.join(rest[2:])}"
-    watch = record.query.get("watch") in ("true", "1")
-    verb = {
-        "GET": "watch" if watch else ("get" if name else "list"),
-        "POST": "create",
-        "PUT": "update",
-        "PATCH": "patch",
-        "DELETE": "delete" if name else "deletecollection",
-    }.get(record.method)
-    if verb is None:
-        raise NotAResource(f"{record.method} {record.path}")
+    group, resource, verb, name = attributes
     return group, resource, verb, name
 
 
