@@ -452,6 +452,28 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class Replicas:
+    """Two operator processes, "a" and "b", with leader election, each with a readiness endpoint of its own.
+
+    `start(who)` starts one with `env` added. METRICS_PORT=0: two processes on
+    one machine must not both listen on the metrics port.
+    """
+
+    def __init__(self, operator_process: Callable[..., Any], **env: str) -> None:
+        self.urls = {who: f"http://127.0.0.1:{free_port()}/readyz" for who in ("a", "b")}
+        self._operator_process = operator_process
+        self._env = env
+
+    def start(self, who: str) -> Any:
+        return self._operator_process(
+            LEADER_ELECTION="true",
+            POD_NAME=f"operator-{who}",
+            READINESS_ENDPOINT=self.urls[who],
+            METRICS_PORT="0",
+            **self._env,
+        )
+
+
 def readiness(url: str) -> int | None:
     """The HTTP status of an operator's readiness endpoint, None while it does not answer."""
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy

@@ -21,10 +21,10 @@ from typing import Any
 from conftest import ProcessFactory, Receiver, TimedRuntime
 from helpers import (
     PUBLISH_RESULT,
+    Replicas,
     assert_notified_once,
     creation_counts,
     deliveries_cut_off,
-    free_port,
     is_terminal,
     make_workflow,
     readiness,
@@ -67,18 +67,8 @@ async def test_two_operators_one_acts_and_the_standby_takes_over_after_a_kill(
                     message=json.dumps(PUBLISH_RESULT) if stage == "publish" else None,
                 ),
             )
-    urls = {who: f"http://127.0.0.1:{free_port()}/readyz" for who in ("a", "b")}
-
-    def start(who: str):  # type: ignore[no-untyped-def]
-        # METRICS_PORT=0: two processes on one machine must not both listen on the metrics port.
-        return operator_process(
-            LEADER_ELECTION="true",
-            POD_NAME=f"operator-{who}",
-            READINESS_ENDPOINT=urls[who],
-            maxJobs="5",
-            OPERATOR_BACKSTOP_SECONDS="5",
-            METRICS_PORT="0",
-        )
+    replicas = Replicas(operator_process, maxJobs="5", OPERATOR_BACKSTOP_SECONDS="5")
+    urls, start = replicas.urls, replicas.start
 
     first = await start("a")
     await wait_readiness(urls["a"], 200)

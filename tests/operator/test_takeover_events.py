@@ -25,9 +25,9 @@ import pytest
 from conftest import ProcessFactory, Receiver, TimedRuntime
 from helpers import (
     NS,
+    Replicas,
     child_names,
     creation_posts,
-    free_port,
     make_workflow,
     posted_name,
     status,
@@ -88,16 +88,8 @@ async def test_a_new_leader_moves_workflows_it_first_saw_as_a_standby_on_events_
 ) -> None:
     assert isinstance(runtime, GatedRuntime)
     runtime.hold(HELD_JOB)
-    urls = {who: f"http://127.0.0.1:{free_port()}/readyz" for who in ("a", "b")}
-
-    def start(who: str):  # type: ignore[no-untyped-def]
-        return operator_process(
-            LEADER_ELECTION="true",
-            POD_NAME=f"operator-{who}",
-            READINESS_ENDPOINT=urls[who],
-            OPERATOR_BACKSTOP_SECONDS=str(BACKSTOP_SECONDS),
-            METRICS_PORT="0",
-        )
+    replicas = Replicas(operator_process, OPERATOR_BACKSTOP_SECONDS=str(BACKSTOP_SECONDS))
+    urls, start = replicas.urls, replicas.start
 
     first = await start("a")
     await wait_readiness(urls["a"], 200)
